@@ -1,0 +1,445 @@
+//! Events, their schema versions, and how a consumer decodes a received message.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Largest order amount the pipeline accepts, in minor units (1,000,000.00).
+pub const MAX_AMOUNT_CENTS: i64 = 100_000_000;
+
+/// The kinds of event the pipeline publishes (the AMQP `type` property).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// An order was accepted by the orders API.
+    OrderCreated,
+}
+
+impl EventType {
+    /// Every event type, for lookups and documentation.
+    pub const ALL: [EventType; 1] = [EventType::OrderCreated];
+
+    /// The name on the wire and in the outbox's `event_type` column.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::OrderCreated => "OrderCreated",
+        }
+    }
+
+    /// Routing key events of this type are published with.
+    #[must_use]
+    pub const fn routing_key(self) -> &'static str {
+        match self {
+            EventType::OrderCreated => "order.created",
+        }
+    }
+
+    /// The event type with this wire name, if it is one of ours.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+/// Version 1 of the `OrderCreated` event: the body of the message, as JSON.
+///
+/// Money is in integer minor units; there is no floating-point amount on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreatedV1 {
+    /// Id of the order (the aggregate id).
+    pub order_id: Uuid,
+    /// Amount in minor units (cents), > 0.
+    pub amount_cents: i64,
+    /// ISO 4217 currency code, three upper-case letters.
+    pub currency: String,
+    /// When the order was stored, RFC 3339.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl OrderCreatedV1 {
+    /// Schema version of this type, sent in the [`crate::headers::SCHEMA_VERSION`] header.
+    pub const SCHEMA_VERSION: i64 = 1;
+
+    /// Checks the invariants serde cannot express.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the offending field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if self.amount_cents <= 0 || self.amount_cents > MAX_AMOUNT_CENTS {
+            return Err(DecodeError::Invalid(format!(
+                "amount_cents {} is outside 1..={MAX_AMOUNT_CENTS}",
+                self.amount_cents
+            )));
+        }
+        if !is_currency_code(&self.currency) {
+            return Err(DecodeError::Invalid(format!(
+                "currency {:?} is not a three-letter ISO 4217 code",
+                self.currency
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `code` looks like an ISO 4217 code: exactly three ASCII upper-case letters.
+#[must_use]
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Any event the pipeline knows, with its schema version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `OrderCreated`, schema version 1.
+    OrderCreatedV1(OrderCreatedV1),
+}
+
+impl Event {
+    /// The event's type.
+    #[must_use]
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Event::OrderCreatedV1(_) => EventType::OrderCreated,
+        }
+    }
+
+    /// The event's schema version.
+    #[must_use]
+    pub fn schema_version(&self) -> i64 {
+        match self {
+            Event::OrderCreatedV1(_) => OrderCreatedV1::SCHEMA_VERSION,
+        }
+    }
+
+    /// The JSON body of the event as it goes on the wire.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            // Serializing a struct of plain fields cannot fail.
+            Event::OrderCreatedV1(e) => serde_json::to_value(e).unwrap_or_default(),
+        }
+    }
+}
+
+/// The parts of a received message a consumer needs, independent of the AMQP client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InboundMessage<'a> {
+    /// The AMQP `message_id` property.
+    pub message_id: Option<&'a str>,
+    /// The AMQP `type` property.
+    pub event_type: Option<&'a str>,
+    /// The [`crate::headers::SCHEMA_VERSION`] header: `None` when absent,
+    /// `Some(Err(description))` when present but not an integer.
+    pub schema_version: Option<Result<i64, &'a str>>,
+    /// The AMQP `content_type` property.
+    pub content_type: Option<&'a str>,
+    /// The message body.
+    pub body: &'a [u8],
+}
+
+/// A message that decoded to a known event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The message id: the deduplication key.
+    pub message_id: Uuid,
+    /// The event.
+    pub event: Event,
+}
+
+/// Why a received message is not a valid event. Every variant is permanent: the
+/// same message will never decode, so it belongs in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// No `message_id` property.
+    #[error("message has no message_id")]
+    MissingMessageId,
+    /// A `message_id` that is not a UUID.
+    #[error("message_id {0:?} is not a UUID")]
+    InvalidMessageId(String),
+    /// No `type` property.
+    #[error("message has no type")]
+    MissingType,
+    /// A `type` this consumer does not know.
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    /// No schema version header.
+    #[error("message has no x-schema-version header")]
+    MissingSchemaVersion,
+    /// A schema version header that is not an integer.
+    #[error("x-schema-version header is not an integer: {0}")]
+    InvalidSchemaVersion(String),
+    /// A schema version of a known type that this consumer cannot read.
+    #[error("unsupported schema version {version} of {event_type}")]
+    UnsupportedVersion {
+        /// The event type.
+        event_type: &'static str,
+        /// The version received.
+        version: i64,
+    },
+    /// A content type other than JSON.
+    #[error("content type {0:?} is not application/json")]
+    ContentType(String),
+    /// A body that is not the JSON of the announced event.
+    #[error("body is not a valid {event_type} v{version}: {reason}")]
+    Body {
+        /// The event type.
+        event_type: &'static str,
+        /// The schema version.
+        version: i64,
+        /// What the JSON parser said.
+        reason: String,
+    },
+    /// A well-formed event whose values break an invariant.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+impl DecodeError {
+    /// A short, stable code for the reason: a metrics label and the prefix of the
+    /// dead-letter reason header.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::MissingMessageId => "missing-message-id",
+            DecodeError::InvalidMessageId(_) => "invalid-message-id",
+            DecodeError::MissingType => "missing-type",
+            DecodeError::UnknownType(_) => "unknown-type",
+            DecodeError::MissingSchemaVersion | DecodeError::InvalidSchemaVersion(_) => {
+                "invalid-schema-version"
+            }
+            DecodeError::UnsupportedVersion { .. } => "unsupported-version",
+            DecodeError::ContentType(_) => "wrong-content-type",
+            DecodeError::Body { .. } => "malformed-body",
+            DecodeError::Invalid(_) => "invalid-event",
+        }
+    }
+
+    /// The value of the dead-letter reason header: `code: explanation`.
+    #[must_use]
+    pub fn reason(&self) -> String {
+        format!("{}: {self}", self.code())
+    }
+}
+
+impl InboundMessage<'_> {
+    /// Decodes the message into a known event, checking every part of the envelope.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] saying what is wrong; all of them are permanent.
+    pub fn decode(&self) -> Result<Decoded, DecodeError> {
+        let raw_id = self.message_id.ok_or(DecodeError::MissingMessageId)?;
+        let message_id = Uuid::try_parse(raw_id)
+            .map_err(|_| DecodeError::InvalidMessageId(truncate(raw_id)))?;
+        let type_name = self.event_type.ok_or(DecodeError::MissingType)?;
+        let event_type = EventType::from_name(type_name)
+            .ok_or_else(|| DecodeError::UnknownType(truncate(type_name)))?;
+        let version = match self.schema_version {
+            None => return Err(DecodeError::MissingSchemaVersion),
+            Some(Err(found)) => return Err(DecodeError::InvalidSchemaVersion(truncate(found))),
+            Some(Ok(v)) => v,
+        };
+        if let Some(ct) = self.content_type {
+            // Parameters such as `; charset=utf-8` are allowed.
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            if !essence.eq_ignore_ascii_case(crate::CONTENT_TYPE_JSON) {
+                return Err(DecodeError::ContentType(truncate(ct)));
+            }
+        }
+        let event = match (event_type, version) {
+            (EventType::OrderCreated, OrderCreatedV1::SCHEMA_VERSION) => {
+                let e: OrderCreatedV1 =
+                    serde_json::from_slice(self.body).map_err(|e| DecodeError::Body {
+                        event_type: event_type.as_str(),
+                        version,
+                        reason: e.to_string(),
+                    })?;
+                e.validate()?;
+                Event::OrderCreatedV1(e)
+            }
+            (event_type, version) => {
+                return Err(DecodeError::UnsupportedVersion {
+                    event_type: event_type.as_str(),
+                    version,
+                });
+            }
+        };
+        Ok(Decoded { message_id, event })
+    }
+}
+
+/// Bounds strings copied from untrusted messages into error text.
+fn truncate(s: &str) -> String {
+    const MAX: usize = 100;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn sample() -> OrderCreatedV1 {
+        OrderCreatedV1 {
+            order_id: Uuid::parse_str("0190f3a6-7c3e-7b4a-9d2e-3f1a2b3c4d5e").unwrap(),
+            amount_cents: 2999,
+            currency: "BRL".into(),
+            created_at: datetime!(2026-11-27 12:34:56.789 UTC),
+        }
+    }
+
+    const SAMPLE_JSON: &str = r#"{"order_id":"0190f3a6-7c3e-7b4a-9d2e-3f1a2b3c4d5e","amount_cents":2999,"currency":"BRL","created_at":"2026-11-27T12:34:56.789Z"}"#;
+    const MESSAGE_ID: &str = "0190f3a6-0000-7000-8000-000000000001";
+
+    fn message(body: &[u8]) -> InboundMessage<'_> {
+        InboundMessage {
+            message_id: Some(MESSAGE_ID),
+            event_type: Some("OrderCreated"),
+            schema_version: Some(Ok(1)),
+            content_type: Some("application/json"),
+            body,
+        }
+    }
+
+    #[test]
+    fn order_created_v1_wire_format_is_pinned() {
+        assert_eq!(serde_json::to_string(&sample()).unwrap(), SAMPLE_JSON);
+        assert_eq!(
+            serde_json::to_string(&Event::OrderCreatedV1(sample()).to_json()).unwrap(),
+            // `to_json` goes through a map, which orders keys alphabetically.
+            r#"{"amount_cents":2999,"created_at":"2026-11-27T12:34:56.789Z","currency":"BRL","order_id":"0190f3a6-7c3e-7b4a-9d2e-3f1a2b3c4d5e"}"#
+        );
+    }
+
+    #[test]
+    fn event_names_and_routing_keys_are_pinned() {
+        assert_eq!(EventType::OrderCreated.as_str(), "OrderCreated");
+        assert_eq!(EventType::OrderCreated.routing_key(), "order.created");
+        assert_eq!(
+            EventType::from_name("OrderCreated"),
+            Some(EventType::OrderCreated)
+        );
+        assert_eq!(EventType::from_name("orderCreated"), None);
+    }
+
+    #[test]
+    fn decodes_a_valid_message() {
+        let d = message(SAMPLE_JSON.as_bytes()).decode().unwrap();
+        assert_eq!(d.message_id.to_string(), MESSAGE_ID);
+        assert_eq!(d.event, Event::OrderCreatedV1(sample()));
+    }
+
+    #[test]
+    fn tolerates_unknown_fields_and_charset() {
+        let body = SAMPLE_JSON.replace("{", r#"{"note":"x","#);
+        let mut m = message(body.as_bytes());
+        m.content_type = Some("application/json; charset=utf-8");
+        assert!(m.decode().is_ok());
+        m.content_type = None;
+        assert!(m.decode().is_ok());
+    }
+
+    #[test]
+    fn every_broken_envelope_has_its_reason() {
+        let body = SAMPLE_JSON.as_bytes();
+        let cases: Vec<(InboundMessage<'_>, &str)> = vec![
+            (
+                InboundMessage {
+                    message_id: None,
+                    ..message(body)
+                },
+                "missing-message-id",
+            ),
+            (
+                InboundMessage {
+                    message_id: Some("42"),
+                    ..message(body)
+                },
+                "invalid-message-id",
+            ),
+            (
+                InboundMessage {
+                    event_type: None,
+                    ..message(body)
+                },
+                "missing-type",
+            ),
+            (
+                InboundMessage {
+                    event_type: Some("OrderShipped"),
+                    ..message(body)
+                },
+                "unknown-type",
+            ),
+            (
+                InboundMessage {
+                    schema_version: None,
+                    ..message(body)
+                },
+                "invalid-schema-version",
+            ),
+            (
+                InboundMessage {
+                    schema_version: Some(Err("\"one\"")),
+                    ..message(body)
+                },
+                "invalid-schema-version",
+            ),
+            (
+                InboundMessage {
+                    schema_version: Some(Ok(2)),
+                    ..message(body)
+                },
+                "unsupported-version",
+            ),
+            (
+                InboundMessage {
+                    content_type: Some("text/plain"),
+                    ..message(body)
+                },
+                "wrong-content-type",
+            ),
+            (message(b"\xff\x00garbage"), "malformed-body"),
+            (message(br#"{"order_id":"x"}"#), "malformed-body"),
+            (message(b"[]"), "malformed-body"),
+        ];
+        for (m, code) in cases {
+            let err = m.decode().unwrap_err();
+            assert_eq!(err.code(), code, "{err}");
+            assert!(err.reason().starts_with(code));
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for (field, value) in [
+            ("\"amount_cents\":2999", "\"amount_cents\":0"),
+            ("\"amount_cents\":2999", "\"amount_cents\":-5"),
+            ("\"amount_cents\":2999", "\"amount_cents\":100000001"),
+            ("\"currency\":\"BRL\"", "\"currency\":\"brl\""),
+            ("\"currency\":\"BRL\"", "\"currency\":\"REAL\""),
+        ] {
+            let body = SAMPLE_JSON.replace(field, value);
+            let err = message(body.as_bytes()).decode().unwrap_err();
+            assert_eq!(err.code(), "invalid-event", "{value}: {err}");
+        }
+        let body = SAMPLE_JSON.replace("2999", "29.99");
+        assert_eq!(
+            message(body.as_bytes()).decode().unwrap_err().code(),
+            "malformed-body"
+        );
+    }
+
+    #[test]
+    fn untrusted_text_in_errors_is_bounded() {
+        let long = "x".repeat(10_000);
+        let m = InboundMessage {
+            event_type: Some(&long),
+            ..message(b"{}")
+        };
+        assert!(m.decode().unwrap_err().to_string().len() < 200);
+    }
+}

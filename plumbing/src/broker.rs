@@ -1,0 +1,255 @@
+//! RabbitMQ: connecting, declaring the topology, and translating between the
+//! contracts' envelope and AMQP properties.
+
+use std::time::Duration;
+
+use contracts::{InboundMessage, Topology, headers, topology::DELIVERY_LIMIT};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    message::Delivery,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// How long connecting (TCP, TLS, AMQP handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the broker could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The client library reported an error.
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    /// Connecting took longer than [`CONNECT_TIMEOUT`].
+    #[error("connecting to the broker timed out after {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+/// Opens a connection named `name` (shown in the management UI).
+///
+/// # Errors
+/// [`BrokerError`] when the broker is unreachable, refuses the login, or is slow.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+        .await
+        .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))?
+        .map_err(BrokerError::from)
+}
+
+/// Declares every exchange, queue and binding of the pipeline. Idempotent: the relay
+/// and the worker both call it at start-up, so either may start first.
+///
+/// The invoices queue is a durable quorum queue with a delivery limit whose
+/// dead-letter exchange routes to the dead-letter queue: a message that keeps
+/// failing ends there instead of looping forever.
+///
+/// # Errors
+/// The broker's error, e.g. when an existing queue was declared with other arguments.
+pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            name(&topology.exchange),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            name(&topology.dead_letter_exchange),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut dlq_args = FieldTable::default();
+    dlq_args.insert("x-queue-type".into(), string("quorum"));
+    channel
+        .queue_declare(
+            name(&topology.dead_letter_queue),
+            durable_queue,
+            dlq_args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            name(&topology.dead_letter_queue),
+            name(&topology.dead_letter_exchange),
+            name(topology.dead_letter_routing_key()),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        string(&topology.dead_letter_exchange),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        string(topology.dead_letter_routing_key()),
+    );
+    channel
+        .queue_declare(name(&topology.order_created_queue), durable_queue, args)
+        .await?;
+    for event_type in [contracts::EventType::OrderCreated] {
+        channel
+            .queue_bind(
+                name(&topology.order_created_queue),
+                name(&topology.exchange),
+                event_type.routing_key().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// A broker object name. Ours are short constants plus a namespace; a namespace
+/// long enough to overflow AMQP's 255-byte limit is cut rather than panicking.
+fn name(s: &str) -> ShortString {
+    ShortString::try_new(s).unwrap_or_else(|_| {
+        let mut end = 255;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        ShortString::from(&s[..end])
+    })
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// What the relay knows of an event when it publishes it.
+#[derive(Debug, Clone)]
+pub struct Outbound<'a> {
+    /// Outbox message id.
+    pub message_id: uuid::Uuid,
+    /// Event type name.
+    pub event_type: &'a str,
+    /// Schema version.
+    pub schema_version: i64,
+    /// When the event was written (seconds since the epoch).
+    pub timestamp: u64,
+    /// Extra string headers: trace context, correlation id, replay marker.
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl Outbound<'_> {
+    /// The AMQP properties of the event: persistent, JSON, with message id, type,
+    /// timestamp and the schema version and extra headers.
+    #[must_use]
+    pub fn properties(&self) -> BasicProperties {
+        let mut table = FieldTable::default();
+        table.insert(
+            headers::SCHEMA_VERSION.into(),
+            AMQPValue::LongLongInt(self.schema_version),
+        );
+        for (key, value) in &self.headers {
+            if let Ok(key) = ShortString::try_new(*key) {
+                table.insert(key, AMQPValue::LongString(value.as_str().into()));
+            }
+        }
+        BasicProperties::default()
+            .with_message_id(self.message_id.to_string().into())
+            .with_type(name(self.event_type))
+            .with_content_type(contracts::CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(2)
+            .with_timestamp(self.timestamp)
+            .with_headers(table)
+    }
+}
+
+/// The parts of a delivery the contracts' decoder reads.
+#[must_use]
+pub fn inbound(delivery: &Delivery) -> InboundMessage<'_> {
+    let p = &delivery.properties;
+    InboundMessage {
+        message_id: p.message_id().as_ref().map(ShortString::as_str),
+        event_type: p.kind().as_ref().map(ShortString::as_str),
+        schema_version: p
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(headers::SCHEMA_VERSION))
+            .map(as_integer),
+        content_type: p.content_type().as_ref().map(ShortString::as_str),
+        body: &delivery.data,
+    }
+}
+
+/// A string header's value, if present and textual.
+#[must_use]
+pub fn header_str<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+fn as_integer(value: &AMQPValue) -> Result<i64, &'static str> {
+    match value {
+        AMQPValue::ShortShortInt(v) => Ok(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Ok(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Ok(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Ok(i64::from(*v)),
+        AMQPValue::LongInt(v) => Ok(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Ok(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Ok(*v),
+        _ => Err("a non-integer value"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_properties_carry_the_envelope() {
+        let id = uuid::Uuid::nil();
+        let props = Outbound {
+            message_id: id,
+            event_type: "OrderCreated",
+            schema_version: 1,
+            timestamp: 1_700_000_000,
+            headers: vec![(headers::TRACEPARENT, "00-abc-def-01".into())],
+        }
+        .properties();
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(
+            props.content_type().as_ref().map(ShortString::as_str),
+            Some("application/json")
+        );
+        assert_eq!(header_str(&props, headers::TRACEPARENT), Some("00-abc-def-01"));
+        let mut delivery = Delivery::mock(
+            1,
+            "orders".into(),
+            "order.created".into(),
+            false,
+            b"{}".to_vec(),
+        );
+        delivery.properties = props;
+        let m = inbound(&delivery);
+        assert_eq!(m.message_id, Some(id.to_string().as_str()));
+        assert_eq!(m.event_type, Some("OrderCreated"));
+        assert_eq!(m.schema_version, Some(Ok(1)));
+    }
+}

@@ -1,0 +1,154 @@
+//! Reading configuration from environment variables (12-factor).
+
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+/// A configuration value that could not be understood.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?} is invalid: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub name: String,
+    /// The value found.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// The variable's value, or `None` when it is unset or empty.
+#[must_use]
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The variable's value, or `default` when it is unset or empty.
+#[must_use]
+pub fn var_or(name: &str, default: &str) -> String {
+    var(name).unwrap_or_else(|| default.to_owned())
+}
+
+/// The variable parsed as `T`, or `default` when it is unset or empty.
+///
+/// # Errors
+/// [`ConfigError`] when the value is set but does not parse.
+pub fn parse_or<T>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError {
+            name: name.to_owned(),
+            reason: e.to_string(),
+            value,
+        }),
+    }
+}
+
+/// The variable parsed as a duration (see [`parse_duration`]), or `default`.
+///
+/// # Errors
+/// [`ConfigError`] when the value is set but is not a duration.
+pub fn duration_or(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(value) => parse_duration(&value).map_err(|reason| ConfigError {
+            name: name.to_owned(),
+            value,
+            reason,
+        }),
+    }
+}
+
+/// Parses a duration written as a whole number and a unit: `250ms`, `30s`, `5m`,
+/// `2h`, `7d`.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h, d)"))?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let secs = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3_600),
+        "d" => secs(86_400),
+        other => Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration(" 7d "), Ok(Duration::from_secs(604_800)));
+    }
+
+    #[test]
+    fn bad_durations_are_explained() {
+        for bad in ["", "10", "ms", "1.5s", "-1s", "3w", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("18446744073709551615d").is_err());
+    }
+}
+
+/// A URL with its password replaced by `***`, safe to log.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact_url("amqps://app:pa:ss@mq.example:5671/%2f"),
+            "amqps://app:***@mq.example:5671/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@h/db?sslmode=require"),
+            "postgres://u:***@h/db?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("host=h user=u"), "host=h user=u");
+    }
+}

@@ -1,0 +1,266 @@
+//! PostgreSQL: connection pool, dedicated sessions, database creation, migrations,
+//! and the transient/permanent classification of errors.
+
+use std::{str::FromStr, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::{Client, Config, NoTls, error::SqlState};
+
+pub use migrations::Database;
+
+/// How long establishing one connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL does not parse.
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    Url(String),
+    /// Connecting failed.
+    #[error("cannot connect to database {database:?} on {host}")]
+    Connect {
+        /// The database name.
+        database: String,
+        /// Host and port, without credentials.
+        host: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database does not exist and could not be created.
+    #[error(
+        "database {database:?} does not exist and could not be created ({reason}); create it with: createdb -h <host> -U <user> {database}"
+    )]
+    Missing {
+        /// The database name.
+        database: String,
+        /// Why creating it failed.
+        reason: String,
+    },
+    /// Building the pool failed.
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
+    /// Migrations failed.
+    #[error("migrating the {database:?} database failed")]
+    Migrate {
+        /// Which database.
+        database: Database,
+        /// The cause.
+        #[source]
+        source: migrations::MigrateError,
+    },
+}
+
+/// Sizes and timeouts of a connection pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// Longest wait for a free connection before giving up (a bounded wait is what
+    /// turns a database outage into a quick 503 instead of a hang).
+    pub wait_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            wait_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Parses a `postgres://` URL (or key=value string) into a driver configuration
+/// with the pipeline's connect timeout.
+///
+/// # Errors
+/// [`DbError::Url`] when the URL does not parse.
+pub fn parse_url(url: &str) -> Result<Config, DbError> {
+    let mut config = Config::from_str(url).map_err(|e| DbError::Url(e.to_string()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(config)
+}
+
+/// Database name of a configuration (`postgres` when none is given, as libpq does).
+#[must_use]
+pub fn database_name(config: &Config) -> String {
+    config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres")
+        .to_owned()
+}
+
+/// `host:port` of a configuration, for messages (never the password).
+#[must_use]
+pub fn describe_host(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// Opens a dedicated session (not pooled), driving its connection on a task.
+///
+/// # Errors
+/// [`DbError::Connect`] when the server cannot be reached or refuses the login.
+pub async fn connect(config: &Config) -> Result<Client, DbError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|source| DbError::Connect {
+            database: database_name(config),
+            host: describe_host(config),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database session ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Makes sure the configured database exists, creating it through the `postgres`
+/// maintenance database when it does not (the local default setup). When the role
+/// may not create databases, the error says how to create it by hand.
+///
+/// # Errors
+/// [`DbError::Connect`] when the server is unreachable, [`DbError::Missing`] when the
+/// database is absent and cannot be created.
+pub async fn ensure_database(config: &Config) -> Result<(), DbError> {
+    let err = match connect(config).await {
+        Ok(_) => return Ok(()),
+        Err(DbError::Connect { source, .. })
+            if source.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+        {
+            source
+        }
+        Err(other) => return Err(other),
+    };
+    let database = database_name(config);
+    tracing::info!(database, cause = %err, "database does not exist, creating it");
+    let mut maintenance = config.clone();
+    maintenance.dbname("postgres");
+    let client = connect(&maintenance)
+        .await
+        .map_err(|e| DbError::Missing {
+            database: database.clone(),
+            reason: format!("{e}"),
+        })?;
+    let statement = format!("CREATE DATABASE {}", quote_ident(&database));
+    match client.batch_execute(&statement).await {
+        Ok(()) => Ok(()),
+        // Another replica created it at the same moment.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(e) => Err(DbError::Missing {
+            database,
+            reason: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+        }),
+    }
+}
+
+/// Quotes an SQL identifier (for the few statements that take no parameters).
+#[must_use]
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Creates the database if needed and applies `database`'s migrations on a
+/// dedicated session. Returns how many were applied.
+///
+/// # Errors
+/// [`DbError`] when the database is unreachable or a migration fails.
+pub async fn migrate(config: &Config, database: Database) -> Result<usize, DbError> {
+    ensure_database(config).await?;
+    let mut client = connect(config).await?;
+    migrations::run(&mut client, database)
+        .await
+        .map_err(|source| DbError::Migrate { database, source })
+}
+
+/// Builds a connection pool. Connections are opened lazily, so this succeeds while
+/// the database is down; requests then fail fast with [`PoolError::Timeout`] or
+/// [`PoolError::Backend`] and succeed again once it is back.
+///
+/// # Errors
+/// [`DbError::Pool`] when the pool cannot be built.
+pub fn pool(config: Config, options: PoolOptions) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(options.wait_timeout))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Whether a driver error is worth retrying: the connection broke, the server is
+/// shutting down or overloaded, or the transaction lost a serialization or deadlock
+/// race. Constraint violations, syntax and type errors are permanent.
+#[must_use]
+pub fn is_transient(err: &tokio_postgres::Error) -> bool {
+    let Some(db) = err.as_db_error() else {
+        // No SQLSTATE: I/O error, closed connection or timeout.
+        return true;
+    };
+    let code = db.code().code();
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // operator intervention (shutdown, cannot connect now)
+        || code == SqlState::T_R_SERIALIZATION_FAILURE.code()
+        || code == SqlState::T_R_DEADLOCK_DETECTED.code()
+        || code == SqlState::LOCK_NOT_AVAILABLE.code()
+        || code == SqlState::QUERY_CANCELED.code()
+}
+
+/// Whether a pool error is worth retrying (see [`is_transient`]).
+#[must_use]
+pub fn is_transient_pool(err: &PoolError) -> bool {
+    match err {
+        PoolError::Timeout(_) => true,
+        PoolError::Backend(e) => is_transient(e),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("orders"), "\"orders\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn url_description_has_no_password() {
+        let c = parse_url("postgres://app:s3cret@db.internal:6543/orders").unwrap();
+        assert_eq!(describe_host(&c), "db.internal:6543");
+        assert_eq!(database_name(&c), "orders");
+        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let err = parse_url("postgres://x:y@h:notaport/db").unwrap_err();
+        assert!(!err.to_string().contains("y@"), "{err}");
+    }
+}

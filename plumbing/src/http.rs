@@ -1,0 +1,72 @@
+//! The HTTP server skeleton every service uses: bind, log the address, serve until
+//! the shutdown token fires, and the liveness endpoint.
+
+use std::net::SocketAddr;
+
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Binds `host:port` (port 0 picks a free one) and logs the bound address as
+/// `listening` with an `addr` field, which test harnesses read.
+///
+/// # Errors
+/// The I/O error when the address cannot be bound (e.g. the port is taken).
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    let listener = TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(addr = %addr, "listening");
+    Ok(listener)
+}
+
+/// Serves `router` until `shutdown` is cancelled, then lets in-flight requests
+/// finish (graceful shutdown).
+///
+/// # Errors
+/// The server's I/O error.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// `GET /health`: liveness, `200 text/plain OK` as long as the process serves HTTP.
+pub async fn health() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "OK",
+    )
+        .into_response()
+}
+
+/// The body of a readiness answer: `200 OK` or `503` with what is not ready.
+#[must_use]
+pub fn readiness(problems: &[String]) -> Response {
+    if problems.is_empty() {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "READY".to_owned(),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("NOT READY: {}", problems.join("; ")),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,13 @@
+//! Runtime plumbing shared by the three services, written once.
+//!
+//! Configuration from the environment, JSON logs, the shutdown signal, the
+//! PostgreSQL pool and start-up (create database, migrate), the RabbitMQ
+//! connection and topology, retry policies and the HTTP server skeleton.
+
+pub mod backoff;
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,29 @@
+//! Structured logs: one JSON object per line on stdout, filtered by `RUST_LOG`.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Installs the global subscriber. `RUST_LOG` selects levels (default `info`).
+///
+/// Calling it twice is harmless: the second call leaves the first subscriber.
+pub fn init(service: &'static str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .try_init()
+        .is_ok()
+    {
+        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+    }
+}
+
+/// Logs an error with its whole chain of causes, as one line.
+pub fn log_error(context: &str, error: &anyhow::Error) {
+    tracing::error!(error = format!("{error:#}"), "{context}");
+}
