@@ -7,6 +7,10 @@
 
 use tokio_postgres::Client;
 
+/// `NOTIFY` channel the orders API signals on when it writes outbox rows, and the
+/// relay listens on. The payload is empty: a notification is only a hint to look.
+pub const OUTBOX_CHANNEL: &str = "outbox_inserted";
+
 mod orders {
     refinery::embed_migrations!("orders");
 }

@@ -6,7 +6,7 @@ use std::{str::FromStr, time::Duration};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::{Client, Config, NoTls, error::SqlState};
 
-pub use migrations::Database;
+pub use migrations::{Database, OUTBOX_CHANNEL};
 
 /// How long establishing one connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -149,7 +149,7 @@ pub async fn ensure_database(config: &Config) -> Result<(), DbError> {
         Err(other) => return Err(other),
     };
     let database = database_name(config);
-    tracing::info!(database, cause = %err, "database does not exist, creating it");
+    tracing::info!(database, cause = %db_message(&err), "database does not exist, creating it");
     let mut maintenance = config.clone();
     maintenance.dbname("postgres");
     let client = connect(&maintenance)
@@ -165,11 +165,16 @@ pub async fn ensure_database(config: &Config) -> Result<(), DbError> {
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
         Err(e) => Err(DbError::Missing {
             database,
-            reason: e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            reason: db_message(&e),
         }),
     }
+}
+
+/// The server's message for a database error, or the driver's description.
+#[must_use]
+pub fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map_or_else(|| err.to_string(), |d| d.message().to_owned())
 }
 
 /// Quotes an SQL identifier (for the few statements that take no parameters).
@@ -263,4 +268,41 @@ mod tests {
         let err = parse_url("postgres://x:y@h:notaport/db").unwrap_err();
         assert!(!err.to_string().contains("y@"), "{err}");
     }
+}
+
+/// Applies migrations at start-up, waiting (with backoff) while the database is
+/// unreachable. Permanent failures (bad credentials, a failing migration) return
+/// at once; so does a shutdown signal.
+///
+/// # Errors
+/// [`DbError`] for permanent failures, or the last error if shut down while waiting.
+pub async fn migrate_when_reachable(
+    config: &Config,
+    database: Database,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<usize, DbError> {
+    let mut delays = crate::backoff::reconnect_delays();
+    loop {
+        let err = match migrate(config, database).await {
+            Ok(applied) => return Ok(applied),
+            Err(e) => e,
+        };
+        let retry = match &err {
+            DbError::Connect { source, .. } => is_transient(source),
+            _ => false,
+        };
+        if !retry || shutdown.is_cancelled() {
+            return Err(err);
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        tracing::warn!(error = %err, cause = %source_text(&err), retry_in = ?delay, "database not reachable yet");
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(err),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn source_text(err: &DbError) -> String {
+    std::error::Error::source(err).map_or_else(String::new, ToString::to_string)
 }

@@ -1,0 +1,146 @@
+//! Orders: the request body, the validated new order and the stored order.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Amount, AmountError};
+
+/// Body of `POST /orders`, as in the seed: `{"amount": 29.99}`, optionally with a
+/// `currency`. Unknown fields are refused so that a typo is not silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    /// The raw JSON of the amount, parsed exactly by [`Amount::from_json`].
+    pub amount: Box<RawValue>,
+    /// ISO 4217 code; the configured default when absent.
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+/// Why a well-formed request does not describe a valid order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// The amount is not acceptable.
+    #[error(transparent)]
+    Amount(#[from] AmountError),
+    /// The currency is not an ISO 4217 code.
+    #[error("currency must be a three-letter ISO 4217 code such as BRL")]
+    Currency,
+}
+
+/// A validated order that has not been stored yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    /// The new order's id (UUIDv7: time-ordered, friendly to the primary key index).
+    pub id: Uuid,
+    /// The amount.
+    pub amount: Amount,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl NewOrder {
+    /// Validates a request into a new order with a fresh id.
+    ///
+    /// # Errors
+    /// [`OrderError`] naming the invalid field.
+    pub fn parse(request: &CreateOrderRequest, default_currency: &str) -> Result<Self, OrderError> {
+        let amount = Amount::from_json(&request.amount)?;
+        let currency = request
+            .currency
+            .as_deref()
+            .unwrap_or(default_currency)
+            .to_owned();
+        if !contracts::event::is_currency_code(&currency) {
+            return Err(OrderError::Currency);
+        }
+        Ok(Self {
+            id: Uuid::now_v7(),
+            amount,
+            currency,
+        })
+    }
+}
+
+/// A stored order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// Id.
+    pub id: Uuid,
+    /// Amount.
+    pub amount: Amount,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When it was stored.
+    pub created_at: OffsetDateTime,
+}
+
+/// The JSON representation of an order in responses.
+#[derive(Debug, Serialize)]
+pub struct OrderBody {
+    /// Id.
+    pub id: Uuid,
+    /// Decimal amount as a JSON number with two places (`29.99`).
+    pub amount: Box<RawValue>,
+    /// Amount in cents, exact.
+    pub amount_cents: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// RFC 3339.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Order {
+    /// The response body for this order.
+    ///
+    /// # Errors
+    /// Only if the amount could not be written as JSON (never in practice).
+    pub fn to_body(&self) -> Result<OrderBody, serde_json::Error> {
+        Ok(OrderBody {
+            id: self.id,
+            amount: self.amount.to_json_number()?,
+            amount_cents: self.amount.cents(),
+            currency: self.currency.clone(),
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> CreateOrderRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn default_currency_applies() {
+        let o = NewOrder::parse(&request(r#"{"amount": 29.99}"#), "BRL").unwrap();
+        assert_eq!(o.amount.cents(), 2999);
+        assert_eq!(o.currency, "BRL");
+        let o = NewOrder::parse(&request(r#"{"amount": "5", "currency": "EUR"}"#), "BRL").unwrap();
+        assert_eq!(o.currency, "EUR");
+    }
+
+    #[test]
+    fn invalid_currency_is_refused() {
+        for c in [r#""eur""#, r#""EURO""#, r#""""#, r#""€€€""#] {
+            let json = format!(r#"{{"amount": 1, "currency": {c}}}"#);
+            assert_eq!(
+                NewOrder::parse(&request(&json), "BRL"),
+                Err(OrderError::Currency)
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_amount_do_not_deserialize() {
+        assert!(serde_json::from_str::<CreateOrderRequest>(r#"{"amount":1,"x":2}"#).is_err());
+        assert!(serde_json::from_str::<CreateOrderRequest>(r#"{}"#).is_err());
+        assert!(serde_json::from_str::<CreateOrderRequest>(r#"{"amount":1,"amount":2}"#).is_err());
+    }
+}

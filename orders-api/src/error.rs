@@ -1,0 +1,147 @@
+//! The API's errors and their `application/problem+json` bodies (RFC 9457).
+//!
+//! Client errors say what is wrong. Server errors are opaque: the cause is logged
+//! inside the request's span, never sent to the client.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// Media type of error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON (syntax error, truncated, too deeply nested).
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The request is not acceptable as a whole (e.g. a path parameter).
+    #[error("{detail}")]
+    BadRequest {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Human explanation.
+        detail: String,
+    },
+    /// JSON of the wrong shape or with invalid values.
+    #[error("{detail}")]
+    Unprocessable {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Human explanation.
+        detail: String,
+    },
+    /// The body is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than allowed.
+    #[error("request body is larger than the limit")]
+    PayloadTooLarge,
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// No such route or method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The database is unreachable or overloaded: retry later.
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or an unexpected failure.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The problem body.
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'static str,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "request failed: database unavailable");
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed: internal error");
+            }
+            _ => {}
+        }
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        if plumbing::db::is_transient_pool(&err) {
+            ApiError::Unavailable(anyhow::Error::new(err).context("no database connection"))
+        } else {
+            ApiError::Internal(anyhow::Error::new(err).context("database pool"))
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        if plumbing::db::is_transient(&err) {
+            ApiError::Unavailable(anyhow::Error::new(err).context("database query failed"))
+        } else {
+            ApiError::Internal(anyhow::Error::new(err).context("database query failed"))
+        }
+    }
+}

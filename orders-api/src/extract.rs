@@ -1,0 +1,87 @@
+//! A JSON body extractor whose rejections are problem bodies with the right status:
+//! 415 for a non-JSON content type, 413 for an oversized body, 400 for broken JSON,
+//! 422 for JSON of the wrong shape.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, Request},
+    http::{StatusCode, header},
+};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A request body deserialized from JSON.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_json_content_type(req.headers().get(header::CONTENT_TYPE))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::MalformedJson(format!("cannot read the request body: {rejection}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::Unprocessable {
+                    code: "invalid_body",
+                    detail: format!("request body has the wrong shape: {e}"),
+                },
+                _ => ApiError::MalformedJson(format!("request body is not valid JSON: {e}")),
+            })
+    }
+}
+
+/// Accepts `application/json` and `application/<something>+json`, with parameters.
+fn check_json_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiError> {
+    let Some(value) = value else {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json".into(),
+        ));
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be application/json, not {essence:?}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn content_types() {
+        let ok = |v: &'static str| check_json_content_type(Some(&HeaderValue::from_static(v)));
+        assert!(ok("application/json").is_ok());
+        assert!(ok("Application/JSON; charset=utf-8").is_ok());
+        assert!(ok("application/merge-patch+json").is_ok());
+        assert!(ok("text/plain").is_err());
+        assert!(ok("application/jsonx").is_err());
+        assert!(check_json_content_type(None).is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! `orders-api` — serve the API; `orders-api migrate` — apply migrations and exit.
+
+use anyhow::Context as _;
+use orders_api::{config::Config, startup::Application};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    plumbing::telemetry::init("orders-api");
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            plumbing::telemetry::log_error("orders-api failed", &e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {
+            let shutdown = plumbing::shutdown::on_signal();
+            let app = Application::build(&config, &shutdown).await?;
+            app.run_until_stopped(shutdown).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some("migrate") => {
+            let db = plumbing::db::parse_url(&config.database_url)?;
+            let applied = plumbing::db::migrate(&db, plumbing::db::Database::Orders)
+                .await
+                .context("migrating the orders database failed")?;
+            tracing::info!(applied, "orders database is up to date");
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown command {other:?}; use `serve` (default) or `migrate`"),
+    }
+}

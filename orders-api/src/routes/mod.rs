@@ -1,0 +1,103 @@
+//! HTTP routes of the orders API.
+
+mod health;
+mod orders;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, Uri},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use deadpool_postgres::Pool;
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::error::ApiError;
+
+/// Header carrying the request id (generated when the client sends none).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Orders database pool.
+    pub pool: Pool,
+    /// Currency of orders that name none.
+    pub default_currency: Arc<str>,
+}
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered with 503.
+    pub request_timeout: Duration,
+}
+
+/// The API's router with its middleware.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let timeout = limits.request_timeout;
+    Router::new()
+        .route("/health", get(plumbing::http::health))
+        .route("/ready", get(health::ready))
+        .route("/orders", axum::routing::post(orders::create))
+        .route("/orders/{id}", get(orders::get))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            with_timeout(req, next, timeout)
+        }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                        let request_id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!(
+                            "http.request",
+                            http.request.method = %req.method(),
+                            url.path = %req.uri().path(),
+                            request_id,
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
+}
+
+/// Answers 503 when a request takes longer than the limit, so that a stalled
+/// database cannot hold a connection (or graceful shutdown) forever.
+async fn with_timeout(req: Request, next: Next, timeout: Duration) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out after {timeout:?}"))
+            .into_response(),
+    }
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "method {} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+}

@@ -1,0 +1,72 @@
+//! Building and running the API: migrate, pool, bind, serve until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    routes::{self, AppState, Limits},
+};
+
+/// A bound, ready-to-run API.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl Application {
+    /// Applies migrations (if configured), builds the pool and binds the port.
+    ///
+    /// # Errors
+    /// Invalid configuration, an unreachable database at migration time (after
+    /// `shutdown`), a failing migration, or a port that cannot be bound.
+    pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        if !contracts::event::is_currency_code(&config.default_currency) {
+            anyhow::bail!(
+                "DEFAULT_CURRENCY={:?} is not a three-letter ISO 4217 code",
+                config.default_currency
+            );
+        }
+        let db = plumbing::db::parse_url(&config.database_url)?;
+        if config.migrate_on_start {
+            plumbing::db::migrate_when_reachable(&db, plumbing::db::Database::Orders, shutdown)
+                .await
+                .context("cannot prepare the orders database")?;
+        }
+        let pool = plumbing::db::pool(db, config.pool)?;
+        let state = AppState {
+            pool,
+            default_currency: Arc::from(config.default_currency.as_str()),
+        };
+        let router = routes::router(
+            state,
+            Limits {
+                max_body_bytes: config.max_body_bytes,
+                request_timeout: config.request_timeout,
+            },
+        );
+        let listener = plumbing::http::bind(&config.host, config.port).await?;
+        Ok(Self { listener, router })
+    }
+
+    /// The port the API listens on.
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn port(&self) -> std::io::Result<u16> {
+        Ok(self.listener.local_addr()?.port())
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    ///
+    /// # Errors
+    /// The server's I/O error.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        plumbing::http::serve(self.listener, self.router, shutdown)
+            .await
+            .context("HTTP server failed")
+    }
+}
