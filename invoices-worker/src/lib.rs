@@ -1,1 +1,7 @@
-//! placeholder
+//! The invoices worker: an idempotent consumer of `OrderCreated` events that writes
+//! exactly one invoice per order, acking only after its transaction committed.
+
+pub mod config;
+pub mod startup;
+pub mod store;
+pub mod worker;

@@ -1,6 +1,5 @@
 //! `orders-api` — serve the API; `orders-api migrate` — apply migrations and exit.
 
-use anyhow::Context as _;
 use orders_api::{config::Config, startup::Application};
 
 #[tokio::main]
@@ -26,11 +25,7 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Some("migrate") => {
-            let db = plumbing::db::parse_url(&config.database_url)?;
-            let applied = plumbing::db::migrate(&db, plumbing::db::Database::Orders)
-                .await
-                .context("migrating the orders database failed")?;
-            tracing::info!(applied, "orders database is up to date");
+            plumbing::db::migrate_command(&config.database_url, plumbing::db::Database::Orders).await?;
             Ok(())
         }
         Some(other) => anyhow::bail!("unknown command {other:?}; use `serve` (default) or `migrate`"),

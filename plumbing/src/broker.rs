@@ -57,7 +57,7 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
     };
     channel
         .exchange_declare(
-            name(&topology.exchange),
+            short_string(&topology.exchange),
             ExchangeKind::Topic,
             durable_exchange,
             FieldTable::default(),
@@ -65,7 +65,7 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
         .await?;
     channel
         .exchange_declare(
-            name(&topology.dead_letter_exchange),
+            short_string(&topology.dead_letter_exchange),
             ExchangeKind::Direct,
             durable_exchange,
             FieldTable::default(),
@@ -76,16 +76,16 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
     dlq_args.insert("x-queue-type".into(), string("quorum"));
     channel
         .queue_declare(
-            name(&topology.dead_letter_queue),
+            short_string(&topology.dead_letter_queue),
             durable_queue,
             dlq_args,
         )
         .await?;
     channel
         .queue_bind(
-            name(&topology.dead_letter_queue),
-            name(&topology.dead_letter_exchange),
-            name(topology.dead_letter_routing_key()),
+            short_string(&topology.dead_letter_queue),
+            short_string(&topology.dead_letter_exchange),
+            short_string(topology.dead_letter_routing_key()),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -106,13 +106,13 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
         string(topology.dead_letter_routing_key()),
     );
     channel
-        .queue_declare(name(&topology.order_created_queue), durable_queue, args)
+        .queue_declare(short_string(&topology.order_created_queue), durable_queue, args)
         .await?;
     for event_type in [contracts::EventType::OrderCreated] {
         channel
             .queue_bind(
-                name(&topology.order_created_queue),
-                name(&topology.exchange),
+                short_string(&topology.order_created_queue),
+                short_string(&topology.exchange),
                 event_type.routing_key().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -122,9 +122,11 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
     Ok(())
 }
 
-/// A broker object name. Ours are short constants plus a namespace; a namespace
-/// long enough to overflow AMQP's 255-byte limit is cut rather than panicking.
-fn name(s: &str) -> ShortString {
+/// An AMQP short string (names, routing keys, property values). Ours are short
+/// constants plus a namespace whose length the configuration bounds; anything over
+/// AMQP's 255-byte limit is cut rather than panicking.
+#[must_use]
+pub fn short_string(s: &str) -> ShortString {
     ShortString::try_new(s).unwrap_or_else(|_| {
         let mut end = 255;
         while !s.is_char_boundary(end) {
@@ -170,7 +172,7 @@ impl Outbound<'_> {
         }
         BasicProperties::default()
             .with_message_id(self.message_id.to_string().into())
-            .with_type(name(self.event_type))
+            .with_type(short_string(self.event_type))
             .with_content_type(contracts::CONTENT_TYPE_JSON.into())
             .with_delivery_mode(2)
             .with_timestamp(self.timestamp)

@@ -111,6 +111,28 @@ mod tests {
     }
 }
 
+/// `BROKER_NAMESPACE`: the prefix of every exchange and queue name (default none),
+/// at most 64 letters, digits, `.`, `-` or `_`.
+///
+/// # Errors
+/// [`ConfigError`] when the value is too long or has other characters.
+pub fn broker_namespace() -> Result<String, ConfigError> {
+    let value = var_or("BROKER_NAMESPACE", "");
+    let valid = value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if valid {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            name: "BROKER_NAMESPACE".into(),
+            value,
+            reason: "use at most 64 letters, digits, '.', '-' or '_'".into(),
+        })
+    }
+}
+
 /// A URL with its password replaced by `***`, safe to log.
 #[must_use]
 pub fn redact_url(url: &str) -> String {

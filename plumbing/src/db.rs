@@ -161,8 +161,14 @@ pub async fn ensure_database(config: &Config) -> Result<(), DbError> {
     let statement = format!("CREATE DATABASE {}", quote_ident(&database));
     match client.batch_execute(&statement).await {
         Ok(()) => Ok(()),
-        // Another replica created it at the same moment.
-        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        // Another process created it at the same moment: depending on timing the
+        // server reports either error.
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(DbError::Missing {
             database,
             reason: db_message(&e),
@@ -295,7 +301,7 @@ pub async fn migrate_when_reachable(
             return Err(err);
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
-        tracing::warn!(error = %err, cause = %source_text(&err), retry_in = ?delay, "database not reachable yet");
+        tracing::warn!(error = %err, cause = %crate::telemetry::error_chain(&err), retry_in = ?delay, "database not reachable yet");
         tokio::select! {
             () = shutdown.cancelled() => return Err(err),
             () = tokio::time::sleep(delay) => {}
@@ -303,6 +309,14 @@ pub async fn migrate_when_reachable(
     }
 }
 
-fn source_text(err: &DbError) -> String {
-    std::error::Error::source(err).map_or_else(String::new, ToString::to_string)
+/// The `migrate` command of each binary: create the database if needed, apply its
+/// migrations, log the result.
+///
+/// # Errors
+/// [`DbError`] when the URL is invalid, the database unreachable or a migration fails.
+pub async fn migrate_command(database_url: &str, database: Database) -> Result<(), DbError> {
+    let config = parse_url(database_url)?;
+    let applied = migrate(&config, database).await?;
+    tracing::info!(?database, applied, "database is up to date");
+    Ok(())
 }

@@ -6,7 +6,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 ///
 /// Calling it twice is harmless: the second call leaves the first subscriber.
 pub fn init(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
     let json = fmt::layer()
         .json()
         .flatten_event(true)
@@ -26,4 +26,20 @@ pub fn init(service: &'static str) {
 /// Logs an error with its whole chain of causes, as one line.
 pub fn log_error(context: &str, error: &anyhow::Error) {
     tracing::error!(error = format!("{error:#}"), "{context}");
+}
+
+/// The causes of an error (not the error itself), joined by `: `; empty when it has
+/// none. For logging errors whose `Display` is only the outermost context.
+#[must_use]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut source = err.source();
+    while let Some(s) = source {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

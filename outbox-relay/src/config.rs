@@ -1,0 +1,89 @@
+//! Configuration of the relay, from the environment.
+
+use std::time::Duration;
+
+use plumbing::{
+    config::{ConfigError, duration_or, parse_or, var_or},
+    db::PoolOptions,
+};
+
+/// Default `DATABASE_URL`: the local orders database (the relay reads the outbox).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+/// Default `BROKER_URL`: the local RabbitMQ.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How the relay claims and publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// `RELAY_BATCH_SIZE`: rows claimed and published per cycle (default 200).
+    pub batch_size: i64,
+    /// `RELAY_POLL_INTERVAL`: fallback scan interval when no notification arrives
+    /// (default 1s).
+    pub poll_interval: Duration,
+    /// `RELAY_LEASE`: how long a claim keeps other relays off the rows; a relay that
+    /// dies loses its claim after this (default 30s).
+    pub lease: Duration,
+    /// `RELAY_CONFIRM_TIMEOUT`: longest wait for the broker's confirms of a batch;
+    /// unconfirmed rows are released and published again (default 10s).
+    pub confirm_timeout: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the relay reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: the orders database.
+    pub database_url: String,
+    /// `BROKER_URL`: RabbitMQ (`amqp://` or `amqps://`).
+    pub broker_url: String,
+    /// `BROKER_NAMESPACE`: prefix of every exchange and queue name (default none).
+    pub broker_namespace: String,
+    /// `HOST`: address of the health endpoint (default `0.0.0.0`).
+    pub host: String,
+    /// `PORT`: port of the health endpoint (default 3335).
+    pub port: u16,
+    /// `DB_POOL_SIZE` and `DB_POOL_TIMEOUT`.
+    pub pool: PoolOptions,
+    /// Claiming and publishing.
+    pub relay: RelaySettings,
+    /// `MIGRATE_ON_START`: apply the orders migrations at start-up (default true).
+    pub migrate_on_start: bool,
+}
+
+impl Config {
+    /// Reads the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable that does not parse.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = RelaySettings::default();
+        Ok(Self {
+            database_url: var_or("DATABASE_URL", DEFAULT_DATABASE_URL),
+            broker_url: var_or("BROKER_URL", DEFAULT_BROKER_URL),
+            broker_namespace: plumbing::config::broker_namespace()?,
+            host: var_or("HOST", "0.0.0.0"),
+            port: parse_or("PORT", 3335)?,
+            pool: PoolOptions {
+                max_size: parse_or("DB_POOL_SIZE", 4)?,
+                wait_timeout: duration_or("DB_POOL_TIMEOUT", Duration::from_secs(5))?,
+            },
+            relay: RelaySettings {
+                batch_size: parse_or("RELAY_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
+                poll_interval: duration_or("RELAY_POLL_INTERVAL", d.poll_interval)?,
+                lease: duration_or("RELAY_LEASE", d.lease)?,
+                confirm_timeout: duration_or("RELAY_CONFIRM_TIMEOUT", d.confirm_timeout)?,
+            },
+            migrate_on_start: parse_or("MIGRATE_ON_START", true)?,
+        })
+    }
+}

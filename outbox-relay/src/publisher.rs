@@ -1,0 +1,181 @@
+//! Publishing claimed rows with publisher confirms.
+//!
+//! A batch is pipelined: every row is published, then all confirms are awaited
+//! together, bounded by a timeout. Each row gets one of three outcomes:
+//! confirmed (ack without a returned message), rejected (the broker refused this
+//! message: nack, or returned as unroutable — an ack that carries a returned message
+//! is a failure, not a success), or lost (the channel failed, so the broker may or
+//! may not have it; it is published again under the same message id).
+
+use std::time::Duration;
+
+use contracts::{EventType, Topology};
+use lapin::{
+    Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use plumbing::broker::{BrokerError, Outbound, short_string};
+
+use crate::store::OutboxRow;
+
+/// What happened to one published row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The broker acknowledged it and did not return it: safe to mark published.
+    Confirmed,
+    /// The broker refused it (nack, unroutable, or it cannot be encoded): record an
+    /// attempt against the row.
+    Rejected(String),
+    /// The channel or connection failed before a confirm arrived: release the row so
+    /// it is published again after reconnecting.
+    Lost(String),
+}
+
+/// A confirm-mode channel to the broker, with the topology declared.
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    topology: Topology,
+}
+
+impl Publisher {
+    /// Connects, declares the topology and enables publisher confirms.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker cannot be reached or refuses a declaration.
+    pub async fn connect(url: &str, topology: Topology) -> Result<Self, BrokerError> {
+        let connection = plumbing::broker::connect(url, "outbox-relay").await?;
+        let channel = connection.create_channel().await?;
+        plumbing::broker::declare_topology(&channel, &topology).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+            topology,
+        })
+    }
+
+    /// Whether the channel is still usable.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Publishes `rows` and waits for their confirms; returns one outcome per row,
+    /// in order. `extra_headers` are added to every message (e.g. a replay marker).
+    pub async fn publish_batch(
+        &self,
+        rows: &[OutboxRow],
+        confirm_timeout: Duration,
+        extra_headers: &[(&'static str, String)],
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
+        let mut pending = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let Some(event_type) = EventType::from_name(&row.event_type) else {
+                outcomes[i] = Some(Outcome::Rejected(format!(
+                    "unknown event type {:?}: no routing key",
+                    row.event_type
+                )));
+                continue;
+            };
+            let body = match serde_json::to_vec(&row.payload) {
+                Ok(body) => body,
+                Err(e) => {
+                    outcomes[i] = Some(Outcome::Rejected(format!("payload cannot be encoded: {e}")));
+                    continue;
+                }
+            };
+            let properties = outbound(row, extra_headers).properties();
+            let publish = self
+                .channel
+                .basic_publish(
+                    short_string(&self.topology.exchange),
+                    short_string(event_type.routing_key()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await;
+            match publish {
+                Ok(confirm) => pending.push((i, confirm)),
+                Err(e) => {
+                    // The channel is gone: this row and every later one is lost.
+                    let reason = format!("publish failed: {e}");
+                    for outcome in outcomes.iter_mut().skip(i) {
+                        outcome.get_or_insert_with(|| Outcome::Lost(reason.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        let (indices, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+        match tokio::time::timeout(confirm_timeout, futures::future::join_all(confirms)).await {
+            Ok(results) => {
+                for (i, result) in indices.into_iter().zip(results) {
+                    outcomes[i] = Some(outcome_of(result));
+                }
+            }
+            Err(_) => {
+                for i in indices {
+                    outcomes[i] = Some(Outcome::Lost(format!(
+                        "no confirm within {confirm_timeout:?}"
+                    )));
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Lost("not published".into())))
+            .collect()
+    }
+
+    /// Closes the channel and connection politely (after the last confirms).
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "relay stopping".into()).await;
+        let _ = self.connection.close(200, "relay stopping".into()).await;
+    }
+}
+
+fn outcome_of(result: lapin::Result<Confirmation>) -> Outcome {
+    match result {
+        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
+        Ok(Confirmation::Ack(Some(returned))) => Outcome::Rejected(format!(
+            "returned by the broker: {} {} (no queue bound for routing key {})",
+            returned.reply_code, returned.reply_text, returned.delivery.routing_key
+        )),
+        Ok(Confirmation::Nack(returned)) => Outcome::Rejected(match returned {
+            Some(r) => format!("nacked by the broker: {} {}", r.reply_code, r.reply_text),
+            None => "nacked by the broker".into(),
+        }),
+        // Confirms are always enabled on this channel; treat the impossible as lost.
+        Ok(Confirmation::NotRequested) => Outcome::Lost("publisher confirms not enabled".into()),
+        Err(e) => Outcome::Lost(format!("channel failed before the confirm: {e}")),
+    }
+}
+
+/// The AMQP envelope of a row.
+fn outbound<'a>(row: &'a OutboxRow, extra: &[(&'static str, String)]) -> Outbound<'a> {
+    let mut headers: Vec<(&str, String)> = row
+        .headers
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    headers.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    Outbound {
+        message_id: row.message_id,
+        event_type: &row.event_type,
+        schema_version: i64::from(row.schema_version),
+        timestamp: u64::try_from(row.created_at.unix_timestamp()).unwrap_or(0),
+        headers,
+    }
+}

@@ -1,0 +1,90 @@
+//! Building and running the relay with its health endpoint.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::{Router, extract::State, response::Response, routing::get};
+use deadpool_postgres::Pool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    relay::{Relay, RelayHealth},
+    store,
+};
+
+/// A relay ready to run, with its health endpoint bound.
+pub struct Application {
+    relay: Relay,
+    listener: TcpListener,
+    router: Router,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    pool: Pool,
+    relay: Arc<RelayHealth>,
+}
+
+impl Application {
+    /// Migrates the orders database (if configured), builds the pool and binds the
+    /// health port. The broker is connected lazily, with backoff, by the loop.
+    ///
+    /// # Errors
+    /// Invalid configuration, a failing migration, or a port that cannot be bound.
+    pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let db = plumbing::db::parse_url(&config.database_url)?;
+        if config.migrate_on_start {
+            plumbing::db::migrate_when_reachable(&db, plumbing::db::Database::Orders, shutdown)
+                .await
+                .context("cannot prepare the orders database")?;
+        }
+        let pool = plumbing::db::pool(db.clone(), config.pool)?;
+        let topology = contracts::Topology::namespaced(&config.broker_namespace);
+        let relay = Relay::new(
+            pool.clone(),
+            db,
+            config.broker_url.clone(),
+            topology,
+            config.relay,
+        );
+        let router = Router::new()
+            .route("/health", get(plumbing::http::health))
+            .route("/ready", get(ready))
+            .with_state(HealthState {
+                pool,
+                relay: relay.health(),
+            });
+        let listener = plumbing::http::bind(&config.host, config.port).await?;
+        Ok(Self {
+            relay,
+            listener,
+            router,
+        })
+    }
+
+    /// Runs the relay and the health endpoint until `shutdown`; the relay finishes
+    /// its batch (confirms and marks) before this returns.
+    ///
+    /// # Errors
+    /// The health server's I/O error.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let served = plumbing::http::serve(self.listener, self.router, shutdown).await;
+        relay.await.context("relay task panicked")?;
+        served.context("health server failed")
+    }
+}
+
+/// `GET /ready`: 200 when the database answers and the broker channel is up.
+async fn ready(State(state): State<HealthState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = store::ping(&state.pool).await {
+        problems.push(format!("database: {e}"));
+    }
+    if !state.relay.broker_connected() {
+        problems.push("broker: not connected".to_owned());
+    }
+    plumbing::http::readiness(&problems)
+}
