@@ -229,8 +229,8 @@ impl InboundMessage<'_> {
     /// A [`DecodeError`] saying what is wrong; all of them are permanent.
     pub fn decode(&self) -> Result<Decoded, DecodeError> {
         let raw_id = self.message_id.ok_or(DecodeError::MissingMessageId)?;
-        let message_id = Uuid::try_parse(raw_id)
-            .map_err(|_| DecodeError::InvalidMessageId(truncate(raw_id)))?;
+        let message_id =
+            Uuid::try_parse(raw_id).map_err(|_| DecodeError::InvalidMessageId(truncate(raw_id)))?;
         let type_name = self.event_type.ok_or(DecodeError::MissingType)?;
         let event_type = EventType::from_name(type_name)
             .ok_or_else(|| DecodeError::UnknownType(truncate(type_name)))?;

@@ -1,1 +1,58 @@
-//! placeholder
+//! Helpers for the pipeline's tests, and the local launcher (`cargo pipeline`).
+//!
+//! Every test gets its own freshly created databases and its own broker namespace
+//! (all exchange and queue names prefixed), so tests run in parallel without
+//! colliding, and everything is dropped again when the test ends.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+pub mod broker;
+pub mod db;
+pub mod process;
+pub mod proxy;
+
+use std::{future::Future, time::Duration};
+
+/// A short random suffix for database and namespace names.
+#[must_use]
+pub fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or panics after `timeout`
+/// naming `what`. For waiting on another process, never `sleep` and hope.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs async clean-up code from a `Drop` impl: on its own thread with its own
+/// runtime, because `Drop` cannot await and may run inside or outside a runtime.
+pub fn block_on_cleanup<F>(future: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(future),
+            Err(e) => eprintln!("clean-up skipped: no runtime: {e}"),
+        }
+    });
+    let _ = handle.join();
+}

@@ -177,7 +177,10 @@ impl Worker {
                 }
             }
         };
-        if tokio::time::timeout(self.drain_timeout, drain).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timed out; unacknowledged deliveries return to the queue");
         }
         let _ = channel.close(200, "worker stopping".into()).await;
@@ -283,7 +286,10 @@ impl Worker {
         if confirmed {
             delivery.ack(BasicAckOptions::default()).await?;
         } else {
-            tracing::warn!(message_id, "dead-letter publish not confirmed; rejecting to the queue's dead-letter exchange");
+            tracing::warn!(
+                message_id,
+                "dead-letter publish not confirmed; rejecting to the queue's dead-letter exchange"
+            );
             delivery
                 .reject(BasicRejectOptions { requeue: false })
                 .await?;

@@ -102,10 +102,16 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Unavailable(cause) => {
-                tracing::warn!(error = format!("{cause:#}"), "request failed: database unavailable");
+                tracing::warn!(
+                    error = format!("{cause:#}"),
+                    "request failed: database unavailable"
+                );
             }
             ApiError::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "request failed: internal error");
+                tracing::error!(
+                    error = format!("{cause:#}"),
+                    "request failed: internal error"
+                );
             }
             _ => {}
         }
@@ -120,7 +126,10 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         response
     }

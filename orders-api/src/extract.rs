@@ -31,6 +31,22 @@ where
                 ApiError::MalformedJson(format!("cannot read the request body: {rejection}"))
             }
         })?;
+        // Every body of this API is an object. Serde would also read a struct from
+        // an array (`[29.99]`), a shape no client means to send.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    Err(e) if e.classify() != serde_json::error::Category::Data => {
+                        ApiError::MalformedJson(format!("request body is not valid JSON: {e}"))
+                    }
+                    _ => ApiError::Unprocessable {
+                        code: "invalid_body",
+                        detail: "request body must be a JSON object".into(),
+                    },
+                },
+            );
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| match e.classify() {

@@ -25,9 +25,12 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Some("migrate") => {
-            plumbing::db::migrate_command(&config.database_url, plumbing::db::Database::Orders).await?;
+            plumbing::db::migrate_command(&config.database_url, plumbing::db::Database::Orders)
+                .await?;
             Ok(())
         }
-        Some(other) => anyhow::bail!("unknown command {other:?}; use `serve` (default) or `migrate`"),
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?}; use `serve` (default) or `migrate`")
+        }
     }
 }

@@ -83,7 +83,9 @@ pub async fn find_order(pool: &Pool, id: Uuid) -> Result<Option<Order>, ApiError
         return Ok(None);
     };
     let amount = Amount::from_cents(row.try_get("amount_cents")?).map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!("stored order {id} has an invalid amount: {e}"))
+        ApiError::Internal(anyhow::anyhow!(
+            "stored order {id} has an invalid amount: {e}"
+        ))
     })?;
     Ok(Some(Order {
         id: row.try_get("id")?,

@@ -49,10 +49,7 @@ impl Listener {
             wake.notify_one();
         });
         client
-            .batch_execute(&format!(
-                "LISTEN {}",
-                plumbing::db::quote_ident(channel)
-            ))
+            .batch_execute(&format!("LISTEN {}", plumbing::db::quote_ident(channel)))
             .await?;
         Ok(Self {
             _client: client,

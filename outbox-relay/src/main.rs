@@ -24,7 +24,8 @@ async fn run() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
         Some("migrate") => {
-            plumbing::db::migrate_command(&config.database_url, plumbing::db::Database::Orders).await?;
+            plumbing::db::migrate_command(&config.database_url, plumbing::db::Database::Orders)
+                .await?;
             Ok(())
         }
         Some(other) => anyhow::bail!("unknown command {other:?}; use `run` (default) or `migrate`"),

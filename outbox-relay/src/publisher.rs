@@ -84,7 +84,8 @@ impl Publisher {
             let body = match serde_json::to_vec(&row.payload) {
                 Ok(body) => body,
                 Err(e) => {
-                    outcomes[i] = Some(Outcome::Rejected(format!("payload cannot be encoded: {e}")));
+                    outcomes[i] =
+                        Some(Outcome::Rejected(format!("payload cannot be encoded: {e}")));
                     continue;
                 }
             };

@@ -135,8 +135,8 @@ impl Relay {
         let confirm_timeout = self.settings.confirm_timeout;
         // Connect before claiming, so that rows are not leased while the broker is down.
         self.ensure_publisher().await?;
-        let rows = store::claim_batch(&self.pool, self.settings.batch_size, self.settings.lease)
-            .await?;
+        let rows =
+            store::claim_batch(&self.pool, self.settings.batch_size, self.settings.lease).await?;
         if rows.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -195,7 +195,8 @@ impl Relay {
         loop {
             let report = self.run_once().await?;
             published += report.published;
-            let full = i64::try_from(report.claimed).unwrap_or(i64::MAX) >= self.settings.batch_size;
+            let full =
+                i64::try_from(report.claimed).unwrap_or(i64::MAX) >= self.settings.batch_size;
             if !full || shutdown.is_cancelled() {
                 return Ok(published);
             }
@@ -211,7 +212,13 @@ impl Relay {
         let mut delays = plumbing::backoff::reconnect_delays();
         while !shutdown.is_cancelled() {
             if !listener.as_ref().is_some_and(Listener::is_alive) {
-                listener = match Listener::start(&self.db_config, plumbing::db::OUTBOX_CHANNEL, wake.clone()).await {
+                listener = match Listener::start(
+                    &self.db_config,
+                    plumbing::db::OUTBOX_CHANNEL,
+                    wake.clone(),
+                )
+                .await
+                {
                     Ok(l) => Some(l),
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot listen for notifications; polling");

@@ -106,7 +106,11 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
         string(topology.dead_letter_routing_key()),
     );
     channel
-        .queue_declare(short_string(&topology.order_created_queue), durable_queue, args)
+        .queue_declare(
+            short_string(&topology.order_created_queue),
+            durable_queue,
+            args,
+        )
         .await?;
     for event_type in [contracts::EventType::OrderCreated] {
         channel
@@ -240,7 +244,10 @@ mod tests {
             props.content_type().as_ref().map(ShortString::as_str),
             Some("application/json")
         );
-        assert_eq!(header_str(&props, headers::TRACEPARENT), Some("00-abc-def-01"));
+        assert_eq!(
+            header_str(&props, headers::TRACEPARENT),
+            Some("00-abc-def-01")
+        );
         let mut delivery = Delivery::mock(
             1,
             "orders".into(),

@@ -152,12 +152,10 @@ pub async fn ensure_database(config: &Config) -> Result<(), DbError> {
     tracing::info!(database, cause = %db_message(&err), "database does not exist, creating it");
     let mut maintenance = config.clone();
     maintenance.dbname("postgres");
-    let client = connect(&maintenance)
-        .await
-        .map_err(|e| DbError::Missing {
-            database: database.clone(),
-            reason: format!("{e}"),
-        })?;
+    let client = connect(&maintenance).await.map_err(|e| DbError::Missing {
+        database: database.clone(),
+        reason: format!("{e}"),
+    })?;
     let statement = format!("CREATE DATABASE {}", quote_ident(&database));
     match client.batch_execute(&statement).await {
         Ok(()) => Ok(()),

@@ -6,7 +6,8 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 ///
 /// Calling it twice is harmless: the second call leaves the first subscriber.
 pub fn init(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
     let json = fmt::layer()
         .json()
         .flatten_event(true)

@@ -131,7 +131,9 @@ impl<'a> Decimal<'a> {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        let int_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let int_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let (int, rest) = rest.split_at(int_end);
         // JSON: at least one digit, and no leading zero unless the part is "0".
         if int.is_empty() || (int.len() > 1 && int.starts_with('0')) {
@@ -215,7 +217,10 @@ mod tests {
         assert_eq!(cents("29.999"), Err(AmountError::TooPrecise));
         assert_eq!(cents("0.001"), Err(AmountError::TooPrecise));
         assert_eq!(cents("1e-3"), Err(AmountError::TooPrecise));
-        assert_eq!(cents("1e-999999999999999999999"), Err(AmountError::TooPrecise));
+        assert_eq!(
+            cents("1e-999999999999999999999"),
+            Err(AmountError::TooPrecise)
+        );
         assert_eq!(cents("0"), Err(AmountError::NotPositive));
         assert_eq!(cents("0.00"), Err(AmountError::NotPositive));
         assert_eq!(cents("-0"), Err(AmountError::NotPositive));
@@ -238,7 +243,16 @@ mod tests {
         assert_eq!(raw("29.99"), Ok(2999));
         assert_eq!(raw("\"29.99\""), Ok(2999));
         assert_eq!(raw("\"1e2\""), Ok(10_000));
-        for bad in ["null", "true", "[]", "{}", "\"\"", "\"abc\"", "[29.99]", "{\"v\":1}"] {
+        for bad in [
+            "null",
+            "true",
+            "[]",
+            "{}",
+            "\"\"",
+            "\"abc\"",
+            "[29.99]",
+            "{\"v\":1}",
+        ] {
             assert_eq!(raw(bad), Err(AmountError::NotANumber), "{bad}");
         }
         assert_eq!(raw("\"29.999\""), Err(AmountError::TooPrecise));

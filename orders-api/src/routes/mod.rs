@@ -61,21 +61,19 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                        let request_id = req
-                            .headers()
-                            .get(REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default();
-                        tracing::info_span!(
-                            "http.request",
-                            http.request.method = %req.method(),
-                            url.path = %req.uri().path(),
-                            request_id,
-                        )
-                    }),
-                )
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    let request_id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "http.request",
+                        http.request.method = %req.method(),
+                        url.path = %req.uri().path(),
+                        request_id,
+                    )
+                }))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
 }

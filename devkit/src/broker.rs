@@ -1,0 +1,202 @@
+//! An isolated broker namespace per test: every exchange and queue name gets a
+//! unique prefix, and all of them are deleted when the test ends.
+
+use contracts::Topology;
+use futures::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection,
+    message::{BasicGetMessage, Delivery},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use plumbing::broker::short_string;
+
+/// Broker URL; `TEST_BROKER_URL` overrides it.
+#[must_use]
+pub fn broker_url() -> String {
+    std::env::var("TEST_BROKER_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A namespace of broker objects for one test.
+pub struct TestBroker {
+    /// Broker URL.
+    pub url: String,
+    /// The prefix (`BROKER_NAMESPACE` for the services).
+    pub namespace: String,
+    /// The names in this namespace.
+    pub topology: Topology,
+    connection: tokio::sync::OnceCell<Connection>,
+}
+
+impl Default for TestBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBroker {
+    /// A fresh namespace (nothing is declared until a service or [`Self::declare`] does).
+    #[must_use]
+    pub fn new() -> Self {
+        let namespace = format!("t{}", crate::unique_suffix());
+        Self {
+            url: broker_url(),
+            topology: Topology::namespaced(&namespace),
+            namespace,
+            connection: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// A new connection.
+    pub async fn connect(&self) -> Connection {
+        plumbing::broker::connect(&self.url, "devkit")
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {}: {e}", self.url))
+    }
+
+    /// A new channel on the test's shared connection.
+    pub async fn channel(&self) -> Channel {
+        self.connection
+            .get_or_init(|| self.connect())
+            .await
+            .create_channel()
+            .await
+            .unwrap()
+    }
+
+    /// Declares the topology, as the services do at start-up.
+    pub async fn declare(&self) {
+        let channel = self.channel().await;
+        plumbing::broker::declare_topology(&channel, &self.topology)
+            .await
+            .unwrap();
+    }
+
+    /// Unbinds the invoices queue from the exchange: `OrderCreated` becomes unroutable.
+    pub async fn unbind_order_created(&self) {
+        self.channel()
+            .await
+            .queue_unbind(
+                short_string(&self.topology.order_created_queue),
+                short_string(&self.topology.exchange),
+                contracts::EventType::OrderCreated.routing_key().into(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes raw bytes to the exchange with routing key `order.created`, with
+    /// confirms, as a stranger (or a buggy producer) might.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        let channel = self.channel().await;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                short_string(&self.topology.exchange),
+                contracts::EventType::OrderCreated.routing_key().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            confirm,
+            lapin::Confirmation::Ack(None),
+            "test publish not routed"
+        );
+    }
+
+    /// Takes (and acks) one message from `queue`, if any.
+    pub async fn get(&self, queue: &str) -> Option<Delivery> {
+        let channel = self.channel().await;
+        let message: Option<BasicGetMessage> = channel
+            .basic_get(short_string(queue), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        message.map(|m| m.delivery)
+    }
+
+    /// Number of ready messages in `queue` (passive declare).
+    pub async fn ready_count(&self, queue: &str) -> u32 {
+        let channel = self.channel().await;
+        channel
+            .queue_declare(
+                short_string(queue),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Consumes `queue` in the background; received deliveries (acked at once) are
+    /// sent to the returned channel. Used to watch what the relay publishes.
+    pub async fn watch(&self, queue: &str) -> tokio::sync::mpsc::UnboundedReceiver<Delivery> {
+        let connection = self.connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                short_string(queue),
+                "devkit-watch".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _keep = (connection, channel);
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                if tx.send(delivery).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let t = self.topology.clone();
+        crate::block_on_cleanup(async move {
+            let Ok(connection) = plumbing::broker::connect(&url, "devkit-cleanup").await else {
+                return;
+            };
+            let Ok(channel) = connection.create_channel().await else {
+                return;
+            };
+            for queue in [&t.order_created_queue, &t.dead_letter_queue] {
+                let _ = channel
+                    .queue_delete(short_string(queue), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [&t.exchange, &t.dead_letter_exchange] {
+                let _ = channel
+                    .exchange_delete(short_string(exchange), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "cleanup".into()).await;
+        });
+    }
+}

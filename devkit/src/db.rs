@@ -1,0 +1,115 @@
+//! Fresh, uniquely named PostgreSQL databases, dropped when the test ends.
+
+use deadpool_postgres::Pool;
+use plumbing::db::{Database, PoolOptions};
+
+/// Server URL without a database name; `TEST_PG_URL` overrides it.
+#[must_use]
+pub fn server_url() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database created for one test; dropped (with `FORCE`) on drop.
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database named `t_<label>_<random>`.
+    pub async fn create(label: &str) -> Self {
+        let name = format!("t_{label}_{}", crate::unique_suffix());
+        let admin = admin_client().await;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {}",
+                plumbing::db::quote_ident(&name)
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e:?}"));
+        Self {
+            url: format!("{}/{name}", server_url()),
+            name,
+        }
+    }
+
+    /// Creates a database with `database`'s migrations applied.
+    pub async fn migrated(label: &str, database: Database) -> Self {
+        let db = Self::create(label).await;
+        let config = plumbing::db::parse_url(&db.url).unwrap();
+        plumbing::db::migrate(&config, database)
+            .await
+            .unwrap_or_else(|e| panic!("migrating {}: {e:?}", db.name));
+        db
+    }
+
+    /// The URL of this database through another address (e.g. a proxy).
+    #[must_use]
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let server = server_url();
+        // Keep scheme and credentials, swap host:port.
+        let prefix_end = server
+            .find('@')
+            .map(|i| i + 1)
+            .or_else(|| server.find("://").map(|i| i + 3))
+            .unwrap_or(0);
+        format!("{}{addr}/{}", &server[..prefix_end], self.name)
+    }
+
+    /// A dedicated session to the database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        plumbing::db::connect(&plumbing::db::parse_url(&self.url).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A pool on the database.
+    #[must_use]
+    pub fn pool(&self) -> Pool {
+        plumbing::db::pool(
+            plumbing::db::parse_url(&self.url).unwrap(),
+            PoolOptions::default(),
+        )
+        .unwrap()
+    }
+
+    /// `SELECT count(*) FROM <table>`.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                &format!("SELECT count(*) FROM {}", plumbing::db::quote_ident(table)),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        crate::block_on_cleanup(async move {
+            let admin = admin_client().await;
+            if let Err(e) = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    plumbing::db::quote_ident(&name)
+                ))
+                .await
+            {
+                eprintln!("could not drop test database {name}: {e}");
+            }
+        });
+    }
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = format!("{}/postgres", server_url());
+    plumbing::db::connect(&plumbing::db::parse_url(&url).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url}: {e:?}"))
+}

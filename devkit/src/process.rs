@@ -1,0 +1,170 @@
+//! The real service binaries as child processes.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::oneshot,
+};
+
+/// Path of a workspace binary built next to the running test (or launcher).
+///
+/// # Panics
+/// When the binary has not been built; the message says how to build it.
+#[must_use]
+pub fn binary_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/test-xxxx or target/<profile>/launcher
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A running service process; killed when dropped.
+pub struct Service {
+    /// Binary name.
+    pub name: String,
+    /// Address its HTTP endpoint listens on.
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    /// Starts `name` with `env` (on top of this process's environment, with
+    /// `RUST_LOG=info` unless given) and waits until it logs `listening`.
+    ///
+    /// # Panics
+    /// When it cannot start or does not listen within 60 s; its output is printed.
+    pub async fn spawn(name: &str, env: &[(&str, String)], echo: bool) -> Self {
+        let mut command = Command::new(binary_path(name));
+        command
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = oneshot::channel();
+        let stdout = child.stdout.take().unwrap();
+        {
+            let logs = logs.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let mut tx = Some(tx);
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if echo {
+                        println!("[{name}] {line}");
+                    }
+                    if let Some(addr) = listening_addr(&line) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => {
+                let output = logs.lock().unwrap().join("\n");
+                panic!("{name} did not start listening; its output:\n{output}");
+            }
+        };
+        Self {
+            name: name.to_owned(),
+            addr,
+            child,
+            logs,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Everything it printed so far.
+    #[must_use]
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Sends SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
+    /// Waits for the process to exit.
+    ///
+    /// # Panics
+    /// When it does not exit within `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
+            .unwrap()
+    }
+}
+
+/// The `addr` of a JSON log line whose message is `listening`.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    let addr: SocketAddr = value.get("addr")?.as_str()?.parse().ok()?;
+    Some(if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listening_line() {
+        let line =
+            r#"{"timestamp":"t","level":"INFO","message":"listening","addr":"0.0.0.0:3333"}"#;
+        assert_eq!(
+            listening_addr(line),
+            Some(SocketAddr::from(([127, 0, 0, 1], 3333)))
+        );
+        assert_eq!(listening_addr(r#"{"message":"starting"}"#), None);
+        assert_eq!(listening_addr("not json"), None);
+    }
+}

@@ -1,0 +1,487 @@
+//! The orders API over HTTP, against a real PostgreSQL database of its own.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use devkit::{db::TestDatabase, proxy::TcpProxy};
+use orders_api::{config::Config, startup::Application};
+use plumbing::db::PoolOptions;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct TestApp {
+    base: String,
+    http: reqwest::Client,
+    db: TestDatabase,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    /// Starts the API on a free port over a fresh database (optionally reached
+    /// through `via`, a proxy).
+    async fn spawn_with(db: TestDatabase, via: Option<&TcpProxy>) -> Self {
+        let config = Config {
+            database_url: via.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr)),
+            host: "127.0.0.1".into(),
+            port: 0,
+            pool: PoolOptions {
+                max_size: 4,
+                wait_timeout: Duration::from_secs(1),
+            },
+            request_timeout: Duration::from_secs(5),
+            max_body_bytes: 64 * 1024,
+            default_currency: "BRL".into(),
+            migrate_on_start: true,
+        };
+        let shutdown = CancellationToken::new();
+        let app = Application::build(&config, &shutdown).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port().unwrap());
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            db,
+            shutdown,
+        }
+    }
+
+    async fn spawn() -> Self {
+        Self::spawn_with(TestDatabase::create("api").await, None).await
+    }
+
+    async fn post_raw(
+        &self,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.post(format!("{}/orders", self.base)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.json().await.unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    async fn post(&self, body: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.post_raw(Some("application/json"), body.to_owned())
+            .await
+    }
+
+    async fn rows(&self) -> (i64, i64) {
+        (self.db.count("orders").await, self.db.count("outbox").await)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test]
+async fn order_and_event_are_stored_together() {
+    let app = TestApp::spawn().await;
+
+    let (status, headers, body) = app.post(r#"{"amount": 29.99}"#).await;
+
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(body["amount"], json!(29.99));
+    assert_eq!(body["amount_cents"], 2999);
+    assert_eq!(body["currency"], "BRL");
+    assert!(body["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(headers["location"], format!("/orders/{id}").as_str());
+    assert!(headers.contains_key("x-request-id"));
+
+    let client = app.db.client().await;
+    let order = client
+        .query_one(
+            "SELECT amount_cents, currency FROM orders WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(order.get::<_, i64>(0), 2999);
+    let event = client
+        .query_one(
+            "SELECT aggregate_type, aggregate_id::text, event_type, schema_version, payload,
+                    headers, published_at IS NULL, attempts
+             FROM outbox",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(event.get::<_, &str>(0), "order");
+    assert_eq!(event.get::<_, &str>(1), id);
+    assert_eq!(event.get::<_, &str>(2), "OrderCreated");
+    assert_eq!(event.get::<_, i32>(3), 1);
+    let payload: Value = event.get(4);
+    assert_eq!(payload["order_id"], id);
+    assert_eq!(payload["amount_cents"], 2999);
+    assert_eq!(payload["created_at"], body["created_at"]);
+    let event_headers: Value = event.get(5);
+    assert_eq!(
+        event_headers["x-correlation-id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    assert!(event.get::<_, bool>(6), "a new event is unpublished");
+    assert_eq!(event.get::<_, i32>(7), 0);
+
+    let fetched: Value = app
+        .http
+        .get(format!("{}/orders/{id}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, body);
+}
+
+#[tokio::test]
+async fn request_id_and_trace_context_travel_with_the_event() {
+    let app = TestApp::spawn().await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    let res = app
+        .http
+        .post(format!("{}/orders", app.base))
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-42")
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=1")
+        .body(r#"{"amount": "10", "currency": "EUR"}"#)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["x-request-id"], "req-42");
+    let headers: Value = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT headers FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        headers,
+        json!({"x-correlation-id": "req-42", "traceparent": traceparent, "tracestate": "vendor=1"})
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_body_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let deep_amount = format!(
+        "{{\"amount\": {}1{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let deep_body = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(Option<&str>, String, u16, &str)> = vec![
+        (
+            None,
+            r#"{"amount": 1}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Some("text/plain"),
+            r#"{"amount": 1}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (Some("application/json"), "".into(), 400, "malformed_json"),
+        (Some("application/json"), "{".into(), 400, "malformed_json"),
+        (
+            Some("application/json"),
+            "not json".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1} trailing"#.into(),
+            400,
+            "malformed_json",
+        ),
+        (Some("application/json"), deep_body, 422, "invalid_body"),
+        (
+            Some("application/json"),
+            "[".repeat(10_000),
+            400,
+            "malformed_json",
+        ),
+        (Some("application/json"), deep_amount, 422, "invalid_amount"),
+        (Some("application/json"), "{}".into(), 422, "invalid_body"),
+        (Some("application/json"), "[]".into(), 422, "invalid_body"),
+        (
+            Some("application/json"),
+            "29.99".into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Some("application/json"),
+            "[29.99]".into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Some("application/json"),
+            r#"["29.99", "BRL"]"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1, "extra": true}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1, "amount": 2}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": null}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": true}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": "abc"}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": "NaN"}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": {"value": 1}}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": [29.99]}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 0}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": -5}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 29.999}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": "29.999"}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1e-3}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1e400}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1000000.01}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            format!(r#"{{"amount": {}}}"#, "9".repeat(5000)),
+            422,
+            "invalid_amount",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1, "currency": "usd"}"#.into(),
+            422,
+            "invalid_currency",
+        ),
+        (
+            Some("application/json"),
+            r#"{"amount": 1, "currency": 978}"#.into(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Some("application/json"),
+            format!(r#"{{"amount": "{}"}}"#, "x".repeat(70_000)),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (content_type, body, status, code) in cases {
+        let shown: String = body.chars().take(60).collect();
+        let (got, headers, problem) = app.post_raw(content_type, body).await;
+        assert_eq!(got.as_u16(), status, "{shown}: {problem}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{shown}"
+        );
+        assert_eq!(problem["status"], status, "{shown}");
+        assert_eq!(problem["code"], code, "{shown}: {problem}");
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(app.rows().await, (0, 0), "a rejected request wrote rows");
+}
+
+#[tokio::test]
+async fn exact_amounts_are_stored_exactly() {
+    let app = TestApp::spawn().await;
+    for (amount, cents) in [
+        ("0.1", 10),
+        ("0.30", 30),
+        ("1e2", 10_000),
+        ("\"2.50\"", 250),
+        ("1000000", 100_000_000),
+    ] {
+        let (status, _, body) = app.post(&format!(r#"{{"amount": {amount}}}"#)).await;
+        assert_eq!(status, StatusCode::CREATED, "{amount}: {body}");
+        assert_eq!(body["amount_cents"], cents, "{amount}");
+    }
+    assert_eq!(app.rows().await, (5, 5));
+}
+
+#[tokio::test]
+async fn unknown_routes_ids_and_methods() {
+    let app = TestApp::spawn().await;
+    let get = |path: String| app.http.get(format!("{}{path}", app.base)).send();
+
+    let res = get(format!("/orders/{}", uuid::Uuid::now_v7()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let res = get("/orders/not-a-uuid".into()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = get("/nowhere".into()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = app
+        .http
+        .delete(format!("{}/orders", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn health_is_plain_ok_and_ready_checks_the_database() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .http
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(res.text().await.unwrap(), "OK");
+    let res = app
+        .http
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn database_outage_is_a_quick_503_then_recovers() {
+    let db = TestDatabase::create("api_outage").await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let app = TestApp::spawn_with(db, Some(&proxy)).await;
+    let (status, _, _) = app.post(r#"{"amount": 1}"#).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    proxy.cut();
+    let started = Instant::now();
+    let (status, headers, problem) = app.post(r#"{"amount": 2}"#).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "unavailable");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        !problem["detail"].as_str().unwrap().contains("SQL"),
+        "no internals in the body"
+    );
+    assert!(took < Duration::from_secs(5), "503 took {took:?}");
+    let ready = app
+        .http
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    proxy.restore();
+    devkit::eventually(Duration::from_secs(10), "the API to recover", || async {
+        let (status, _, _) = app.post(r#"{"amount": 3}"#).await;
+        (status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    // Exactly the orders that got a 201 exist: the one refused during the outage does not.
+    let client = app.db.client().await;
+    let amounts: Vec<i64> = client
+        .query("SELECT amount_cents FROM orders ORDER BY created_at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(amounts.first(), Some(&100));
+    assert!(!amounts.contains(&200), "{amounts:?}");
+    assert_eq!(app.rows().await.0, app.rows().await.1);
+}
