@@ -1,0 +1,311 @@
+//! The worker against a real invoices database and a real RabbitMQ namespace.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use contracts::{OrderCreatedV1, headers};
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, proxy::TcpProxy};
+use invoices_worker::worker::{Worker, WorkerStats};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use plumbing::db::{Database, PoolOptions};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Fixture {
+    db: TestDatabase,
+    broker: TestBroker,
+    stats: Arc<WorkerStats>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        Self::start_via(None).await
+    }
+
+    /// Runs a worker whose database connections go through `proxy`, if given.
+    async fn start_via(proxy: Option<&TcpProxy>) -> Self {
+        let db = TestDatabase::migrated("worker", Database::Invoices).await;
+        let broker = TestBroker::new();
+        broker.declare().await;
+        let url = proxy.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr));
+        let pool = plumbing::db::pool(
+            plumbing::db::parse_url(&url).unwrap(),
+            PoolOptions {
+                max_size: 2,
+                wait_timeout: Duration::from_secs(1),
+            },
+        )
+        .unwrap();
+        let worker = Worker::new(
+            pool,
+            broker.url.clone(),
+            broker.topology.clone(),
+            20,
+            Duration::from_secs(5),
+        );
+        let stats = worker.stats();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        eventually(Duration::from_secs(10), "the worker to consume", || async {
+            stats.broker_connected().then_some(())
+        })
+        .await;
+        Self {
+            db,
+            broker,
+            stats,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    async fn invoices(&self) -> Vec<(Uuid, i64)> {
+        self.db
+            .client()
+            .await
+            .query(
+                "SELECT order_id, amount_cents FROM invoices ORDER BY amount_cents",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("worker did not stop")
+                .unwrap();
+        }
+    }
+}
+
+fn event(cents: i64) -> OrderCreatedV1 {
+    OrderCreatedV1 {
+        order_id: Uuid::now_v7(),
+        amount_cents: cents,
+        currency: "BRL".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+fn properties(message_id: &str) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(1));
+    BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_type("OrderCreated".into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(table)
+}
+
+fn body(e: &OrderCreatedV1) -> Vec<u8> {
+    serde_json::to_vec(e).unwrap()
+}
+
+#[tokio::test]
+async fn the_same_message_five_times_makes_one_invoice() {
+    let f = Fixture::start().await;
+    let e = event(2999);
+    let id = Uuid::now_v7().to_string();
+
+    for _ in 0..5 {
+        f.broker.publish_raw(&body(&e), properties(&id)).await;
+    }
+
+    eventually(
+        Duration::from_secs(10),
+        "four duplicates to be skipped",
+        || async { (f.stats.duplicates.load(Ordering::Relaxed) == 4).then_some(()) },
+    )
+    .await;
+    assert_eq!(f.invoices().await, vec![(e.order_id, 2999)]);
+    assert_eq!(f.db.count("processed_messages").await, 1);
+    assert_eq!(
+        f.broker
+            .ready_count(&f.broker.topology.order_created_queue)
+            .await,
+        0
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn two_messages_for_one_order_make_one_invoice() {
+    let f = Fixture::start().await;
+    let e = event(100);
+
+    f.broker
+        .publish_raw(&body(&e), properties(&Uuid::now_v7().to_string()))
+        .await;
+    f.broker
+        .publish_raw(&body(&e), properties(&Uuid::now_v7().to_string()))
+        .await;
+
+    eventually(
+        Duration::from_secs(10),
+        "the second message to be skipped",
+        || async { (f.stats.duplicates.load(Ordering::Relaxed) == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(f.invoices().await.len(), 1);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_dead_lettered_with_a_reason() {
+    let f = Fixture::start().await;
+    let good = event(4200);
+    let valid = body(&good);
+    let id = || Uuid::now_v7().to_string();
+    let mut no_version = properties(&id());
+    no_version = no_version.with_headers(FieldTable::default());
+    let mut version_2 = FieldTable::default();
+    version_2.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(2));
+    let mut string_version = FieldTable::default();
+    string_version.insert(
+        headers::SCHEMA_VERSION.into(),
+        AMQPValue::LongString(LongString::from("one")),
+    );
+    let bad: Vec<(Vec<u8>, BasicProperties, &str)> = vec![
+        (
+            b"\x00\xffnot json".to_vec(),
+            properties(&id()),
+            "malformed-body",
+        ),
+        (
+            br#"{"order_id": 1}"#.to_vec(),
+            properties(&id()),
+            "malformed-body",
+        ),
+        (
+            valid.clone(),
+            BasicProperties::default().with_type("OrderCreated".into()),
+            "missing-message-id",
+        ),
+        (
+            valid.clone(),
+            properties("not-a-uuid"),
+            "invalid-message-id",
+        ),
+        (
+            valid.clone(),
+            properties(&id()).with_type("OrderShipped".into()),
+            "unknown-type",
+        ),
+        (valid.clone(), no_version, "invalid-schema-version"),
+        (
+            valid.clone(),
+            properties(&id()).with_headers(string_version),
+            "invalid-schema-version",
+        ),
+        (
+            valid.clone(),
+            properties(&id()).with_headers(version_2),
+            "unsupported-version",
+        ),
+        (
+            valid.clone(),
+            properties(&id()).with_content_type("text/plain".into()),
+            "wrong-content-type",
+        ),
+        (
+            serde_json::to_vec(&OrderCreatedV1 {
+                amount_cents: -1,
+                ..good.clone()
+            })
+            .unwrap(),
+            properties(&id()),
+            "invalid-event",
+        ),
+    ];
+    let expected: Vec<&str> = bad.iter().map(|(_, _, code)| *code).collect();
+
+    for (payload, props, _) in bad {
+        f.broker.publish_raw(&payload, props).await;
+    }
+    f.broker.publish_raw(&valid, properties(&id())).await;
+
+    eventually(
+        Duration::from_secs(10),
+        "the valid message after the bad ones",
+        || async { (f.invoices().await.len() == 1).then_some(()) },
+    )
+    .await;
+    let mut reasons = Vec::new();
+    while let Some(d) = f.broker.get(&f.broker.topology.dead_letter_queue).await {
+        let reason = plumbing::broker::header_str(&d.properties, headers::DEAD_LETTER_REASON)
+            .unwrap()
+            .to_owned();
+        reasons.push(reason);
+    }
+    let codes: Vec<&str> = reasons
+        .iter()
+        .map(|r| r.split(':').next().unwrap())
+        .collect();
+    assert_eq!(codes, expected, "{reasons:#?}");
+    assert_eq!(
+        f.invoices().await,
+        vec![(good.order_id, 4200)],
+        "no invoice from a bad message"
+    );
+    assert_eq!(f.stats.dead_lettered.load(Ordering::Relaxed), 10);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_outage_is_retried_not_dead_lettered() {
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let f = Fixture::start_via(Some(&proxy)).await;
+    let e = event(777);
+
+    proxy.cut();
+    f.broker
+        .publish_raw(&body(&e), properties(&Uuid::now_v7().to_string()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(f.invoices().await.is_empty());
+    assert_eq!(
+        f.broker
+            .ready_count(&f.broker.topology.dead_letter_queue)
+            .await,
+        0
+    );
+    assert_eq!(f.stats.dead_lettered.load(Ordering::Relaxed), 0);
+
+    proxy.restore();
+    eventually(
+        Duration::from_secs(30),
+        "the invoice after the outage",
+        || async { (f.invoices().await.len() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        f.broker
+            .ready_count(&f.broker.topology.dead_letter_queue)
+            .await,
+        0
+    );
+    assert_eq!(
+        f.broker
+            .ready_count(&f.broker.topology.order_created_queue)
+            .await,
+        0
+    );
+    f.stop().await;
+}
