@@ -20,7 +20,8 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates an empty database named `t_<label>_<random>`.
     pub async fn create(label: &str) -> Self {
-        let name = format!("t_{label}_{}", crate::unique_suffix());
+        let db = Self::reserve(label);
+        let name = db.name.clone();
         let admin = admin_client().await;
         admin
             .batch_execute(&format!(
@@ -29,6 +30,14 @@ impl TestDatabase {
             ))
             .await
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e:?}"));
+        db
+    }
+
+    /// A unique database name that does not exist yet (a service under test is
+    /// expected to create it); dropped on drop like the others.
+    #[must_use]
+    pub fn reserve(label: &str) -> Self {
+        let name = format!("t_{label}_{}", crate::unique_suffix());
         Self {
             url: format!("{}/{name}", server_url()),
             name,

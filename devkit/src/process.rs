@@ -46,14 +46,15 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `name` with `env` (on top of this process's environment, with
-    /// `RUST_LOG=info` unless given) and waits until it logs `listening`.
+    /// Starts `name` with `env` (on top of this process's environment less `PORT`,
+    /// with `RUST_LOG=info` unless given) and waits until it logs `listening`.
     ///
     /// # Panics
     /// When it cannot start or does not listen within 60 s; its output is printed.
     pub async fn spawn(name: &str, env: &[(&str, String)], echo: bool) -> Self {
         let mut command = Command::new(binary_path(name));
         command
+            .env_remove("PORT")
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())

@@ -89,28 +89,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration(" 7d "), Ok(Duration::from_secs(604_800)));
-    }
-
-    #[test]
-    fn bad_durations_are_explained() {
-        for bad in ["", "10", "ms", "1.5s", "-1s", "3w", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert!(parse_duration("18446744073709551615d").is_err());
-    }
-}
-
 /// `BROKER_NAMESPACE`: the prefix of every exchange and queue name (default none),
 /// at most 64 letters, digits, `.`, `-` or `_`.
 ///
@@ -157,8 +135,25 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod redact_tests {
-    use super::redact_url;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration(" 7d "), Ok(Duration::from_secs(604_800)));
+    }
+
+    #[test]
+    fn bad_durations_are_explained() {
+        for bad in ["", "10", "ms", "1.5s", "-1s", "3w", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("18446744073709551615d").is_err());
+    }
 
     #[test]
     fn passwords_are_hidden() {

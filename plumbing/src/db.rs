@@ -253,27 +253,6 @@ pub fn is_transient_pool(err: &PoolError) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("orders"), "\"orders\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
-
-    #[test]
-    fn url_description_has_no_password() {
-        let c = parse_url("postgres://app:s3cret@db.internal:6543/orders").unwrap();
-        assert_eq!(describe_host(&c), "db.internal:6543");
-        assert_eq!(database_name(&c), "orders");
-        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
-        let err = parse_url("postgres://x:y@h:notaport/db").unwrap_err();
-        assert!(!err.to_string().contains("y@"), "{err}");
-    }
-}
-
 /// Applies migrations at start-up, waiting (with backoff) while the database is
 /// unreachable. Permanent failures (bad credentials, a failing migration) return
 /// at once; so does a shutdown signal.
@@ -317,4 +296,25 @@ pub async fn migrate_command(database_url: &str, database: Database) -> Result<(
     let applied = migrate(&config, database).await?;
     tracing::info!(?database, applied, "database is up to date");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("orders"), "\"orders\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn url_description_has_no_password() {
+        let c = parse_url("postgres://app:s3cret@db.internal:6543/orders").unwrap();
+        assert_eq!(describe_host(&c), "db.internal:6543");
+        assert_eq!(database_name(&c), "orders");
+        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let err = parse_url("postgres://x:y@h:notaport/db").unwrap_err();
+        assert!(!err.to_string().contains("y@"), "{err}");
+    }
 }

@@ -1,1 +1,2 @@
+//! Placeholder until the launcher lands.
 fn main() {}

@@ -1,0 +1,104 @@
+//! End to end with the three real binaries as processes: orders in over HTTP,
+//! exactly one invoice out per order.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service};
+use serde_json::Value;
+
+#[tokio::test]
+async fn orders_posted_over_http_get_exactly_one_invoice_each() {
+    // The services create their databases themselves (as on a first local start).
+    let orders_db = TestDatabase::reserve("e2e_orders");
+    let invoices_db = TestDatabase::reserve("e2e_invoices");
+    let broker = TestBroker::new();
+    let api_env = [("DATABASE_URL", orders_db.url.clone())];
+    let relay_env = [
+        ("DATABASE_URL", orders_db.url.clone()),
+        ("PORT", "0".into()),
+        ("BROKER_URL", broker.url.clone()),
+        ("BROKER_NAMESPACE", broker.namespace.clone()),
+    ];
+    let worker_env = [
+        ("DATABASE_URL", invoices_db.url.clone()),
+        ("BROKER_URL", broker.url.clone()),
+        ("BROKER_NAMESPACE", broker.namespace.clone()),
+    ];
+
+    // All three at once (API and relay race to create and migrate the same
+    // database). API and worker on their default ports (3333, 3334).
+    let (mut api, mut relay, mut worker) = tokio::join!(
+        Service::spawn("orders-api", &api_env, false),
+        Service::spawn("outbox-relay", &relay_env, false),
+        Service::spawn("invoices-worker", &worker_env, false),
+    );
+    assert_eq!(api.addr.port(), 3333);
+    assert_eq!(worker.addr.port(), 3334);
+    let http = reqwest::Client::new();
+    for port in [3333, 3334] {
+        let res = http
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.text().await.unwrap(), "OK");
+    }
+
+    // Post orders concurrently, with amounts that exercise the exact conversion.
+    let posts = (1..=40).map(|i| {
+        let http = http.clone();
+        let url = format!("{}/orders", api.base_url());
+        async move {
+            let amount = format!("{i}.{:02}", (i * 7) % 100);
+            let res = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"amount": {amount}}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            let body: Value = res.json().await.unwrap();
+            (
+                body["id"].as_str().unwrap().to_owned(),
+                body["amount_cents"].as_i64().unwrap(),
+            )
+        }
+    });
+    let expected: BTreeMap<String, i64> =
+        futures::future::join_all(posts).await.into_iter().collect();
+    assert_eq!(expected.len(), 40);
+
+    let invoices = invoices_db.client().await;
+    let got: BTreeMap<String, i64> = eventually(Duration::from_secs(30), "40 invoices", || async {
+        let rows = invoices
+            .query("SELECT order_id::text, amount_cents FROM invoices", &[])
+            .await
+            .ok()?;
+        (rows.len() >= expected.len()).then(|| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+    .await;
+    assert_eq!(got, expected, "one invoice per order, same amount");
+    let invoice_count: i64 = invoices
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(invoice_count, 40, "no second invoice for any order");
+    assert_eq!(
+        broker.ready_count(&broker.topology.dead_letter_queue).await,
+        0
+    );
+
+    // SIGTERM: each drains and exits 0.
+    for service in [&api, &relay, &worker] {
+        service.terminate();
+    }
+    for service in [&mut api, &mut relay, &mut worker] {
+        let status = service.wait(Duration::from_secs(20)).await;
+        assert!(status.success(), "{} exited with {status}", service.name);
+    }
+}
