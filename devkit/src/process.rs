@@ -47,15 +47,20 @@ pub struct Service {
 
 impl Service {
     /// Starts `name` with `env` (on top of this process's environment less `PORT`,
-    /// with `RUST_LOG=info` unless given) and waits until it logs `listening`.
+    /// with the default log filter unless `RUST_LOG` is set) and waits until it logs `listening`.
     ///
     /// # Panics
     /// When it cannot start or does not listen within 60 s; its output is printed.
     pub async fn spawn(name: &str, env: &[(&str, String)], echo: bool) -> Self {
         let mut command = Command::new(binary_path(name));
+        // The `listening` line must get through whatever RUST_LOG says.
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(filter) if !filter.is_empty() => format!("{filter},plumbing::http=info"),
+            _ => "info,refinery_core=warn,tokio_postgres=warn".to_owned(),
+        };
         command
             .env_remove("PORT")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,2 +1,136 @@
-//! Placeholder until the launcher lands.
-fn main() {}
+//! `cargo pipeline`: builds the three services and runs the whole pipeline against
+//! the local PostgreSQL and RabbitMQ (migrations included, databases created on
+//! first start). Ctrl-C stops everything gracefully.
+//!
+//! The services read their usual environment (`DATABASE_URL` excepted, see
+//! below), so `BROKER_URL`, `RUST_LOG` and the rest can be set as for production.
+//! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases.
+
+use std::{process::ExitCode, time::Duration};
+
+use devkit::process::Service;
+
+const ORDERS_DB: &str = "postgres://postgres@127.0.0.1:5432/orders";
+const INVOICES_DB: &str = "postgres://postgres@127.0.0.1:5432/invoices";
+const SERVICES: [&str; 3] = ["orders-api", "outbox-relay", "invoices-worker"];
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pipeline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    build_services()?;
+    let orders_db = std::env::var("ORDERS_DATABASE_URL").unwrap_or_else(|_| ORDERS_DB.into());
+    let invoices_db = std::env::var("INVOICES_DATABASE_URL").unwrap_or_else(|_| INVOICES_DB.into());
+    check_reachable(&orders_db).await?;
+
+    let api = Service::spawn("orders-api", &[("DATABASE_URL", orders_db.clone())], true).await;
+    let relay = Service::spawn("outbox-relay", &[("DATABASE_URL", orders_db)], true).await;
+    let worker = Service::spawn("invoices-worker", &[("DATABASE_URL", invoices_db)], true).await;
+    println!(
+        "\npipeline running: orders-api {} · outbox-relay {} · invoices-worker {}\n\
+         try:  curl -i -X POST {}/orders -H 'content-type: application/json' -d '{{\"amount\": 29.99}}'\n\
+         Ctrl-C stops all three.\n",
+        api.base_url(),
+        relay.base_url(),
+        worker.base_url(),
+        api.base_url(),
+    );
+
+    wait_for_ctrl_c().await;
+    let mut services = [api, relay, worker];
+    // The terminal sends SIGINT to the services too; SIGTERM covers running
+    // detached. Stop the API first so that nothing new enters, the worker last.
+    for service in &mut services {
+        service.terminate();
+        let status = service.wait(Duration::from_secs(30)).await;
+        println!("{} stopped ({status})", service.name);
+    }
+    Ok(())
+}
+
+/// Builds the services with the same profile as this launcher.
+fn build_services() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    // Drop what `cargo run` added to our environment (package variables, library
+    // path): build scripts that watch the environment would otherwise see a change
+    // and rebuild their crates.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+            || key == "LD_LIBRARY_PATH"
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command.arg("build").arg("--quiet");
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    // The same package selection as `cargo pipeline` (devkit depends on the
+    // services), so features resolve identically and nothing is rebuilt.
+    command.args(["-p", "devkit"]);
+    for service in SERVICES {
+        command.args(["-p", service]);
+    }
+    let status = command.status()?;
+    anyhow::ensure!(status.success(), "building the services failed ({status})");
+    Ok(())
+}
+
+/// Fails early, with a hint, when PostgreSQL or RabbitMQ cannot be reached.
+async fn check_reachable(database_url: &str) -> anyhow::Result<()> {
+    let config = plumbing::db::parse_url(database_url)?;
+    let host = plumbing::db::describe_host(&config);
+    if tokio::net::TcpStream::connect(&host).await.is_err() {
+        anyhow::bail!(
+            "PostgreSQL is not reachable at {host}. Start it (Debian: `apt-get install postgresql`, \
+             then `pg_ctlcluster 15 main start`) or run `docker compose up -d postgres rabbitmq`."
+        );
+    }
+    let broker = plumbing::config::var_or("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let broker_host = broker
+        .split('@')
+        .next_back()
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5672")
+        .to_owned();
+    let broker_host = if broker_host.contains(':') {
+        broker_host
+    } else {
+        format!("{broker_host}:5672")
+    };
+    if tokio::net::TcpStream::connect(&broker_host).await.is_err() {
+        anyhow::bail!(
+            "RabbitMQ is not reachable at {broker_host}. Start it (Debian: `apt-get install \
+             rabbitmq-server`, then `rabbitmq-server -detached`) or run `docker compose up -d rabbitmq`."
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_ctrl_c() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
