@@ -3,24 +3,20 @@
 use std::time::Duration;
 
 use plumbing::{
-    config::{ConfigError, duration_or, parse_or, var_or},
+    config::{BrokerConfig, ConfigError, duration_or, parse_or, var_or},
     db::PoolOptions,
 };
 
 /// Default `DATABASE_URL`: the local invoices database.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/invoices";
-/// Default `BROKER_URL`: the local RabbitMQ.
-pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Everything the worker reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `DATABASE_URL`: the invoices database.
     pub database_url: String,
-    /// `BROKER_URL`: RabbitMQ (`amqp://` or `amqps://`).
-    pub broker_url: String,
-    /// `BROKER_NAMESPACE`: prefix of every exchange and queue name (default none).
-    pub broker_namespace: String,
+    /// `BROKER_URL` and `BROKER_NAMESPACE`.
+    pub broker: BrokerConfig,
     /// `HOST`: address of the HTTP endpoint (default `0.0.0.0`).
     pub host: String,
     /// `PORT`: port of the HTTP endpoint (default 3334).
@@ -45,8 +41,7 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             database_url: var_or("DATABASE_URL", DEFAULT_DATABASE_URL),
-            broker_url: var_or("BROKER_URL", DEFAULT_BROKER_URL),
-            broker_namespace: plumbing::config::broker_namespace()?,
+            broker: BrokerConfig::from_env()?,
             host: var_or("HOST", "0.0.0.0"),
             port: parse_or("PORT", 3334)?,
             pool: PoolOptions {

@@ -2,32 +2,22 @@
 //! invoices database's migrations and exit.
 
 use invoices_worker::{config::Config, startup::Application};
+use plumbing::{cli::Binary, db::Database};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    plumbing::telemetry::init("invoices-worker");
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            plumbing::telemetry::log_error("invoices-worker failed", &e);
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
-    match std::env::args().nth(1).as_deref() {
-        None | Some("run") => {
-            let shutdown = plumbing::shutdown::on_signal();
+    let binary = Binary {
+        name: "invoices-worker",
+        database: Database::Invoices,
+    };
+    plumbing::cli::main(
+        binary,
+        Config::from_env,
+        |c| &c.database_url,
+        |config, shutdown| async move {
             let app = Application::build(&config, &shutdown).await?;
             app.run_until_stopped(shutdown).await
-        }
-        Some("migrate") => {
-            plumbing::db::migrate_command(&config.database_url, plumbing::db::Database::Invoices)
-                .await?;
-            Ok(())
-        }
-        Some(other) => anyhow::bail!("unknown command {other:?}; use `run` (default) or `migrate`"),
-    }
+        },
+    )
+    .await
 }

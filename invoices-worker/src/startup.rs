@@ -34,17 +34,19 @@ impl Application {
     /// # Errors
     /// Invalid configuration, a failing migration, or a port that cannot be bound.
     pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let db = plumbing::db::parse_url(&config.database_url)?;
-        if config.migrate_on_start {
-            plumbing::db::migrate_when_reachable(&db, plumbing::db::Database::Invoices, shutdown)
-                .await
-                .context("cannot prepare the invoices database")?;
-        }
-        let pool = plumbing::db::pool(db, config.pool)?;
+        let (_, pool) = plumbing::db::prepare(
+            &config.database_url,
+            plumbing::db::Database::Invoices,
+            config.migrate_on_start,
+            config.pool,
+            shutdown,
+        )
+        .await
+        .context("cannot prepare the invoices database")?;
         let worker = Worker::new(
             pool.clone(),
-            config.broker_url.clone(),
-            contracts::Topology::namespaced(&config.broker_namespace),
+            config.broker.url.clone(),
+            config.broker.topology(),
             config.prefetch,
             config.drain_timeout,
         );
@@ -70,9 +72,7 @@ impl Application {
     /// The HTTP server's I/O error.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
-        let served = plumbing::http::serve(self.listener, self.router, shutdown).await;
-        worker.await.context("worker task panicked")?;
-        served.context("HTTP server failed")
+        plumbing::http::serve_alongside(self.listener, self.router, shutdown, worker).await
     }
 }
 

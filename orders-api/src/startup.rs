@@ -30,13 +30,15 @@ impl Application {
                 config.default_currency
             );
         }
-        let db = plumbing::db::parse_url(&config.database_url)?;
-        if config.migrate_on_start {
-            plumbing::db::migrate_when_reachable(&db, plumbing::db::Database::Orders, shutdown)
-                .await
-                .context("cannot prepare the orders database")?;
-        }
-        let pool = plumbing::db::pool(db, config.pool)?;
+        let (_, pool) = plumbing::db::prepare(
+            &config.database_url,
+            plumbing::db::Database::Orders,
+            config.migrate_on_start,
+            config.pool,
+            shutdown,
+        )
+        .await
+        .context("cannot prepare the orders database")?;
         let state = AppState {
             pool,
             default_currency: Arc::from(config.default_currency.as_str()),

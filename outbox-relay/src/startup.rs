@@ -34,19 +34,20 @@ impl Application {
     /// # Errors
     /// Invalid configuration, a failing migration, or a port that cannot be bound.
     pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let db = plumbing::db::parse_url(&config.database_url)?;
-        if config.migrate_on_start {
-            plumbing::db::migrate_when_reachable(&db, plumbing::db::Database::Orders, shutdown)
-                .await
-                .context("cannot prepare the orders database")?;
-        }
-        let pool = plumbing::db::pool(db.clone(), config.pool)?;
-        let topology = contracts::Topology::namespaced(&config.broker_namespace);
+        let (db, pool) = plumbing::db::prepare(
+            &config.database_url,
+            plumbing::db::Database::Orders,
+            config.migrate_on_start,
+            config.pool,
+            shutdown,
+        )
+        .await
+        .context("cannot prepare the orders database")?;
         let relay = Relay::new(
             pool.clone(),
             db,
-            config.broker_url.clone(),
-            topology,
+            config.broker.url.clone(),
+            config.broker.topology(),
             config.relay,
         );
         let router = Router::new()
@@ -71,9 +72,7 @@ impl Application {
     /// The health server's I/O error.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let served = plumbing::http::serve(self.listener, self.router, shutdown).await;
-        relay.await.context("relay task panicked")?;
-        served.context("health server failed")
+        plumbing::http::serve_alongside(self.listener, self.router, shutdown, relay).await
     }
 }
 

@@ -89,12 +89,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Default `BROKER_URL`: the local RabbitMQ.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Where the broker is and which names to use there.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `BROKER_URL`: RabbitMQ (`amqp://` or `amqps://`).
+    pub url: String,
+    /// `BROKER_NAMESPACE`: prefix of every exchange and queue name (default none).
+    pub namespace: String,
+}
+
+impl BrokerConfig {
+    /// Reads `BROKER_URL` and `BROKER_NAMESPACE`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the namespace is invalid.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            url: var_or("BROKER_URL", DEFAULT_BROKER_URL),
+            namespace: broker_namespace()?,
+        })
+    }
+
+    /// The exchange and queue names in this namespace.
+    #[must_use]
+    pub fn topology(&self) -> contracts::Topology {
+        contracts::Topology::namespaced(&self.namespace)
+    }
+}
+
 /// `BROKER_NAMESPACE`: the prefix of every exchange and queue name (default none),
 /// at most 64 letters, digits, `.`, `-` or `_`.
 ///
 /// # Errors
 /// [`ConfigError`] when the value is too long or has other characters.
-pub fn broker_namespace() -> Result<String, ConfigError> {
+fn broker_namespace() -> Result<String, ConfigError> {
     let value = var_or("BROKER_NAMESPACE", "");
     let valid = value.len() <= 64
         && value

@@ -286,6 +286,26 @@ pub async fn migrate_when_reachable(
     }
 }
 
+/// A service's database at start-up: parses the URL, applies the migrations if
+/// `migrate` (waiting while the server is unreachable), and builds the pool.
+///
+/// # Errors
+/// [`DbError`] for an invalid URL, a failing migration, or shutdown while waiting.
+pub async fn prepare(
+    url: &str,
+    database: Database,
+    migrate: bool,
+    options: PoolOptions,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(Config, Pool), DbError> {
+    let config = parse_url(url)?;
+    if migrate {
+        migrate_when_reachable(&config, database, shutdown).await?;
+    }
+    let pool = pool(config.clone(), options)?;
+    Ok((config, pool))
+}
+
 /// The `migrate` command of each binary: create the database if needed, apply its
 /// migrations, log the result.
 ///

@@ -41,6 +41,23 @@ pub async fn serve(
         .await
 }
 
+/// Serves `router` until `shutdown`, then waits for `work` (the service's main
+/// loop, which watches the same token) to finish its in-flight work.
+///
+/// # Errors
+/// The server's I/O error, or the main loop's panic.
+pub async fn serve_alongside(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    work: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let served = serve(listener, router, shutdown).await;
+    work.await.context("the service's main loop panicked")?;
+    served.context("HTTP server failed")
+}
+
 /// `GET /health`: liveness, `200 text/plain OK` as long as the process serves HTTP.
 pub async fn health() -> Response {
     (

@@ -26,6 +26,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // Installed first, so that an early Ctrl-C still stops the services cleanly.
+    let stop = plumbing::shutdown::on_signal();
     build_services()?;
     let orders_db = std::env::var("ORDERS_DATABASE_URL").unwrap_or_else(|_| ORDERS_DB.into());
     let invoices_db = std::env::var("INVOICES_DATABASE_URL").unwrap_or_else(|_| INVOICES_DB.into());
@@ -44,7 +46,7 @@ async fn run() -> anyhow::Result<()> {
         api.base_url(),
     );
 
-    wait_for_ctrl_c().await;
+    stop.cancelled().await;
     let mut services = [api, relay, worker];
     // The terminal sends SIGINT to the services too; SIGTERM covers running
     // detached. Stop the API first so that nothing new enters, the worker last.
@@ -96,7 +98,7 @@ async fn check_reachable(database_url: &str) -> anyhow::Result<()> {
              then `pg_ctlcluster 15 main start`) or run `docker compose up -d postgres rabbitmq`."
         );
     }
-    let broker = plumbing::config::var_or("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let broker = plumbing::config::var_or("BROKER_URL", plumbing::config::DEFAULT_BROKER_URL);
     let broker_host = broker
         .split('@')
         .next_back()
@@ -115,22 +117,4 @@ async fn check_reachable(database_url: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn wait_for_ctrl_c() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
