@@ -27,22 +27,40 @@ struct HttpState {
     stats: Arc<WorkerStats>,
 }
 
-impl Application {
+/// `GET /ready`: 200 when the database answers and the consumer is running.
+async fn ready(State(state): State<HttpState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = store::ping(&state.pool).await {
+        problems.push(format!("database: {e}"));
+    }
+    if !state.stats.broker_connected() {
+        problems.push("broker: not consuming".to_owned());
+    }
+    plumbing::http::readiness(&problems)
+}
+
+impl plumbing::cli::Service for Application {
+    type Config = Config;
+    const NAME: &'static str = "invoices-worker";
+    const DATABASE: plumbing::db::Database = plumbing::db::Database::Invoices;
+
+    fn load_config() -> Result<Config, plumbing::config::ConfigError> {
+        Config::from_env()
+    }
+
+    fn service_config(config: &Config) -> &plumbing::config::ServiceConfig {
+        &config.service
+    }
+
     /// Migrates the invoices database (if configured), builds the pool and binds the
     /// HTTP port. The broker is connected, with backoff, by the loop.
     ///
     /// # Errors
     /// Invalid configuration, a failing migration, or a port that cannot be bound.
-    pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let (_, pool) = plumbing::db::prepare(
-            &config.database_url,
-            plumbing::db::Database::Invoices,
-            config.migrate_on_start,
-            config.pool,
-            shutdown,
-        )
-        .await
-        .context("cannot prepare the invoices database")?;
+    async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let (_, pool) = plumbing::db::prepare(&config.service, Self::DATABASE, shutdown)
+            .await
+            .context("cannot prepare the invoices database")?;
         let worker = Worker::new(
             pool.clone(),
             config.broker.url.clone(),
@@ -57,7 +75,7 @@ impl Application {
                 pool,
                 stats: worker.stats(),
             });
-        let listener = plumbing::http::bind(&config.host, config.port).await?;
+        let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {
             worker,
             listener,
@@ -70,20 +88,8 @@ impl Application {
     ///
     /// # Errors
     /// The HTTP server's I/O error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
         plumbing::http::serve_alongside(self.listener, self.router, shutdown, worker).await
     }
-}
-
-/// `GET /ready`: 200 when the database answers and the consumer is running.
-async fn ready(State(state): State<HttpState>) -> Response {
-    let mut problems = Vec::new();
-    if let Err(e) = store::ping(&state.pool).await {
-        problems.push(format!("database: {e}"));
-    }
-    if !state.stats.broker_connected() {
-        problems.push("broker: not consuming".to_owned());
-    }
-    plumbing::http::readiness(&problems)
 }

@@ -1,22 +1,6 @@
 //! `orders-api` — serve the API; `orders-api migrate` — apply migrations and exit.
 
-use orders_api::{config::Config, startup::Application};
-use plumbing::{cli::Binary, db::Database};
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let binary = Binary {
-        name: "orders-api",
-        database: Database::Orders,
-    };
-    plumbing::cli::main(
-        binary,
-        Config::from_env,
-        |c| &c.database_url,
-        |config, shutdown| async move {
-            let app = Application::build(&config, &shutdown).await?;
-            app.run_until_stopped(shutdown).await
-        },
-    )
-    .await
+    plumbing::cli::main::<orders_api::startup::Application>().await
 }

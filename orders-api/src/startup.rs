@@ -18,27 +18,43 @@ pub struct Application {
 }
 
 impl Application {
+    /// The port the API listens on.
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn port(&self) -> std::io::Result<u16> {
+        Ok(self.listener.local_addr()?.port())
+    }
+}
+
+impl plumbing::cli::Service for Application {
+    type Config = Config;
+    const NAME: &'static str = "orders-api";
+    const DATABASE: plumbing::db::Database = plumbing::db::Database::Orders;
+
+    fn load_config() -> Result<Config, plumbing::config::ConfigError> {
+        Config::from_env()
+    }
+
+    fn service_config(config: &Config) -> &plumbing::config::ServiceConfig {
+        &config.service
+    }
+
     /// Applies migrations (if configured), builds the pool and binds the port.
     ///
     /// # Errors
     /// Invalid configuration, an unreachable database at migration time (after
     /// `shutdown`), a failing migration, or a port that cannot be bound.
-    pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+    async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
         if !contracts::event::is_currency_code(&config.default_currency) {
             anyhow::bail!(
                 "DEFAULT_CURRENCY={:?} is not a three-letter ISO 4217 code",
                 config.default_currency
             );
         }
-        let (_, pool) = plumbing::db::prepare(
-            &config.database_url,
-            plumbing::db::Database::Orders,
-            config.migrate_on_start,
-            config.pool,
-            shutdown,
-        )
-        .await
-        .context("cannot prepare the orders database")?;
+        let (_, pool) = plumbing::db::prepare(&config.service, Self::DATABASE, shutdown)
+            .await
+            .context("cannot prepare the orders database")?;
         let state = AppState {
             pool,
             default_currency: Arc::from(config.default_currency.as_str()),
@@ -50,23 +66,15 @@ impl Application {
                 request_timeout: config.request_timeout,
             },
         );
-        let listener = plumbing::http::bind(&config.host, config.port).await?;
+        let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self { listener, router })
-    }
-
-    /// The port the API listens on.
-    ///
-    /// # Errors
-    /// If the socket has no local address.
-    pub fn port(&self) -> std::io::Result<u16> {
-        Ok(self.listener.local_addr()?.port())
     }
 
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
     ///
     /// # Errors
     /// The server's I/O error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         plumbing::http::serve(self.listener, self.router, shutdown)
             .await
             .context("HTTP server failed")

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use devkit::{db::TestDatabase, proxy::TcpProxy};
 use orders_api::{config::Config, startup::Application};
-use plumbing::db::PoolOptions;
+use plumbing::{cli::Service as _, config::ServiceConfig, db::PoolOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -23,17 +23,19 @@ impl TestApp {
     /// through `via`, a proxy).
     async fn spawn_with(db: TestDatabase, via: Option<&TcpProxy>) -> Self {
         let config = Config {
-            database_url: via.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr)),
-            host: "127.0.0.1".into(),
-            port: 0,
-            pool: PoolOptions {
-                max_size: 4,
-                wait_timeout: Duration::from_secs(1),
+            service: ServiceConfig {
+                database_url: via.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr)),
+                host: "127.0.0.1".into(),
+                port: 0,
+                pool: PoolOptions {
+                    max_size: 4,
+                    wait_timeout: Duration::from_secs(1),
+                },
+                migrate_on_start: true,
             },
             request_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
             default_currency: "BRL".into(),
-            migrate_on_start: true,
         };
         let shutdown = CancellationToken::new();
         let app = Application::build(&config, &shutdown).await.unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use plumbing::{
-    config::{BrokerConfig, ConfigError, duration_or, parse_or, var_or},
+    config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, duration_or, parse_or},
     db::PoolOptions,
 };
 
@@ -40,20 +40,13 @@ impl Default for RelaySettings {
 /// Everything the relay reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `DATABASE_URL`: the orders database.
-    pub database_url: String,
+    /// `DATABASE_URL` (the orders database), `HOST`, `PORT` (default 3335), pool,
+    /// `MIGRATE_ON_START`.
+    pub service: ServiceConfig,
     /// `BROKER_URL` and `BROKER_NAMESPACE`.
     pub broker: BrokerConfig,
-    /// `HOST`: address of the health endpoint (default `0.0.0.0`).
-    pub host: String,
-    /// `PORT`: port of the health endpoint (default 3335).
-    pub port: u16,
-    /// `DB_POOL_SIZE` and `DB_POOL_TIMEOUT`.
-    pub pool: PoolOptions,
     /// Claiming and publishing.
     pub relay: RelaySettings,
-    /// `MIGRATE_ON_START`: apply the orders migrations at start-up (default true).
-    pub migrate_on_start: bool,
 }
 
 impl Config {
@@ -64,21 +57,21 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = RelaySettings::default();
         Ok(Self {
-            database_url: var_or("DATABASE_URL", DEFAULT_DATABASE_URL),
+            service: ServiceConfig::from_env(ServiceDefaults {
+                database_url: DEFAULT_DATABASE_URL,
+                port: 3335,
+                pool: PoolOptions {
+                    max_size: 4,
+                    wait_timeout: Duration::from_secs(5),
+                },
+            })?,
             broker: BrokerConfig::from_env()?,
-            host: var_or("HOST", "0.0.0.0"),
-            port: parse_or("PORT", 3335)?,
-            pool: PoolOptions {
-                max_size: parse_or("DB_POOL_SIZE", 4)?,
-                wait_timeout: duration_or("DB_POOL_TIMEOUT", Duration::from_secs(5))?,
-            },
             relay: RelaySettings {
                 batch_size: parse_or("RELAY_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
                 poll_interval: duration_or("RELAY_POLL_INTERVAL", d.poll_interval)?,
                 lease: duration_or("RELAY_LEASE", d.lease)?,
                 confirm_timeout: duration_or("RELAY_CONFIRM_TIMEOUT", d.confirm_timeout)?,
             },
-            migrate_on_start: parse_or("MIGRATE_ON_START", true)?,
         })
     }
 }

@@ -27,22 +27,40 @@ struct HealthState {
     relay: Arc<RelayHealth>,
 }
 
-impl Application {
+/// `GET /ready`: 200 when the database answers and the broker channel is up.
+async fn ready(State(state): State<HealthState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = store::ping(&state.pool).await {
+        problems.push(format!("database: {e}"));
+    }
+    if !state.relay.broker_connected() {
+        problems.push("broker: not connected".to_owned());
+    }
+    plumbing::http::readiness(&problems)
+}
+
+impl plumbing::cli::Service for Application {
+    type Config = Config;
+    const NAME: &'static str = "outbox-relay";
+    const DATABASE: plumbing::db::Database = plumbing::db::Database::Orders;
+
+    fn load_config() -> Result<Config, plumbing::config::ConfigError> {
+        Config::from_env()
+    }
+
+    fn service_config(config: &Config) -> &plumbing::config::ServiceConfig {
+        &config.service
+    }
+
     /// Migrates the orders database (if configured), builds the pool and binds the
     /// health port. The broker is connected lazily, with backoff, by the loop.
     ///
     /// # Errors
     /// Invalid configuration, a failing migration, or a port that cannot be bound.
-    pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let (db, pool) = plumbing::db::prepare(
-            &config.database_url,
-            plumbing::db::Database::Orders,
-            config.migrate_on_start,
-            config.pool,
-            shutdown,
-        )
-        .await
-        .context("cannot prepare the orders database")?;
+    async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let (db, pool) = plumbing::db::prepare(&config.service, Self::DATABASE, shutdown)
+            .await
+            .context("cannot prepare the orders database")?;
         let relay = Relay::new(
             pool.clone(),
             db,
@@ -57,7 +75,7 @@ impl Application {
                 pool,
                 relay: relay.health(),
             });
-        let listener = plumbing::http::bind(&config.host, config.port).await?;
+        let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {
             relay,
             listener,
@@ -70,20 +88,8 @@ impl Application {
     ///
     /// # Errors
     /// The health server's I/O error.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
         plumbing::http::serve_alongside(self.listener, self.router, shutdown, relay).await
     }
-}
-
-/// `GET /ready`: 200 when the database answers and the broker channel is up.
-async fn ready(State(state): State<HealthState>) -> Response {
-    let mut problems = Vec::new();
-    if let Err(e) = store::ping(&state.pool).await {
-        problems.push(format!("database: {e}"));
-    }
-    if !state.relay.broker_connected() {
-        problems.push("broker: not connected".to_owned());
-    }
-    plumbing::http::readiness(&problems)
 }

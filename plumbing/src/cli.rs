@@ -7,40 +7,59 @@ use std::{future::Future, process::ExitCode};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ConfigError, db::Database};
+use crate::{
+    config::{ConfigError, ServiceConfig},
+    db::Database,
+};
 
-/// A service binary: its name and the database it owns.
-#[derive(Debug, Clone, Copy)]
-pub struct Binary {
+/// A service binary, as its `main` runs it.
+pub trait Service: Sized {
+    /// Its configuration.
+    type Config;
     /// Name in logs and messages.
-    pub name: &'static str,
+    const NAME: &'static str;
     /// The database whose migrations `migrate` applies.
-    pub database: Database,
+    const DATABASE: Database;
+
+    /// Reads the configuration from the environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable that does not parse.
+    fn load_config() -> Result<Self::Config, ConfigError>;
+
+    /// The part of the configuration every service has.
+    fn service_config(config: &Self::Config) -> &ServiceConfig;
+
+    /// Prepares the service: database, pool, listening socket.
+    fn build(
+        config: &Self::Config,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
+
+    /// Runs until `shutdown` is cancelled and in-flight work is done.
+    fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Runs the binary: initializes logs, loads the configuration, dispatches on the
-/// first argument. `serve` gets the configuration and the shutdown token.
-pub async fn main<C, Serve, Fut>(
-    binary: Binary,
-    load: impl FnOnce() -> Result<C, ConfigError>,
-    database_url: impl FnOnce(&C) -> &str,
-    serve: Serve,
-) -> ExitCode
-where
-    Serve: FnOnce(C, CancellationToken) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    crate::telemetry::init(binary.name);
+/// The whole `main` of a service binary: initializes logs, loads the
+/// configuration, dispatches on the first argument, maps errors to an exit code.
+pub async fn main<S: Service>() -> ExitCode {
+    crate::telemetry::init(S::NAME);
     let result = async {
-        let config = load()?;
+        let config = S::load_config()?;
         match std::env::args().nth(1).as_deref() {
             None | Some("run" | "serve") => {
-                serve(config, crate::shutdown::on_signal()).await?;
+                let shutdown = crate::shutdown::on_signal();
+                let service = S::build(&config, &shutdown).await?;
+                service.run_until_stopped(shutdown).await?;
                 tracing::info!("stopped");
                 Ok(())
             }
             Some("migrate") => {
-                crate::db::migrate_command(database_url(&config), binary.database).await?;
+                let url = &S::service_config(&config).database_url;
+                crate::db::migrate_command(url, S::DATABASE).await?;
                 Ok(())
             }
             Some(other) => Err(anyhow::anyhow!(
@@ -52,7 +71,7 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            crate::telemetry::log_error(&format!("{} failed", binary.name), &e);
+            crate::telemetry::log_error(&format!("{} failed", S::NAME), &e);
             ExitCode::FAILURE
         }
     }

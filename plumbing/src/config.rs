@@ -89,6 +89,51 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// What every service reads: its database, its HTTP address, its pool.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// `DATABASE_URL`: the service's own database.
+    pub database_url: String,
+    /// `HOST`: address of the HTTP endpoint (default `0.0.0.0`).
+    pub host: String,
+    /// `PORT`: port of the HTTP endpoint (0 picks a free one).
+    pub port: u16,
+    /// `DB_POOL_SIZE` and `DB_POOL_TIMEOUT`.
+    pub pool: crate::db::PoolOptions,
+    /// `MIGRATE_ON_START`: apply the database's migrations at start-up (default true).
+    pub migrate_on_start: bool,
+}
+
+/// A service's defaults for [`ServiceConfig`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceDefaults {
+    /// Default `DATABASE_URL`.
+    pub database_url: &'static str,
+    /// Default `PORT`.
+    pub port: u16,
+    /// Default pool size and wait.
+    pub pool: crate::db::PoolOptions,
+}
+
+impl ServiceConfig {
+    /// Reads the variables, falling back to `defaults`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable that does not parse.
+    pub fn from_env(defaults: ServiceDefaults) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database_url: var_or("DATABASE_URL", defaults.database_url),
+            host: var_or("HOST", "0.0.0.0"),
+            port: parse_or("PORT", defaults.port)?,
+            pool: crate::db::PoolOptions {
+                max_size: parse_or("DB_POOL_SIZE", defaults.pool.max_size)?,
+                wait_timeout: duration_or("DB_POOL_TIMEOUT", defaults.pool.wait_timeout)?,
+            },
+            migrate_on_start: parse_or("MIGRATE_ON_START", true)?,
+        })
+    }
+}
+
 /// Default `BROKER_URL`: the local RabbitMQ.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

@@ -287,22 +287,20 @@ pub async fn migrate_when_reachable(
 }
 
 /// A service's database at start-up: parses the URL, applies the migrations if
-/// `migrate` (waiting while the server is unreachable), and builds the pool.
+/// configured (waiting while the server is unreachable), and builds the pool.
 ///
 /// # Errors
 /// [`DbError`] for an invalid URL, a failing migration, or shutdown while waiting.
 pub async fn prepare(
-    url: &str,
+    service: &crate::config::ServiceConfig,
     database: Database,
-    migrate: bool,
-    options: PoolOptions,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(Config, Pool), DbError> {
-    let config = parse_url(url)?;
-    if migrate {
+    let config = parse_url(&service.database_url)?;
+    if service.migrate_on_start {
         migrate_when_reachable(&config, database, shutdown).await?;
     }
-    let pool = pool(config.clone(), options)?;
+    let pool = pool(config.clone(), service.pool)?;
     Ok((config, pool))
 }
 
