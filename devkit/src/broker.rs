@@ -130,6 +130,18 @@ impl TestBroker {
         message.map(|m| m.delivery)
     }
 
+    /// Drops every ready message of `queue`.
+    pub async fn purge(&self, queue: &str) {
+        self.channel()
+            .await
+            .queue_purge(
+                short_string(queue),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Number of ready messages in `queue` (passive declare).
     pub async fn ready_count(&self, queue: &str) -> u32 {
         let channel = self.channel().await;

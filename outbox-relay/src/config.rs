@@ -13,7 +13,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/order
 /// How the relay claims and publishes.
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
-    /// `RELAY_BATCH_SIZE`: rows claimed and published per cycle (default 200).
+    /// `RELAY_BATCH_SIZE`: rows claimed and published per cycle, the window of
+    /// unconfirmed messages (default 500).
     pub batch_size: i64,
     /// `RELAY_POLL_INTERVAL`: fallback scan interval when no notification arrives
     /// (default 1s).
@@ -24,15 +25,28 @@ pub struct RelaySettings {
     /// `RELAY_CONFIRM_TIMEOUT`: longest wait for the broker's confirms of a batch;
     /// unconfirmed rows are released and published again (default 10s).
     pub confirm_timeout: Duration,
+    /// `RELAY_MAX_ATTEMPTS`: failed attempts after which a row is blocked and its
+    /// aggregate waits for an operator (default 10).
+    pub max_attempts: i32,
+    /// `RELAY_RETENTION`: how long published rows are kept for replays (default 7d).
+    pub retention: Duration,
+    /// `RELAY_PURGE_INTERVAL`: how often one relay purges older rows (default 1h).
+    pub purge_interval: Duration,
+    /// `RELAY_PURGE_BATCH`: rows deleted per statement by the purge (default 1000).
+    pub purge_batch: i64,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
         Self {
-            batch_size: 200,
+            batch_size: 500,
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(10),
+            max_attempts: 10,
+            retention: Duration::from_secs(7 * 86_400),
+            purge_interval: Duration::from_secs(3_600),
+            purge_batch: 1_000,
         }
     }
 }
@@ -71,6 +85,11 @@ impl Config {
                 poll_interval: duration_or("RELAY_POLL_INTERVAL", d.poll_interval)?,
                 lease: duration_or("RELAY_LEASE", d.lease)?,
                 confirm_timeout: duration_or("RELAY_CONFIRM_TIMEOUT", d.confirm_timeout)?,
+                max_attempts: parse_or("RELAY_MAX_ATTEMPTS", d.max_attempts)?.max(1),
+                retention: duration_or("RELAY_RETENTION", d.retention)?,
+                purge_interval: duration_or("RELAY_PURGE_INTERVAL", d.purge_interval)?
+                    .max(Duration::from_secs(1)),
+                purge_batch: parse_or("RELAY_PURGE_BATCH", d.purge_batch)?.clamp(1, 100_000),
             },
         })
     }

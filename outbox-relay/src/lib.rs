@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod publisher;
 pub mod relay;
 pub mod startup;

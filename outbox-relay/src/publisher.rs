@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use contracts::{EventType, Topology};
 use lapin::{
-    Channel, Confirmation, Connection,
+    Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use plumbing::broker::{BrokerError, Outbound, short_string};
@@ -71,6 +71,20 @@ impl Publisher {
         confirm_timeout: Duration,
         extra_headers: &[(&'static str, String)],
     ) -> Vec<Outcome> {
+        self.start(rows, extra_headers)
+            .await
+            .settle(confirm_timeout)
+            .await
+    }
+
+    /// Publishes `rows` without waiting for the confirms: the broker works on them
+    /// while the caller does something else (records the previous batch, claims the
+    /// next one). [`InFlight::settle`] collects the outcomes.
+    pub async fn start(
+        &self,
+        rows: &[OutboxRow],
+        extra_headers: &[(&'static str, String)],
+    ) -> InFlight {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
         let mut pending = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
@@ -80,14 +94,6 @@ impl Publisher {
                     row.event_type
                 )));
                 continue;
-            };
-            let body = match serde_json::to_vec(&row.payload) {
-                Ok(body) => body,
-                Err(e) => {
-                    outcomes[i] =
-                        Some(Outcome::Rejected(format!("payload cannot be encoded: {e}")));
-                    continue;
-                }
             };
             let properties = outbound(row, extra_headers).properties();
             let publish = self
@@ -99,7 +105,7 @@ impl Publisher {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &body,
+                    row.payload.as_bytes(),
                     properties,
                 )
                 .await;
@@ -115,6 +121,30 @@ impl Publisher {
                 }
             }
         }
+        InFlight { outcomes, pending }
+    }
+
+    /// Closes the channel and connection politely (after the last confirms).
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "relay stopping".into()).await;
+        let _ = self.connection.close(200, "relay stopping".into()).await;
+    }
+}
+
+/// A published batch whose confirms have not been collected yet.
+pub struct InFlight {
+    outcomes: Vec<Option<Outcome>>,
+    pending: Vec<(usize, PublisherConfirm)>,
+}
+
+impl InFlight {
+    /// Waits (at most `confirm_timeout`) for the confirms; one outcome per row, in
+    /// order. Rows without a confirm in time are [`Outcome::Lost`].
+    pub async fn settle(self, confirm_timeout: Duration) -> Vec<Outcome> {
+        let Self {
+            mut outcomes,
+            pending,
+        } = self;
         let (indices, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         match tokio::time::timeout(confirm_timeout, futures::future::join_all(confirms)).await {
             Ok(results) => {
@@ -134,12 +164,6 @@ impl Publisher {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Lost("not published".into())))
             .collect()
-    }
-
-    /// Closes the channel and connection politely (after the last confirms).
-    pub async fn close(self) {
-        let _ = self.channel.close(200, "relay stopping".into()).await;
-        let _ = self.connection.close(200, "relay stopping".into()).await;
     }
 }
 

@@ -1,17 +1,18 @@
 //! The relay loop: claim a batch, publish it with confirms, mark what was
 //! confirmed; wake on notifications, poll as a fallback, back off while the
-//! database or the broker is down.
+//! database or the broker is down, purge old rows on a schedule.
+//!
+//! Draining is pipelined: while the broker confirms batch n, the relay records
+//! batch n−1 (marks, failures) and claims batch n+1, so the database and the broker
+//! work at the same time. Per-aggregate order is unaffected: batch n's rows are
+//! unpublished while n+1 is claimed, so no later event of their aggregates can be
+//! in n+1.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use contracts::Topology;
 use deadpool_postgres::Pool;
+use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_postgres::Config as PgConfig;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::RelaySettings,
     listener::Listener,
+    metrics::{FailureReason, RelayMetrics},
     publisher::{Outcome, Publisher},
-    store::{self, StoreError},
+    store::{self, OutboxRow, StoreError},
 };
+
+/// Advisory lock key that lets one relay at a time run the scheduled purge.
+const PURGE_LOCK_KEY: i64 = 0x6f75_7470; // "outp"
 
 /// What one cycle did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,15 @@ pub struct BatchReport {
     pub lost: usize,
 }
 
+impl std::ops::AddAssign for BatchReport {
+    fn add_assign(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.rejected += other.rejected;
+        self.lost += other.lost;
+    }
+}
+
 /// Why a cycle could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -47,18 +61,10 @@ pub enum RelayError {
     Broker(String),
 }
 
-/// State shared with the health endpoint.
-#[derive(Debug, Default)]
-pub struct RelayHealth {
-    broker_connected: AtomicBool,
-}
-
-impl RelayHealth {
-    /// Whether the relay currently has a working broker channel.
-    #[must_use]
-    pub fn broker_connected(&self) -> bool {
-        self.broker_connected.load(Ordering::Relaxed)
-    }
+/// A batch whose confirms are in: what remains is to write the outcomes down.
+struct Settled {
+    rows: Vec<OutboxRow>,
+    outcomes: Vec<Outcome>,
 }
 
 /// The outbox relay.
@@ -69,7 +75,7 @@ pub struct Relay {
     topology: Topology,
     settings: RelaySettings,
     publisher: Option<Publisher>,
-    health: Arc<RelayHealth>,
+    metrics: Arc<RelayMetrics>,
 }
 
 impl Relay {
@@ -89,20 +95,14 @@ impl Relay {
             topology,
             settings,
             publisher: None,
-            health: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 
-    /// State for the health endpoint.
+    /// The relay's metrics (shared with the HTTP endpoint).
     #[must_use]
-    pub fn health(&self) -> Arc<RelayHealth> {
-        self.health.clone()
-    }
-
-    /// The pool the relay reads the outbox through.
-    #[must_use]
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        self.metrics.clone()
     }
 
     /// Connects to the broker if there is no working channel.
@@ -111,50 +111,200 @@ impl Relay {
     /// [`RelayError::Broker`] when the broker cannot be reached.
     pub async fn ensure_publisher(&mut self) -> Result<&Publisher, RelayError> {
         if !self.publisher.as_ref().is_some_and(Publisher::is_connected) {
-            self.health.broker_connected.store(false, Ordering::Relaxed);
-            self.publisher = None;
+            self.disconnect().await;
             let publisher = Publisher::connect(&self.broker_url, self.topology.clone())
                 .await
                 .map_err(|e| RelayError::Broker(e.to_string()))?;
             tracing::info!(exchange = %self.topology.exchange, "connected to the broker");
             self.publisher = Some(publisher);
-            self.health.broker_connected.store(true, Ordering::Relaxed);
+            self.metrics.broker_connected.set(1);
         }
         self.publisher
             .as_ref()
             .ok_or_else(|| RelayError::Broker("no channel".into()))
     }
 
-    /// One cycle: claim a batch, publish it, mark the confirmed rows, record the
-    /// refused ones and release the lost ones.
+    async fn disconnect(&mut self) {
+        self.metrics.broker_connected.set(0);
+        if let Some(p) = self.publisher.take() {
+            p.close().await;
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows =
+            store::claim_batch(&self.pool, self.settings.batch_size, self.settings.lease).await?;
+        self.metrics.claimed.inc_by(rows.len() as u64);
+        Ok(rows)
+    }
+
+    /// One unpipelined cycle: claim a batch, publish it, wait for the confirms,
+    /// record the outcomes.
     ///
     /// # Errors
     /// [`RelayError`] when the database or the broker is unavailable; nothing is
     /// marked published that the broker did not confirm.
     pub async fn run_once(&mut self) -> Result<BatchReport, RelayError> {
-        let confirm_timeout = self.settings.confirm_timeout;
         // Connect before claiming, so that rows are not leased while the broker is down.
         self.ensure_publisher().await?;
-        let rows =
-            store::claim_batch(&self.pool, self.settings.batch_size, self.settings.lease).await?;
+        let rows = self.claim().await?;
         if rows.is_empty() {
             return Ok(BatchReport::default());
         }
-        let publisher = self.ensure_publisher().await?;
-        let outcomes = publisher.publish_batch(&rows, confirm_timeout, &[]).await;
+        let confirm_timeout = self.settings.confirm_timeout;
+        let outcomes = self
+            .ensure_publisher()
+            .await?
+            .publish_batch(&rows, confirm_timeout, &[])
+            .await;
+        self.record(Settled { rows, outcomes }).await
+    }
 
+    /// Runs pipelined cycles until a claim comes back less than full (the backlog
+    /// is drained) or `shutdown` is cancelled; the batch in flight is always
+    /// finished. Returns how many events were published.
+    ///
+    /// # Errors
+    /// As [`Relay::run_once`].
+    pub async fn drain(&mut self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
+        self.ensure_publisher().await?;
+        let mut report = BatchReport::default();
+        let mut batch = self.claim().await?;
+        let mut previous: Option<Settled> = None;
+        loop {
+            if batch.is_empty() {
+                if let Some(settled) = previous.take() {
+                    report += self.record(settled).await?;
+                }
+                return Ok(report.published);
+            }
+            let in_flight = match self.ensure_publisher().await {
+                Ok(publisher) => publisher.start(&batch, &[]).await,
+                Err(e) => {
+                    self.abandon(previous.take(), batch).await;
+                    return Err(e);
+                }
+            };
+            let more = i64::try_from(batch.len()).unwrap_or(i64::MAX) >= self.settings.batch_size
+                && !shutdown.is_cancelled();
+            // While the broker confirms this batch: record the previous one and
+            // claim the next one.
+            let (outcomes, (recorded, next)) =
+                tokio::join!(in_flight.settle(self.settings.confirm_timeout), async {
+                    let recorded = match previous.take() {
+                        Some(settled) => Some(
+                            Self::write_outcomes(
+                                &self.pool,
+                                &self.metrics,
+                                &self.settings,
+                                settled,
+                            )
+                            .await,
+                        ),
+                        None => None,
+                    };
+                    let next = if more { Some(self.claim().await) } else { None };
+                    (recorded, next)
+                });
+            let current = Settled {
+                rows: std::mem::take(&mut batch),
+                outcomes,
+            };
+            let failure = match recorded {
+                None => None,
+                Some(Ok((previous_report, lost))) => {
+                    report += previous_report;
+                    lost.map(RelayError::Broker)
+                }
+                Some(Err(e)) => Some(e),
+            };
+            match (failure, next) {
+                (Some(e), next) => {
+                    let unpublished = match next {
+                        Some(Ok(rows)) => rows,
+                        _ => Vec::new(),
+                    };
+                    self.abandon(Some(current), unpublished).await;
+                    return Err(e);
+                }
+                (None, Some(Err(e))) => {
+                    self.abandon(Some(current), Vec::new()).await;
+                    return Err(e.into());
+                }
+                (None, Some(Ok(rows))) => batch = rows,
+                (None, None) => batch = Vec::new(),
+            }
+            previous = Some(current);
+        }
+    }
+
+    /// Stops a drain that failed: writes down the batch whose confirms are in and
+    /// releases rows claimed but not published, so that nothing waits for a lease
+    /// to run out. Errors are logged (the leases end by themselves).
+    async fn abandon(&mut self, settled: Option<Settled>, unpublished: Vec<OutboxRow>) {
+        if let Some(settled) = settled {
+            match Self::write_outcomes(&self.pool, &self.metrics, &self.settings, settled).await {
+                Ok((_, Some(_))) => self.disconnect().await,
+                Ok((_, None)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record a batch; its rows return when their lease ends")
+                }
+            }
+        }
+        let ids: Vec<i64> = unpublished.iter().map(|r| r.id).collect();
+        if let Err(e) = store::release(&self.pool, &ids).await {
+            tracing::warn!(error = %e, "could not release claimed rows; they return when their lease ends");
+        }
+    }
+
+    /// Writes a settled batch down; on a lost channel, drops the publisher and
+    /// fails, so that the caller backs off and reconnects.
+    async fn record(&mut self, settled: Settled) -> Result<BatchReport, RelayError> {
+        let (report, lost) =
+            Self::write_outcomes(&self.pool, &self.metrics, &self.settings, settled).await?;
+        if let Some(reason) = lost {
+            self.disconnect().await;
+            return Err(RelayError::Broker(reason));
+        }
+        Ok(report)
+    }
+
+    /// Marks the confirmed rows, records the refused ones (blocking those at the
+    /// attempt limit) and releases the lost ones. Returns the report and, if the
+    /// channel was lost, why.
+    async fn write_outcomes(
+        pool: &Pool,
+        metrics: &RelayMetrics,
+        settings: &RelaySettings,
+        settled: Settled,
+    ) -> Result<(BatchReport, Option<String>), RelayError> {
+        let Settled { rows, outcomes } = settled;
         let mut confirmed = Vec::new();
         let mut rejected = Vec::new();
         let mut lost = Vec::new();
         let mut lost_reason = None;
+        let now = OffsetDateTime::now_utc();
         for (row, outcome) in rows.iter().zip(outcomes) {
             match outcome {
-                Outcome::Confirmed => confirmed.push(row.id),
+                Outcome::Confirmed => {
+                    confirmed.push(row.id);
+                    metrics
+                        .commit_to_confirm
+                        .observe((now - row.created_at).as_seconds_f64().max(0.0));
+                }
                 Outcome::Rejected(reason) => {
+                    metrics.failed(if reason.starts_with("returned") {
+                        FailureReason::Returned
+                    } else if reason.starts_with("nacked") {
+                        FailureReason::Nacked
+                    } else {
+                        FailureReason::Invalid
+                    });
                     tracing::warn!(outbox_id = row.id, message_id = %row.message_id, attempts = row.attempts + 1, reason, "broker refused event");
                     rejected.push((row.id, reason));
                 }
                 Outcome::Lost(reason) => {
+                    metrics.failed(FailureReason::Lost);
                     lost.push(row.id);
                     lost_reason.get_or_insert(reason);
                 }
@@ -168,48 +318,58 @@ impl Relay {
         };
         // If marking fails, the rows stay claimed until their lease ends and are
         // published again: a duplicate that the consumer skips, never a loss.
-        store::mark_published(&self.pool, &confirmed).await?;
-        store::record_failures(&self.pool, &rejected).await?;
-        if let Some(reason) = lost_reason {
-            // The channel is broken: drop it, give the rows back, reconnect next cycle.
-            self.health.broker_connected.store(false, Ordering::Relaxed);
-            if let Some(p) = self.publisher.take() {
-                p.close().await;
-            }
+        store::mark_published(pool, &confirmed).await?;
+        metrics.published.inc_by(confirmed.len() as u64);
+        for blocked in store::record_failures(pool, &rejected, settings.max_attempts).await? {
+            metrics.blocked.inc();
+            tracing::error!(outbox_id = blocked.id, message_id = %blocked.message_id, aggregate_id = %blocked.aggregate_id, max_attempts = settings.max_attempts, "event blocked after too many attempts; its aggregate waits for an operator (outbox-relay retry / skip)");
+        }
+        if !lost.is_empty() {
             // If releasing fails too, the lease runs out and another cycle takes them.
-            if let Err(e) = store::release(&self.pool, &lost).await {
+            if let Err(e) = store::release(pool, &lost).await {
                 tracing::warn!(error = %e, "could not release unconfirmed rows; they return when their lease ends");
             }
-            return Err(RelayError::Broker(reason));
         }
-        tracing::debug!(?report, "batch done");
-        Ok(report)
+        tracing::debug!(?report, "batch recorded");
+        Ok((report, lost_reason))
     }
 
-    /// Runs cycles until a batch comes back less than full (the backlog is drained).
+    /// Deletes published rows older than the retention window, if no other relay
+    /// is doing it right now (advisory lock). Returns how many were deleted.
     ///
     /// # Errors
-    /// As [`Relay::run_once`].
-    pub async fn drain(&mut self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
-        let mut published = 0;
-        loop {
-            let report = self.run_once().await?;
-            published += report.published;
-            let full =
-                i64::try_from(report.claimed).unwrap_or(i64::MAX) >= self.settings.batch_size;
-            if !full || shutdown.is_cancelled() {
-                return Ok(published);
-            }
+    /// [`StoreError`] when the database fails.
+    pub async fn purge_if_leader(&self) -> Result<Option<u64>, StoreError> {
+        let client = self.pool.get().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&PURGE_LOCK_KEY])
+            .await?
+            .try_get(0)?;
+        if !locked {
+            return Ok(None);
         }
+        let purged =
+            store::purge_published(&client, self.settings.retention, self.settings.purge_batch)
+                .await;
+        // Unlock even after a failure; a broken session releases the lock anyway.
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&PURGE_LOCK_KEY])
+            .await;
+        let purged = purged?;
+        self.metrics.purged.inc_by(purged);
+        Ok(Some(purged))
     }
 
     /// Runs until `shutdown`: drains on every notification and poll tick, backs off
-    /// (exponential, jittered) while the database or broker is down. A batch in
-    /// flight is finished — published, confirmed, marked — before returning.
+    /// (exponential, jittered) while the database or broker is down, purges old
+    /// rows on its schedule. A batch in flight is finished — published, confirmed,
+    /// marked — before returning.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let mut listener: Option<Listener> = None;
         let mut delays = plumbing::backoff::reconnect_delays();
+        let mut purge = tokio::time::interval(self.settings.purge_interval);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
             if !listener.as_ref().is_some_and(Listener::is_alive) {
                 listener = match Listener::start(
@@ -247,11 +407,14 @@ impl Relay {
                 () = shutdown.cancelled() => break,
                 () = wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = purge.tick() => match self.purge_if_leader().await {
+                    Ok(Some(purged)) if purged > 0 => tracing::info!(purged, retention = ?self.settings.retention, "purged published outbox rows"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),
+                },
             }
         }
-        if let Some(p) = self.publisher.take() {
-            p.close().await;
-        }
+        self.disconnect().await;
         tracing::info!("relay stopped");
     }
 }

@@ -8,11 +8,7 @@ use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    config::Config,
-    relay::{Relay, RelayHealth},
-    store,
-};
+use crate::{config::Config, metrics::RelayMetrics, relay::Relay, store};
 
 /// A relay ready to run, with its health endpoint bound.
 pub struct Application {
@@ -24,7 +20,7 @@ pub struct Application {
 #[derive(Clone)]
 struct HealthState {
     pool: Pool,
-    relay: Arc<RelayHealth>,
+    metrics: Arc<RelayMetrics>,
 }
 
 /// `GET /ready`: 200 when the database answers and the broker channel is up.
@@ -33,10 +29,19 @@ async fn ready(State(state): State<HealthState>) -> Response {
     if let Err(e) = store::ping(&state.pool).await {
         problems.push(format!("database: {e}"));
     }
-    if !state.relay.broker_connected() {
+    if state.metrics.broker_connected.get() != 1 {
         problems.push("broker: not connected".to_owned());
     }
     plumbing::http::readiness(&problems)
+}
+
+/// `GET /metrics`: counters of this relay plus the state of the whole outbox.
+async fn metrics(State(state): State<HealthState>) -> Response {
+    match store::backlog_stats(&state.pool).await {
+        Ok(stats) => state.metrics.observe_backlog(&stats),
+        Err(e) => tracing::warn!(error = %e, "cannot read outbox statistics for /metrics"),
+    }
+    plumbing::metrics::render(state.metrics.registry())
 }
 
 impl plumbing::cli::Service for Application {
@@ -71,9 +76,10 @@ impl plumbing::cli::Service for Application {
         let router = Router::new()
             .route("/health", get(plumbing::http::health))
             .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
             .with_state(HealthState {
                 pool,
-                relay: relay.health(),
+                metrics: relay.metrics(),
             });
         let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {

@@ -30,8 +30,8 @@ pub struct OutboxRow {
     pub event_type: String,
     /// Schema version.
     pub schema_version: i32,
-    /// Event body.
-    pub payload: Value,
+    /// Event body: the JSON text as stored, sent as it is.
+    pub payload: String,
     /// Extra headers (trace context, correlation id).
     pub headers: Value,
     /// When the event was written.
@@ -56,6 +56,7 @@ WITH candidates AS (
     SELECT o.id
     FROM outbox o
     WHERE o.published_at IS NULL
+      AND o.blocked_at IS NULL
       AND (o.locked_until IS NULL OR o.locked_until < now())
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
       AND NOT EXISTS (
@@ -67,11 +68,11 @@ WITH candidates AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-UPDATE outbox SET locked_until = now() + $2 * interval '1 millisecond'
+UPDATE outbox SET locked_until = now() + $2 * interval '1 second'
 FROM candidates
 WHERE outbox.id = candidates.id
 RETURNING outbox.id, outbox.message_id, outbox.aggregate_id, outbox.event_type,
-          outbox.schema_version, outbox.payload, outbox.headers, outbox.created_at,
+          outbox.schema_version, outbox.payload::text, outbox.headers, outbox.created_at,
           outbox.attempts";
 
 /// Claims up to `limit` publishable rows for `lease`, oldest first.
@@ -85,8 +86,9 @@ pub async fn claim_batch(
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(CLAIM).await?;
-    let lease_ms = f64::from(u32::try_from(lease.as_millis()).unwrap_or(u32::MAX));
-    let rows = client.query(&statement, &[&limit, &lease_ms]).await?;
+    let rows = client
+        .query(&statement, &[&limit, &lease.as_secs_f64()])
+        .await?;
     let mut claimed = rows
         .iter()
         .map(|r| {
@@ -126,14 +128,32 @@ pub async fn mark_published(pool: &Pool, ids: &[i64]) -> Result<u64, StoreError>
     Ok(client.execute(&statement, &[&ids]).await?)
 }
 
+/// A row that reached the attempt limit.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    /// Outbox id.
+    pub id: i64,
+    /// Message id.
+    pub message_id: Uuid,
+    /// The aggregate that now waits.
+    pub aggregate_id: Uuid,
+}
+
 /// Records failed publish attempts: one more attempt, the error, and a growing
-/// delay before the next try (1 s doubling to 5 min, by the database clock).
+/// delay before the next try (1 s doubling to 5 min, by the database clock). A row
+/// that reaches `max_attempts` is blocked: neither it nor the later events of its
+/// aggregate are tried again until an operator retries or skips it. Returns the
+/// rows blocked by this call.
 ///
 /// # Errors
 /// [`StoreError`] when the database fails.
-pub async fn record_failures(pool: &Pool, failures: &[(i64, String)]) -> Result<u64, StoreError> {
+pub async fn record_failures(
+    pool: &Pool,
+    failures: &[(i64, String)],
+    max_attempts: i32,
+) -> Result<Vec<Blocked>, StoreError> {
     if failures.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let (ids, errors): (Vec<i64>, Vec<String>) = failures.iter().cloned().unzip();
     let client = pool.get().await?;
@@ -144,12 +164,27 @@ pub async fn record_failures(pool: &Pool, failures: &[(i64, String)]) -> Result<
                                locked_until = NULL,
                                next_attempt_at = now() + least(
                                    interval '1 second' * power(2, least(outbox.attempts, 16)),
-                                   interval '5 minutes')
+                                   interval '5 minutes'),
+                               blocked_at = CASE WHEN outbox.attempts + 1 >= $3 THEN now() END
              FROM unnest($1::bigint[], $2::text[]) AS failed(id, error)
-             WHERE outbox.id = failed.id AND outbox.published_at IS NULL",
+             WHERE outbox.id = failed.id AND outbox.published_at IS NULL
+             RETURNING outbox.id, outbox.message_id, outbox.aggregate_id, outbox.blocked_at IS NOT NULL",
         )
         .await?;
-    Ok(client.execute(&statement, &[&ids, &errors]).await?)
+    let rows = client
+        .query(&statement, &[&ids, &errors, &max_attempts])
+        .await?;
+    let mut blocked = Vec::new();
+    for row in rows {
+        if row.try_get::<_, bool>(3)? {
+            blocked.push(Blocked {
+                id: row.try_get(0)?,
+                message_id: row.try_get(1)?,
+                aggregate_id: row.try_get(2)?,
+            });
+        }
+    }
+    Ok(blocked)
 }
 
 /// Ends the claim on rows that were not published through no fault of their own
@@ -177,4 +212,203 @@ pub async fn release(pool: &Pool, ids: &[i64]) -> Result<u64, StoreError> {
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     pool.get().await?.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+/// The state of the outbox as a whole.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BacklogStats {
+    /// Unpublished rows that are not blocked.
+    pub backlog: i64,
+    /// Age in seconds of the oldest unpublished row (0 when none).
+    pub oldest_age_seconds: f64,
+    /// Blocked rows.
+    pub blocked_rows: i64,
+    /// Aggregates with a blocked row.
+    pub blocked_aggregates: i64,
+    /// Rows currently claimed by a relay.
+    pub leased: i64,
+    /// Rows waiting for their next attempt after a failure.
+    pub retrying: i64,
+}
+
+/// Counts the backlog, blocked rows and leases (for `/metrics` and `status`).
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn backlog_stats(pool: &Pool) -> Result<BacklogStats, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT count(*) FILTER (WHERE blocked_at IS NULL),
+                    coalesce(extract(epoch FROM now() - min(created_at))::float8, 0),
+                    count(*) FILTER (WHERE blocked_at IS NOT NULL),
+                    count(DISTINCT aggregate_id) FILTER (WHERE blocked_at IS NOT NULL),
+                    count(*) FILTER (WHERE locked_until > now()),
+                    count(*) FILTER (WHERE next_attempt_at > now() AND blocked_at IS NULL)
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .await?;
+    let row = client.query_one(&statement, &[]).await?;
+    Ok(BacklogStats {
+        backlog: row.try_get(0)?,
+        oldest_age_seconds: row.try_get(1)?,
+        blocked_rows: row.try_get(2)?,
+        blocked_aggregates: row.try_get(3)?,
+        leased: row.try_get(4)?,
+        retrying: row.try_get(5)?,
+    })
+}
+
+/// A blocked row, as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockedEvent {
+    /// Outbox id.
+    pub id: i64,
+    /// Message id.
+    pub message_id: Uuid,
+    /// Aggregate id.
+    pub aggregate_id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was blocked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub blocked_at: OffsetDateTime,
+    /// Later events of the same aggregate waiting behind it.
+    pub waiting_behind: i64,
+}
+
+/// The blocked rows, oldest first.
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn blocked_events(pool: &Pool, limit: i64) -> Result<Vec<BlockedEvent>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT b.id, b.message_id, b.aggregate_id, b.event_type, b.attempts, b.last_error,
+                    b.blocked_at,
+                    (SELECT count(*) FROM outbox w
+                     WHERE w.aggregate_id = b.aggregate_id AND w.published_at IS NULL AND w.id > b.id)
+             FROM outbox b
+             WHERE b.published_at IS NULL AND b.blocked_at IS NOT NULL
+             ORDER BY b.id LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(BlockedEvent {
+                id: r.try_get(0)?,
+                message_id: r.try_get(1)?,
+                aggregate_id: r.try_get(2)?,
+                event_type: r.try_get(3)?,
+                attempts: r.try_get(4)?,
+                last_error: r.try_get(5)?,
+                blocked_at: r.try_get(6)?,
+                waiting_behind: r.try_get(7)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Which blocked rows an operator acts on.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// One event.
+    Message(Uuid),
+    /// The blocked event of one aggregate.
+    Aggregate(Uuid),
+    /// Every blocked event.
+    All,
+}
+
+impl Selection {
+    fn params(&self) -> (Option<Uuid>, Option<Uuid>) {
+        match self {
+            Selection::Message(id) => (Some(*id), None),
+            Selection::Aggregate(id) => (None, Some(*id)),
+            Selection::All => (None, None),
+        }
+    }
+}
+
+/// Unblocks rows for another round of attempts (after the cause was fixed).
+/// Returns how many.
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn retry_blocked(pool: &Pool, selection: &Selection) -> Result<u64, StoreError> {
+    let (message, aggregate) = selection.params();
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "UPDATE outbox SET blocked_at = NULL, attempts = 0, next_attempt_at = NULL
+             WHERE published_at IS NULL AND blocked_at IS NOT NULL
+               AND ($1::uuid IS NULL OR message_id = $1)
+               AND ($2::uuid IS NULL OR aggregate_id = $2)",
+            &[&message, &aggregate],
+        )
+        .await?)
+}
+
+/// Gives up on blocked rows: they count as done (never published), and the events
+/// behind them go out. Returns how many.
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn skip_blocked(
+    pool: &Pool,
+    selection: &Selection,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    let (message, aggregate) = selection.params();
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "UPDATE outbox SET skipped_at = now(), published_at = now(), locked_until = NULL,
+                               last_error = concat_ws(' | ', last_error, 'skipped: ' || $3)
+             WHERE published_at IS NULL AND blocked_at IS NOT NULL
+               AND ($1::uuid IS NULL OR message_id = $1)
+               AND ($2::uuid IS NULL OR aggregate_id = $2)",
+            &[&message, &aggregate, &reason],
+        )
+        .await?)
+}
+
+/// Deletes published rows older than `older_than`, `batch` rows per statement so
+/// that no statement holds many locks or runs long. Returns how many were deleted.
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn purge_published(
+    client: &tokio_postgres::Client,
+    older_than: Duration,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let older_than_secs = older_than.as_secs_f64();
+    let statement = client
+        .prepare(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE published_at IS NOT NULL
+                   AND published_at < now() - $1 * interval '1 second'
+                 ORDER BY id
+                 LIMIT $2)",
+        )
+        .await?;
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(&statement, &[&older_than_secs, &batch])
+            .await?;
+        total += deleted;
+        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+    }
 }

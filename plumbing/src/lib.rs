@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

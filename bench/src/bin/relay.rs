@@ -1,0 +1,301 @@
+//! Relay benchmark: drain rate of an outbox backlog beside the raw confirmed-publish
+//! rate of a minimal lapin publisher (same message size, persistence, queue type and
+//! window), measured in the same run; then commit→consume latency of an idle relay.
+//!
+//! `cargo run --release -p bench --bin relay -- [--events 100000] [--latency-samples 300]`
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use bench::{arg, percentile, rate};
+use devkit::{broker::TestBroker, db::TestDatabase};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use orders_api::{
+    domain::{Amount, NewOrder},
+    outbox::RequestContext,
+};
+use outbox_relay::{config::RelaySettings, relay::Relay};
+use plumbing::{broker::short_string, db::Database};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let events: usize = arg("--events", 100_000);
+    let samples: usize = arg("--latency-samples", 300);
+    let settings = RelaySettings {
+        batch_size: arg("--batch", RelaySettings::default().batch_size),
+        ..RelaySettings::default()
+    };
+    let window = usize::try_from(settings.batch_size).unwrap();
+
+    let db = TestDatabase::migrated("bench_relay", Database::Orders).await;
+    let broker = TestBroker::new();
+    broker.declare().await;
+    let queue = broker.topology.order_created_queue.clone();
+
+    // A representative event body: what the API writes for one order.
+    let (payload, headers) = sample_event(&db).await;
+    // The relay sends the stored JSON text as it is; so does the baseline.
+    let body = payload_text(&db, &payload).await.into_bytes();
+    println!(
+        "message body: {} bytes, persistent, quorum queue, window {window}",
+        body.len()
+    );
+
+    // 1. Baseline: a minimal confirmed publisher.
+    let raw = raw_publish(&broker, &body, &headers, events, window).await;
+    broker.purge(&queue).await;
+
+    if bench::flag("--db-only") {
+        seed_backlog(&db, events, &payload, &headers).await;
+        let pool = db.pool();
+        let started = Instant::now();
+        let mut claim_t = Duration::ZERO;
+        let mut mark_t = Duration::ZERO;
+        let mut n = 0;
+        loop {
+            let t = Instant::now();
+            let rows = outbox_relay::store::claim_batch(&pool, settings.batch_size, settings.lease)
+                .await
+                .unwrap();
+            claim_t += t.elapsed();
+            if rows.is_empty() {
+                break;
+            }
+            n += rows.len();
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let t = Instant::now();
+            outbox_relay::store::mark_published(&pool, &ids)
+                .await
+                .unwrap();
+            mark_t += t.elapsed();
+        }
+        println!(
+            "db only: {:.0} rows/s (claim {:?}, mark {:?})",
+            rate(n, started.elapsed()),
+            claim_t,
+            mark_t
+        );
+        db.client()
+            .await
+            .execute("TRUNCATE outbox", &[])
+            .await
+            .unwrap();
+    }
+
+    // 2. The relay draining a backlog of the same size.
+    seed_backlog(&db, events, &payload, &headers).await;
+    let mut relay = Relay::new(
+        db.pool(),
+        plumbing::db::parse_url(&db.url).unwrap(),
+        broker.url.clone(),
+        broker.topology.clone(),
+        settings,
+    );
+    relay.ensure_publisher().await.unwrap();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let mut published = 0;
+    while published < events {
+        published += relay.drain(&shutdown).await.unwrap();
+    }
+    let drain = rate(published, started.elapsed());
+    assert_eq!(
+        broker.ready_count(&queue).await as usize,
+        events,
+        "every event in the queue once"
+    );
+    broker.purge(&queue).await;
+
+    // 3. Latency of an idle relay woken by NOTIFY.
+    let mut latencies = latency(&db, &broker, settings, samples).await;
+    let p50 = percentile(&mut latencies, 50.0);
+    let p99 = percentile(&mut latencies, 99.0);
+
+    println!();
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| raw lapin confirmed publish ({events} msgs, window {window}) | {raw:.0} msg/s |");
+    println!("| relay drain of {events}-event backlog | {drain:.0} events/s |");
+    println!("| ratio relay / raw | {:.1} % |", 100.0 * drain / raw);
+    println!(
+        "| idle relay commit→consume p50 | {:.2} ms |",
+        p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "| idle relay commit→consume p99 | {:.2} ms |",
+        p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "relay",
+            "events": events,
+            "window": window,
+            "raw_publish_per_s": raw.round(),
+            "relay_drain_per_s": drain.round(),
+            "ratio": (drain / raw * 1000.0).round() / 1000.0,
+            "commit_to_consume_p50_ms": p50.as_secs_f64() * 1e3,
+            "commit_to_consume_p99_ms": p99.as_secs_f64() * 1e3,
+        })
+    );
+}
+
+/// The payload and headers the API would store for one order.
+async fn sample_event(db: &TestDatabase) -> (serde_json::Value, serde_json::Value) {
+    orders_api::store::create_order(
+        &db.pool(),
+        &NewOrder {
+            id: uuid::Uuid::now_v7(),
+            amount: Amount::from_cents(2999).unwrap(),
+            currency: "BRL".into(),
+        },
+        &RequestContext {
+            request_id: Some(uuid::Uuid::new_v4().to_string()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
+        },
+    )
+    .await
+    .unwrap();
+    let client = db.client().await;
+    let row = client
+        .query_one("SELECT payload, headers FROM outbox", &[])
+        .await
+        .unwrap();
+    client.execute("DELETE FROM outbox", &[]).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The text PostgreSQL renders for a `jsonb` payload (what the relay publishes).
+async fn payload_text(db: &TestDatabase, payload: &serde_json::Value) -> String {
+    db.client()
+        .await
+        .query_one("SELECT $1::jsonb::text", &[payload])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Inserts `n` unpublished events, one aggregate each, in one statement.
+async fn seed_backlog(
+    db: &TestDatabase,
+    n: usize,
+    payload: &serde_json::Value,
+    headers: &serde_json::Value,
+) {
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload, headers)
+             SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'OrderCreated', 1, $2, $3
+             FROM generate_series(1, $1)",
+            &[&i32::try_from(n).unwrap(), payload, headers],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("VACUUM ANALYZE outbox").await.unwrap();
+}
+
+/// Publishes `n` persistent messages with the same body and properties as the
+/// relay's, through the same exchange and routing key, with at most `window`
+/// unconfirmed; returns messages per second.
+async fn raw_publish(
+    broker: &TestBroker,
+    body: &[u8],
+    headers: &serde_json::Value,
+    n: usize,
+    window: usize,
+) -> f64 {
+    let extra: Vec<(&str, String)> = headers
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let channel = broker.channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let exchange = short_string(&broker.topology.exchange);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let chunk = window.min(n - sent);
+        let mut confirms = Vec::with_capacity(chunk);
+        for _ in 0..chunk {
+            let properties = plumbing::broker::Outbound {
+                message_id: uuid::Uuid::now_v7(),
+                event_type: "OrderCreated",
+                schema_version: 1,
+                timestamp: 1_800_000_000,
+                headers: extra.clone(),
+            }
+            .properties();
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.clone(),
+                        "order.created".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        body,
+                        properties,
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for c in futures::future::join_all(confirms).await {
+            assert!(matches!(c.unwrap(), lapin::Confirmation::Ack(None)));
+        }
+        sent += chunk;
+    }
+    rate(n, started.elapsed())
+}
+
+/// Commit→consume latency of single orders written to an idle relay.
+async fn latency(
+    db: &TestDatabase,
+    broker: &TestBroker,
+    settings: RelaySettings,
+    samples: usize,
+) -> Vec<Duration> {
+    let mut seen = broker.watch(&broker.topology.order_created_queue).await;
+    let relay = Relay::new(
+        db.pool(),
+        plumbing::db::parse_url(&db.url).unwrap(),
+        broker.url.clone(),
+        broker.topology.clone(),
+        settings,
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pool = db.pool();
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let new = NewOrder {
+            id: uuid::Uuid::now_v7(),
+            amount: Amount::from_cents(100 + i64::try_from(i).unwrap()).unwrap(),
+            currency: "BRL".into(),
+        };
+        orders_api::store::create_order(&pool, &new, &RequestContext::default())
+            .await
+            .unwrap();
+        let committed = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        latencies.push(committed.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    latencies
+}

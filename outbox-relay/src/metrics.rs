@@ -1,0 +1,182 @@
+//! The relay's Prometheus metrics.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::store::BacklogStats;
+
+/// Why a publish did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum FailureReason {
+    /// Returned by the broker as unroutable (ack + returned message).
+    Returned,
+    /// Nacked by the broker.
+    Nacked,
+    /// The row cannot be published (unknown event type, unencodable payload).
+    Invalid,
+    /// The channel failed before the confirm; published again later.
+    Lost,
+}
+
+/// Label set of failure counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Why.
+    pub reason: FailureReason,
+}
+
+/// Everything the relay counts and measures.
+#[derive(Debug)]
+pub struct RelayMetrics {
+    registry: Registry,
+    /// Rows claimed.
+    pub claimed: Counter,
+    /// Events confirmed by the broker and marked published.
+    pub published: Counter,
+    /// Publish failures by reason.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Rows blocked after too many attempts.
+    pub blocked: Counter,
+    /// Time from an event's creation to the broker's confirm.
+    pub commit_to_confirm: Histogram,
+    /// Events re-published by replays.
+    pub replayed: Counter,
+    /// Published rows deleted by retention.
+    pub purged: Counter,
+    /// 1 while the relay has a working broker channel.
+    pub broker_connected: Gauge,
+    backlog: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    blocked_rows: Gauge,
+    blocked_aggregates: Gauge,
+    leased: Gauge,
+    retrying: Gauge<i64, AtomicI64>,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RelayMetrics {
+    /// Creates the metrics and registers them.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("outbox");
+        let m = Self {
+            claimed: Counter::default(),
+            published: Counter::default(),
+            failures: Family::default(),
+            blocked: Counter::default(),
+            commit_to_confirm: plumbing::metrics::latency_histogram(),
+            replayed: Counter::default(),
+            purged: Counter::default(),
+            broker_connected: Gauge::default(),
+            backlog: Gauge::default(),
+            oldest_age: Gauge::default(),
+            blocked_rows: Gauge::default(),
+            blocked_aggregates: Gauge::default(),
+            leased: Gauge::default(),
+            retrying: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "claimed",
+            "Outbox rows claimed by this relay",
+            m.claimed.clone(),
+        );
+        registry.register(
+            "published",
+            "Events confirmed by the broker and marked published",
+            m.published.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Publishes that did not succeed, by reason",
+            m.failures.clone(),
+        );
+        registry.register(
+            "blocked",
+            "Rows blocked after reaching the attempt limit",
+            m.blocked.clone(),
+        );
+        registry.register(
+            "commit_to_confirm_seconds",
+            "Time from an event's creation to the broker's confirm",
+            m.commit_to_confirm.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Events re-published by replays",
+            m.replayed.clone(),
+        );
+        registry.register(
+            "purged",
+            "Published rows deleted by retention",
+            m.purged.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while the relay has a working broker channel",
+            m.broker_connected.clone(),
+        );
+        registry.register(
+            "backlog",
+            "Unpublished, unblocked outbox rows",
+            m.backlog.clone(),
+        );
+        registry.register(
+            "oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished event",
+            m.oldest_age.clone(),
+        );
+        registry.register(
+            "blocked_rows",
+            "Rows blocked until an operator acts",
+            m.blocked_rows.clone(),
+        );
+        registry.register(
+            "blocked_aggregates",
+            "Aggregates whose events wait behind a blocked row",
+            m.blocked_aggregates.clone(),
+        );
+        registry.register(
+            "leased_rows",
+            "Rows currently claimed by some relay",
+            m.leased.clone(),
+        );
+        registry.register(
+            "retrying_rows",
+            "Rows waiting for their next attempt after a failure",
+            m.retrying.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts a failure.
+    pub fn failed(&self, reason: FailureReason) {
+        self.failures.get_or_create(&FailureLabels { reason }).inc();
+    }
+
+    /// Sets the gauges that describe the whole outbox (read at scrape time).
+    pub fn observe_backlog(&self, stats: &BacklogStats) {
+        self.backlog.set(stats.backlog);
+        self.oldest_age.set(stats.oldest_age_seconds);
+        self.blocked_rows.set(stats.blocked_rows);
+        self.blocked_aggregates.set(stats.blocked_aggregates);
+        self.leased.set(stats.leased);
+        self.retrying.set(stats.retrying);
+    }
+
+    /// The registry, for `/metrics`.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
