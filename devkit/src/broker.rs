@@ -159,11 +159,50 @@ impl TestBroker {
             .message_count()
     }
 
+    /// A private copy of everything published to the exchange: an exclusive,
+    /// auto-deleted queue bound with `#`, consumed like [`Self::watch`].
+    pub async fn tap(&self) -> tokio::sync::mpsc::UnboundedReceiver<Delivery> {
+        let channel = self.channel().await;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                short_string(&self.topology.exchange),
+                "#".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.consume(None, channel, queue.name().as_str()).await
+    }
+
     /// Consumes `queue` in the background; received deliveries (acked at once) are
     /// sent to the returned channel. Used to watch what the relay publishes.
     pub async fn watch(&self, queue: &str) -> tokio::sync::mpsc::UnboundedReceiver<Delivery> {
         let connection = self.connect().await;
         let channel = connection.create_channel().await.unwrap();
+        self.consume(Some(connection), channel, queue).await
+    }
+
+    /// Consumes `queue` on `channel` in a task that also keeps `connection` open.
+    async fn consume(
+        &self,
+        connection: Option<Connection>,
+        channel: Channel,
+        queue: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Delivery> {
         let mut consumer = channel
             .basic_consume(
                 short_string(queue),

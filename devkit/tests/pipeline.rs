@@ -100,3 +100,156 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
+    use outbox_relay::{
+        replay::{ReplayOptions, replay},
+        store::ReplayFilter,
+    };
+
+    let orders = TestDatabase::migrated("replay_orders", Database::Orders).await;
+    let invoices = TestDatabase::migrated("replay_invoices", Database::Invoices).await;
+    let broker = TestBroker::new();
+    broker.declare().await;
+    let mut tap = broker.tap().await;
+    let mut ids = Vec::new();
+    for cents in [100, 200, 300, 400] {
+        let order = orders_api::store::create_order(
+            &orders.pool(),
+            &NewOrder {
+                id: uuid::Uuid::now_v7(),
+                amount: Amount::from_cents(cents).unwrap(),
+                currency: "BRL".into(),
+            },
+            &RequestContext::default(),
+        )
+        .await
+        .unwrap();
+        ids.push(order.id);
+    }
+    let worker = Worker::new(
+        invoices.pool(),
+        broker.url.clone(),
+        broker.topology.clone(),
+        10,
+        Duration::from_secs(5),
+    );
+    let stats = worker.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(worker.run(shutdown.clone()));
+    let mut relay = Relay::new(
+        orders.pool(),
+        plumbing::db::parse_url(&orders.url).unwrap(),
+        broker.url.clone(),
+        broker.topology.clone(),
+        RelaySettings::default(),
+    );
+    assert_eq!(relay.run_once().await.unwrap().published, 4);
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        let d = tokio::time::timeout(Duration::from_secs(5), tap.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        first.push(d.properties.message_id().clone().unwrap().to_string());
+    }
+    eventually(Duration::from_secs(10), "four invoices", || async {
+        (stats.invoiced.load(Ordering::Relaxed) == 4).then_some(())
+    })
+    .await;
+
+    // Replay the events of the second and third order by message-id range.
+    let message_ids: Vec<uuid::Uuid> = orders
+        .client()
+        .await
+        .query("SELECT message_id FROM outbox ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let filter = ReplayFilter {
+        from_message_id: Some(message_ids[1]),
+        to_message_id: Some(message_ids[2]),
+        ..ReplayFilter::default()
+    };
+    let options = ReplayOptions {
+        dry_run: false,
+        rate: Some(1000.0),
+        batch: 100,
+        confirm_timeout: Duration::from_secs(5),
+    };
+    let report = replay(
+        &orders.pool(),
+        &broker.url,
+        &broker.topology,
+        &filter,
+        options,
+        |_| {},
+    )
+    .await
+    .unwrap();
+
+    assert_eq!((report.matched, report.published), (2, 2));
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), tap.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            plumbing::broker::header_str(&d.properties, contracts::headers::REPLAY),
+            Some(report.replay_id.to_string().as_str())
+        );
+        again.push(d.properties.message_id().clone().unwrap().to_string());
+    }
+    assert_eq!(again, first[1..3].to_vec(), "same message ids, same order");
+    eventually(
+        Duration::from_secs(10),
+        "the replayed copies to be skipped",
+        || async { (stats.duplicates.load(Ordering::Relaxed) == 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        invoices.count("invoices").await,
+        4,
+        "still one invoice per order"
+    );
+    let recorded: (i64, i64, bool) = {
+        let row = orders
+            .client()
+            .await
+            .query_one(
+                "SELECT matched, published, finished_at IS NOT NULL FROM outbox_replays",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(recorded, (2, 2, true));
+
+    // A dry run lists without publishing.
+    let dry = replay(
+        &orders.pool(),
+        &broker.url,
+        &broker.topology,
+        &ReplayFilter::default(),
+        ReplayOptions {
+            dry_run: true,
+            ..options
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((dry.matched, dry.published), (4, 0));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), tap.recv())
+            .await
+            .is_err()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}

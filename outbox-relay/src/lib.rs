@@ -7,7 +7,9 @@
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod ops;
 pub mod publisher;
 pub mod relay;
+pub mod replay;
 pub mod startup;
 pub mod store;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -11,7 +11,7 @@ use prometheus_client::{
 use crate::store::BacklogStats;
 
 /// Why a publish did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureReason {
     /// Returned by the broker as unroutable (ack + returned message).
     Returned,
@@ -21,6 +21,25 @@ pub enum FailureReason {
     Invalid,
     /// The channel failed before the confirm; published again later.
     Lost,
+}
+
+impl FailureReason {
+    /// The label value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Returned => "returned",
+            FailureReason::Nacked => "nacked",
+            FailureReason::Invalid => "invalid",
+            FailureReason::Lost => "lost",
+        }
+    }
+}
+
+impl EncodeLabelValue for FailureReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// Label set of failure counters.

@@ -23,6 +23,16 @@ struct HealthState {
     metrics: Arc<RelayMetrics>,
 }
 
+impl Application {
+    /// The port of the health endpoint.
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn port(&self) -> std::io::Result<u16> {
+        Ok(self.listener.local_addr()?.port())
+    }
+}
+
 /// `GET /ready`: 200 when the database answers and the broker channel is up.
 async fn ready(State(state): State<HealthState>) -> Response {
     let mut problems = Vec::new();

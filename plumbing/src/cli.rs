@@ -1,7 +1,7 @@
-//! The command line shared by the three binaries: `<binary> [run|serve]` runs the
+//! The command line shared by the three binaries: `<binary> [run]` runs the
 //! service until SIGTERM/SIGINT, `<binary> migrate` applies its database's
-//! migrations and exits. Errors are logged with their whole chain and turn into a
-//! non-zero exit code.
+//! migrations and exits; binaries add operator commands of their own. Errors are
+//! logged with their whole chain and turn into a non-zero exit code.
 
 use std::{future::Future, process::ExitCode};
 
@@ -43,35 +43,81 @@ pub trait Service: Sized {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// The whole `main` of a service binary: initializes logs, loads the
-/// configuration, dispatches on the first argument, maps errors to an exit code.
+/// The commands every service binary has.
+#[derive(Debug, Clone, Copy, Default, clap::Subcommand)]
+pub enum BaseCommand {
+    /// Run the service until SIGTERM or SIGINT (the default).
+    #[default]
+    Run,
+    /// Create the database if needed, apply its migrations and exit.
+    Migrate,
+}
+
+/// The command line of a binary that has only the base commands.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct BaseCli {
+    #[command(subcommand)]
+    command: Option<BaseCommand>,
+}
+
+/// The whole `main` of a service binary with only the base commands: parses the
+/// command line, initializes logs, runs the command, maps errors to an exit code.
 pub async fn main<S: Service>() -> ExitCode {
+    let cli = <BaseCli as clap::Parser>::parse_from(std::env::args());
+    run_base::<S>(cli.command.unwrap_or_default()).await
+}
+
+/// Runs one of the base commands (for binaries with commands of their own).
+pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
     crate::telemetry::init(S::NAME);
     let result = async {
         let config = S::load_config()?;
-        match std::env::args().nth(1).as_deref() {
-            None | Some("run" | "serve") => {
+        match command {
+            BaseCommand::Run => {
                 let shutdown = crate::shutdown::on_signal();
                 let service = S::build(&config, &shutdown).await?;
                 service.run_until_stopped(shutdown).await?;
                 tracing::info!("stopped");
-                Ok(())
             }
-            Some("migrate") => {
+            BaseCommand::Migrate => {
                 let url = &S::service_config(&config).database_url;
                 crate::db::migrate_command(url, S::DATABASE).await?;
-                Ok(())
             }
-            Some(other) => Err(anyhow::anyhow!(
-                "unknown command {other:?}; use `run` (default) or `migrate`"
-            )),
         }
+        Ok(())
     }
     .await;
+    exit_code(S::NAME, result, false)
+}
+
+/// Runs an operator command (status, replay, …): logs go to stderr at `warn`
+/// unless `RUST_LOG` says otherwise, so that stdout holds only the command's
+/// output.
+pub async fn run_operator<S, F, Fut>(command: F) -> ExitCode
+where
+    S: Service,
+    F: FnOnce(S::Config) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    crate::telemetry::init_operator();
+    let result = async {
+        let config = S::load_config()?;
+        command(config).await
+    }
+    .await;
+    exit_code(S::NAME, result, true)
+}
+
+fn exit_code(name: &str, result: anyhow::Result<()>, operator: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if operator => {
+            eprintln!("{name}: error: {e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            crate::telemetry::log_error(&format!("{} failed", S::NAME), &e);
+            crate::telemetry::log_error(&format!("{name} failed"), &e);
             ExitCode::FAILURE
         }
     }

@@ -24,6 +24,16 @@ pub fn init(service: &'static str) {
     }
 }
 
+/// Installs the subscriber of an operator command: plain text on stderr, `warn`
+/// unless `RUST_LOG` says otherwise, so that stdout holds only the output.
+pub fn init_operator() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .try_init();
+}
+
 /// Logs an error with its whole chain of causes, as one line.
 pub fn log_error(context: &str, error: &anyhow::Error) {
     tracing::error!(error = format!("{error:#}"), "{context}");
