@@ -31,19 +31,20 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     .await
     .unwrap();
 
-    // A relay claims the row with a short lease and publishes it, then "dies":
-    // the broker confirmed, but the row is never marked.
+    // A relay claims the row and publishes it, then "dies": the broker confirmed,
+    // but the row is never marked (the claim's connection goes away unfinished).
     let publisher = Publisher::connect(&broker.url, broker.topology.clone())
         .await
         .unwrap();
-    let rows = store::claim_batch(&orders.pool(), 10, Duration::from_millis(300))
+    let claim = store::claim_batch(&orders.pool(), 10, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(claim.rows.len(), 1);
     let outcomes = publisher
-        .publish_batch(&rows, Duration::from_secs(5), &[])
+        .publish_batch(&claim.rows, Duration::from_secs(5), &[])
         .await;
     assert_eq!(outcomes, vec![outbox_relay::publisher::Outcome::Confirmed]);
+    drop(claim);
     drop(publisher);
 
     let worker = Worker::new(
@@ -63,8 +64,8 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     )
     .await;
 
-    // Another relay takes the row over once the lease has run out and publishes it
-    // again under the same message id.
+    // Another relay takes the row over (the dead one's locks went with its
+    // connection) and publishes it again under the same message id.
     let mut relay = Relay::new(
         orders.pool(),
         plumbing::db::parse_url(&orders.url).unwrap(),

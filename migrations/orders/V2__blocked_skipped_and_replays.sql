@@ -3,7 +3,9 @@
 
 ALTER TABLE outbox
     ADD COLUMN blocked_at timestamptz,
-    ADD COLUMN skipped_at timestamptz;
+    ADD COLUMN skipped_at timestamptz,
+    -- Claims are row locks held by the relay's transaction, not a lease column.
+    DROP COLUMN locked_until;
 
 CREATE TABLE outbox_replays (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -20,10 +22,10 @@ CREATE TABLE outbox_replays (
     operator    text
 );
 
--- Relay throughput: leave room in each page so that claiming a row (which changes
--- no indexed column) is a HOT update; and index published rows by creation time
--- (for replays) instead of by publication time, so that marking a row published
--- adds no index entry of its own. Retention walks the primary key instead.
+-- Relay throughput: leave room in each page for updated row versions, and index
+-- published rows by creation time (for replays) instead of by publication time,
+-- so that marking a row published adds no index entry of its own. Retention walks
+-- the primary key instead.
 ALTER TABLE outbox SET (fillfactor = 70);
 DROP INDEX outbox_published_at;
 CREATE INDEX outbox_created_at ON outbox (created_at);

@@ -19,9 +19,10 @@ pub struct RelaySettings {
     /// `RELAY_POLL_INTERVAL`: fallback scan interval when no notification arrives
     /// (default 1s).
     pub poll_interval: Duration,
-    /// `RELAY_LEASE`: how long a claim keeps other relays off the rows; a relay that
-    /// dies loses its claim after this (default 30s).
-    pub lease: Duration,
+    /// `RELAY_CLAIM_MAX_IDLE`: a claim's transaction is aborted by the server when
+    /// it stays idle this long (a relay whose connection hangs; one that dies loses
+    /// its claim at once) (default 30s).
+    pub max_idle: Duration,
     /// `RELAY_CONFIRM_TIMEOUT`: longest wait for the broker's confirms of a batch;
     /// unconfirmed rows are released and published again (default 10s).
     pub confirm_timeout: Duration,
@@ -41,7 +42,7 @@ impl Default for RelaySettings {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(30),
+            max_idle: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(10),
             max_attempts: 10,
             retention: Duration::from_secs(7 * 86_400),
@@ -83,7 +84,8 @@ impl Config {
             relay: RelaySettings {
                 batch_size: parse_or("RELAY_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
                 poll_interval: duration_or("RELAY_POLL_INTERVAL", d.poll_interval)?,
-                lease: duration_or("RELAY_LEASE", d.lease)?,
+                max_idle: duration_or("RELAY_CLAIM_MAX_IDLE", d.max_idle)?
+                    .max(Duration::from_secs(1)),
                 confirm_timeout: duration_or("RELAY_CONFIRM_TIMEOUT", d.confirm_timeout)?,
                 max_attempts: parse_or("RELAY_MAX_ATTEMPTS", d.max_attempts)?.max(1),
                 retention: duration_or("RELAY_RETENTION", d.retention)?,

@@ -1,7 +1,7 @@
 //! The outbox relay: publishes the orders database's outbox to RabbitMQ.
 //!
 //! Runs alone or as a sidecar next to each orders API task; several relays share
-//! one outbox safely (claims are leases in the database). A row is marked published
+//! one outbox safely (claims are row locks held for one batch). A row is marked published
 //! only after the broker confirmed it without returning it.
 
 pub mod config;

@@ -73,7 +73,8 @@ pub struct RelayMetrics {
     oldest_age: Gauge<f64, AtomicU64>,
     blocked_rows: Gauge,
     blocked_aggregates: Gauge,
-    leased: Gauge,
+    /// Rows this relay has claimed and not yet recorded (its claims).
+    pub in_flight: Gauge,
     retrying: Gauge<i64, AtomicI64>,
 }
 
@@ -101,7 +102,7 @@ impl RelayMetrics {
             oldest_age: Gauge::default(),
             blocked_rows: Gauge::default(),
             blocked_aggregates: Gauge::default(),
-            leased: Gauge::default(),
+            in_flight: Gauge::default(),
             retrying: Gauge::default(),
             registry: Registry::default(),
         };
@@ -166,9 +167,9 @@ impl RelayMetrics {
             m.blocked_aggregates.clone(),
         );
         registry.register(
-            "leased_rows",
-            "Rows currently claimed by some relay",
-            m.leased.clone(),
+            "in_flight_rows",
+            "Rows claimed (locked) by this relay and not yet recorded",
+            m.in_flight.clone(),
         );
         registry.register(
             "retrying_rows",
@@ -189,7 +190,6 @@ impl RelayMetrics {
         self.oldest_age.set(stats.oldest_age_seconds);
         self.blocked_rows.set(stats.blocked_rows);
         self.blocked_aggregates.set(stats.blocked_aggregates);
-        self.leased.set(stats.leased);
         self.retrying.set(stats.retrying);
     }
 

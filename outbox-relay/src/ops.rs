@@ -30,7 +30,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Pool> {
 /// Everything `status` shows.
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
-    /// Backlog, oldest age, blocked and leased rows.
+    /// Backlog, oldest age, blocked and retrying rows.
     pub outbox: BacklogStats,
     /// Blocked events, oldest first.
     pub blocked: Vec<BlockedEvent>,
@@ -57,8 +57,8 @@ pub fn render_status(s: &Status) -> String {
     let o = &s.outbox;
     let _ = writeln!(
         out,
-        "backlog: {} unpublished events, oldest {:.1}s old ({} claimed by a relay now, {} waiting to retry)",
-        o.backlog, o.oldest_age_seconds, o.leased, o.retrying
+        "backlog: {} unpublished events, oldest {:.1}s old ({} waiting to retry after a failure)",
+        o.backlog, o.oldest_age_seconds, o.retrying
     );
     let _ = writeln!(
         out,

@@ -26,7 +26,7 @@ pub enum Outcome {
     /// The broker refused it (nack, unroutable, or it cannot be encoded): record an
     /// attempt against the row.
     Rejected(String),
-    /// The channel or connection failed before a confirm arrived: release the row so
+    /// The channel or connection failed before a confirm arrived: unlock the row so
     /// it is published again after reconnecting.
     Lost(String),
 }
@@ -86,7 +86,8 @@ impl Publisher {
         extra_headers: &[(&'static str, String)],
     ) -> InFlight {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
-        let mut pending = Vec::with_capacity(rows.len());
+        let mut publishes = Vec::with_capacity(rows.len());
+        let mut indices = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let Some(event_type) = EventType::from_name(&row.event_type) else {
                 outcomes[i] = Some(Outcome::Rejected(format!(
@@ -95,29 +96,34 @@ impl Publisher {
                 )));
                 continue;
             };
-            let properties = outbound(row, extra_headers).properties();
-            let publish = self
-                .channel
-                .basic_publish(
-                    short_string(&self.topology.exchange),
-                    short_string(event_type.routing_key()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    row.payload.as_bytes(),
-                    properties,
-                )
-                .await;
-            match publish {
-                Ok(confirm) => pending.push((i, confirm)),
-                Err(e) => {
+            indices.push(i);
+            publishes.push(self.channel.basic_publish(
+                short_string(&self.topology.exchange),
+                short_string(event_type.routing_key()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                row.payload.as_bytes(),
+                outbound(row, extra_headers).properties(),
+            ));
+        }
+        // Each publish waits until the I/O thread has written its frames. Driving
+        // them together (polled in order, so frames and delivery tags keep the rows'
+        // order) lets the whole batch go out in a few writes instead of one
+        // cross-thread round trip per message.
+        let results = futures::future::join_all(publishes).await;
+        let mut pending = Vec::with_capacity(results.len());
+        let mut failed: Option<String> = None;
+        for (i, result) in indices.into_iter().zip(results) {
+            match (result, &failed) {
+                (Ok(confirm), None) => pending.push((i, confirm)),
+                (Ok(_), Some(reason)) => outcomes[i] = Some(Outcome::Lost(reason.clone())),
+                (Err(e), _) => {
                     // The channel is gone: this row and every later one is lost.
                     let reason = format!("publish failed: {e}");
-                    for outcome in outcomes.iter_mut().skip(i) {
-                        outcome.get_or_insert_with(|| Outcome::Lost(reason.clone()));
-                    }
-                    break;
+                    outcomes[i] = Some(Outcome::Lost(reason.clone()));
+                    failed.get_or_insert(reason);
                 }
             }
         }

@@ -22,7 +22,7 @@ use crate::{
     listener::Listener,
     metrics::{FailureReason, RelayMetrics},
     publisher::{Outcome, Publisher},
-    store::{self, OutboxRow, StoreError},
+    store::{self, Claim, StoreError},
 };
 
 /// Advisory lock key that lets one relay at a time run the scheduled purge.
@@ -63,7 +63,7 @@ pub enum RelayError {
 
 /// A batch whose confirms are in: what remains is to write the outcomes down.
 struct Settled {
-    rows: Vec<OutboxRow>,
+    claim: Claim,
     outcomes: Vec<Outcome>,
 }
 
@@ -131,11 +131,13 @@ impl Relay {
         }
     }
 
-    async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows =
-            store::claim_batch(&self.pool, self.settings.batch_size, self.settings.lease).await?;
-        self.metrics.claimed.inc_by(rows.len() as u64);
-        Ok(rows)
+    async fn claim(&self) -> Result<Claim, StoreError> {
+        let claim =
+            store::claim_batch(&self.pool, self.settings.batch_size, self.settings.max_idle)
+                .await?;
+        self.metrics.claimed.inc_by(claim.rows.len() as u64);
+        self.metrics.in_flight.inc_by(claim.rows.len() as i64);
+        Ok(claim)
     }
 
     /// One unpipelined cycle: claim a batch, publish it, wait for the confirms,
@@ -145,19 +147,19 @@ impl Relay {
     /// [`RelayError`] when the database or the broker is unavailable; nothing is
     /// marked published that the broker did not confirm.
     pub async fn run_once(&mut self) -> Result<BatchReport, RelayError> {
-        // Connect before claiming, so that rows are not leased while the broker is down.
+        // Connect before claiming, so that rows are not locked while the broker is down.
         self.ensure_publisher().await?;
-        let rows = self.claim().await?;
-        if rows.is_empty() {
+        let claim = self.claim().await?;
+        if claim.rows.is_empty() {
             return Ok(BatchReport::default());
         }
         let confirm_timeout = self.settings.confirm_timeout;
         let outcomes = self
             .ensure_publisher()
             .await?
-            .publish_batch(&rows, confirm_timeout, &[])
+            .publish_batch(&claim.rows, confirm_timeout, &[])
             .await;
-        self.record(Settled { rows, outcomes }).await
+        self.record(Settled { claim, outcomes }).await
     }
 
     /// Runs pipelined cycles until a claim comes back less than full (the backlog
@@ -172,42 +174,37 @@ impl Relay {
         let mut batch = self.claim().await?;
         let mut previous: Option<Settled> = None;
         loop {
-            if batch.is_empty() {
+            if batch.rows.is_empty() {
                 if let Some(settled) = previous.take() {
                     report += self.record(settled).await?;
                 }
                 return Ok(report.published);
             }
             let in_flight = match self.ensure_publisher().await {
-                Ok(publisher) => publisher.start(&batch, &[]).await,
+                Ok(publisher) => publisher.start(&batch.rows, &[]).await,
                 Err(e) => {
-                    self.abandon(previous.take(), batch).await;
+                    self.abandon(previous.take(), Some(batch)).await;
                     return Err(e);
                 }
             };
-            let more = i64::try_from(batch.len()).unwrap_or(i64::MAX) >= self.settings.batch_size
+            let more = i64::try_from(batch.rows.len()).unwrap_or(i64::MAX)
+                >= self.settings.batch_size
                 && !shutdown.is_cancelled();
             // While the broker confirms this batch: record the previous one and
             // claim the next one.
             let (outcomes, (recorded, next)) =
                 tokio::join!(in_flight.settle(self.settings.confirm_timeout), async {
                     let recorded = match previous.take() {
-                        Some(settled) => Some(
-                            Self::write_outcomes(
-                                &self.pool,
-                                &self.metrics,
-                                &self.settings,
-                                settled,
-                            )
-                            .await,
-                        ),
+                        Some(settled) => {
+                            Some(Self::write_outcomes(&self.metrics, &self.settings, settled).await)
+                        }
                         None => None,
                     };
                     let next = if more { Some(self.claim().await) } else { None };
                     (recorded, next)
                 });
             let current = Settled {
-                rows: std::mem::take(&mut batch),
+                claim: batch,
                 outcomes,
             };
             let failure = match recorded {
@@ -218,50 +215,47 @@ impl Relay {
                 }
                 Some(Err(e)) => Some(e),
             };
-            match (failure, next) {
+            batch = match (failure, next) {
                 (Some(e), next) => {
-                    let unpublished = match next {
-                        Some(Ok(rows)) => rows,
-                        _ => Vec::new(),
-                    };
-                    self.abandon(Some(current), unpublished).await;
+                    self.abandon(Some(current), next.and_then(Result::ok)).await;
                     return Err(e);
                 }
                 (None, Some(Err(e))) => {
-                    self.abandon(Some(current), Vec::new()).await;
+                    self.abandon(Some(current), None).await;
                     return Err(e.into());
                 }
-                (None, Some(Ok(rows))) => batch = rows,
-                (None, None) => batch = Vec::new(),
-            }
+                (None, Some(Ok(claim))) => claim,
+                (None, None) => Claim::empty(),
+            };
             previous = Some(current);
         }
     }
 
     /// Stops a drain that failed: writes down the batch whose confirms are in and
-    /// releases rows claimed but not published, so that nothing waits for a lease
-    /// to run out. Errors are logged (the leases end by themselves).
-    async fn abandon(&mut self, settled: Option<Settled>, unpublished: Vec<OutboxRow>) {
+    /// unlocks a batch claimed but not published. Errors are logged: an unfinished
+    /// claim's connection is closed, which rolls back and frees its rows anyway.
+    async fn abandon(&mut self, settled: Option<Settled>, unpublished: Option<Claim>) {
         if let Some(settled) = settled {
-            match Self::write_outcomes(&self.pool, &self.metrics, &self.settings, settled).await {
+            match Self::write_outcomes(&self.metrics, &self.settings, settled).await {
                 Ok((_, Some(_))) => self.disconnect().await,
                 Ok((_, None)) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not record a batch; its rows return when their lease ends")
+                    tracing::warn!(error = %e, "could not record a batch; its rows will be published again");
                 }
             }
         }
-        let ids: Vec<i64> = unpublished.iter().map(|r| r.id).collect();
-        if let Err(e) = store::release(&self.pool, &ids).await {
-            tracing::warn!(error = %e, "could not release claimed rows; they return when their lease ends");
+        if let Some(claim) = unpublished {
+            self.metrics.in_flight.dec_by(claim.rows.len() as i64);
+            if let Err(e) = claim.finish(&[], &[], self.settings.max_attempts).await {
+                tracing::warn!(error = %e, "could not unlock claimed rows; closed their connection");
+            }
         }
     }
 
     /// Writes a settled batch down; on a lost channel, drops the publisher and
     /// fails, so that the caller backs off and reconnects.
     async fn record(&mut self, settled: Settled) -> Result<BatchReport, RelayError> {
-        let (report, lost) =
-            Self::write_outcomes(&self.pool, &self.metrics, &self.settings, settled).await?;
+        let (report, lost) = Self::write_outcomes(&self.metrics, &self.settings, settled).await?;
         if let Some(reason) = lost {
             self.disconnect().await;
             return Err(RelayError::Broker(reason));
@@ -269,22 +263,22 @@ impl Relay {
         Ok(report)
     }
 
-    /// Marks the confirmed rows, records the refused ones (blocking those at the
-    /// attempt limit) and releases the lost ones. Returns the report and, if the
-    /// channel was lost, why.
+    /// Marks the confirmed rows and records the refused ones (blocking those at
+    /// the attempt limit) in the claim's transaction and commits it, which unlocks
+    /// the lost ones for the next cycle. Returns the report and, if the channel was
+    /// lost, why.
     async fn write_outcomes(
-        pool: &Pool,
         metrics: &RelayMetrics,
         settings: &RelaySettings,
         settled: Settled,
     ) -> Result<(BatchReport, Option<String>), RelayError> {
-        let Settled { rows, outcomes } = settled;
+        let Settled { claim, outcomes } = settled;
         let mut confirmed = Vec::new();
         let mut rejected = Vec::new();
-        let mut lost = Vec::new();
+        let mut lost = 0;
         let mut lost_reason = None;
         let now = OffsetDateTime::now_utc();
-        for (row, outcome) in rows.iter().zip(outcomes) {
+        for (row, outcome) in claim.rows.iter().zip(outcomes) {
             match outcome {
                 Outcome::Confirmed => {
                     confirmed.push(row.id);
@@ -305,30 +299,25 @@ impl Relay {
                 }
                 Outcome::Lost(reason) => {
                     metrics.failed(FailureReason::Lost);
-                    lost.push(row.id);
+                    lost += 1;
                     lost_reason.get_or_insert(reason);
                 }
             }
         }
         let report = BatchReport {
-            claimed: rows.len(),
+            claimed: claim.rows.len(),
             published: confirmed.len(),
             rejected: rejected.len(),
-            lost: lost.len(),
+            lost,
         };
-        // If marking fails, the rows stay claimed until their lease ends and are
-        // published again: a duplicate that the consumer skips, never a loss.
-        store::mark_published(pool, &confirmed).await?;
+        metrics.in_flight.dec_by(claim.rows.len() as i64);
+        let blocked = claim
+            .finish(&confirmed, &rejected, settings.max_attempts)
+            .await?;
         metrics.published.inc_by(confirmed.len() as u64);
-        for blocked in store::record_failures(pool, &rejected, settings.max_attempts).await? {
+        for b in blocked {
             metrics.blocked.inc();
-            tracing::error!(outbox_id = blocked.id, message_id = %blocked.message_id, aggregate_id = %blocked.aggregate_id, max_attempts = settings.max_attempts, "event blocked after too many attempts; its aggregate waits for an operator (outbox-relay retry / skip)");
-        }
-        if !lost.is_empty() {
-            // If releasing fails too, the lease runs out and another cycle takes them.
-            if let Err(e) = store::release(pool, &lost).await {
-                tracing::warn!(error = %e, "could not release unconfirmed rows; they return when their lease ends");
-            }
+            tracing::error!(outbox_id = b.id, message_id = %b.message_id, aggregate_id = %b.aggregate_id, max_attempts = settings.max_attempts, "event blocked after too many attempts; its aggregate waits for an operator (outbox-relay retry / skip)");
         }
         tracing::debug!(?report, "batch recorded");
         Ok((report, lost_reason))

@@ -284,7 +284,7 @@ async fn metrics_describe_the_relay_and_the_outbox() {
         "outbox_broker_connected 1",
         "outbox_commit_to_confirm_seconds_count 3",
         "outbox_oldest_unpublished_age_seconds",
-        "outbox_leased_rows 0",
+        "outbox_in_flight_rows 0",
         "outbox_retrying_rows 1",
     ] {
         assert!(body.contains(expected), "missing {expected:?} in\n{body}");

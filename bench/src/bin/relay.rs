@@ -47,43 +47,6 @@ async fn main() {
     let raw = raw_publish(&broker, &body, &headers, events, window).await;
     broker.purge(&queue).await;
 
-    if bench::flag("--db-only") {
-        seed_backlog(&db, events, &payload, &headers).await;
-        let pool = db.pool();
-        let started = Instant::now();
-        let mut claim_t = Duration::ZERO;
-        let mut mark_t = Duration::ZERO;
-        let mut n = 0;
-        loop {
-            let t = Instant::now();
-            let rows = outbox_relay::store::claim_batch(&pool, settings.batch_size, settings.lease)
-                .await
-                .unwrap();
-            claim_t += t.elapsed();
-            if rows.is_empty() {
-                break;
-            }
-            n += rows.len();
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            let t = Instant::now();
-            outbox_relay::store::mark_published(&pool, &ids)
-                .await
-                .unwrap();
-            mark_t += t.elapsed();
-        }
-        println!(
-            "db only: {:.0} rows/s (claim {:?}, mark {:?})",
-            rate(n, started.elapsed()),
-            claim_t,
-            mark_t
-        );
-        db.client()
-            .await
-            .execute("TRUNCATE outbox", &[])
-            .await
-            .unwrap();
-    }
-
     // 2. The relay draining a backlog of the same size.
     seed_backlog(&db, events, &payload, &headers).await;
     let mut relay = Relay::new(
@@ -224,7 +187,8 @@ async fn raw_publish(
     let mut sent = 0;
     while sent < n {
         let chunk = window.min(n - sent);
-        let mut confirms = Vec::with_capacity(chunk);
+        // Publishes driven together, as the relay does (one write for many frames).
+        let mut publishes = Vec::with_capacity(chunk);
         for _ in 0..chunk {
             let properties = plumbing::broker::Outbound {
                 message_id: uuid::Uuid::now_v7(),
@@ -234,22 +198,22 @@ async fn raw_publish(
                 headers: extra.clone(),
             }
             .properties();
-            confirms.push(
-                channel
-                    .basic_publish(
-                        exchange.clone(),
-                        "order.created".into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        body,
-                        properties,
-                    )
-                    .await
-                    .unwrap(),
-            );
+            publishes.push(channel.basic_publish(
+                exchange.clone(),
+                "order.created".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            ));
         }
+        let confirms: Vec<_> = futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         for c in futures::future::join_all(confirms).await {
             assert!(matches!(c.unwrap(), lapin::Confirmation::Ack(None)));
         }
