@@ -47,6 +47,31 @@ pub struct OutboxRow {
     pub attempts: i32,
 }
 
+/// The columns [`OutboxRow::from_row`] reads, in its order, of `outbox o`.
+macro_rules! row_columns {
+    () => {
+        "o.id, o.message_id, o.aggregate_id, o.event_type, o.schema_version, \
+         o.payload::text, o.headers, o.created_at, o.attempts"
+    };
+}
+
+impl OutboxRow {
+    /// Reads a row selected with `row_columns!()`.
+    fn from_row(r: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: r.try_get(0)?,
+            message_id: r.try_get(1)?,
+            aggregate_id: r.try_get(2)?,
+            event_type: r.try_get(3)?,
+            schema_version: r.try_get(4)?,
+            payload: r.try_get(5)?,
+            headers: r.try_get(6)?,
+            created_at: r.try_get(7)?,
+            attempts: r.try_get(8)?,
+        })
+    }
+}
+
 /// A database failure of the relay.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,9 +86,10 @@ pub enum StoreError {
     Finished,
 }
 
-const CLAIM: &str = "
-SELECT o.id, o.message_id, o.aggregate_id, o.event_type, o.schema_version,
-       o.payload::text, o.headers, o.created_at, o.attempts
+const CLAIM: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    "
 FROM outbox o
 WHERE o.published_at IS NULL
   AND o.blocked_at IS NULL
@@ -75,7 +101,8 @@ WHERE o.published_at IS NULL
         AND earlier.id < o.id)
 ORDER BY o.id
 LIMIT $1
-FOR UPDATE OF o SKIP LOCKED";
+FOR UPDATE OF o SKIP LOCKED"
+);
 
 const MARK_PUBLISHED: &str =
     "UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY($1)";
@@ -142,19 +169,7 @@ pub async fn claim_batch(pool: &Pool, limit: i64, max_idle: Duration) -> Result<
     let rows = claim.client()?.query(&statement, &[&limit]).await?;
     claim.rows = rows
         .iter()
-        .map(|r| {
-            Ok(OutboxRow {
-                id: r.try_get(0)?,
-                message_id: r.try_get(1)?,
-                aggregate_id: r.try_get(2)?,
-                event_type: r.try_get(3)?,
-                schema_version: r.try_get(4)?,
-                payload: r.try_get(5)?,
-                headers: r.try_get(6)?,
-                created_at: r.try_get(7)?,
-                attempts: r.try_get(8)?,
-            })
-        })
+        .map(OutboxRow::from_row)
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     if claim.rows.is_empty() {
         // Nothing locked: end the transaction now rather than hold a connection.
@@ -493,19 +508,19 @@ pub async fn select_published(
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached(
-            "SELECT id, message_id, aggregate_id, event_type, schema_version, payload::text,
-                    headers, created_at, attempts
-             FROM outbox
-             WHERE published_at IS NOT NULL AND skipped_at IS NULL AND id > $1
-               AND ($2::timestamptz IS NULL OR created_at >= $2)
-               AND ($3::timestamptz IS NULL OR created_at < $3)
-               AND ($4::uuid IS NULL OR aggregate_id = $4)
-               AND ($5::text IS NULL OR event_type = $5)
-               AND ($6::uuid IS NULL OR message_id >= $6)
-               AND ($7::uuid IS NULL OR message_id <= $7)
-             ORDER BY id LIMIT $8",
-        )
+        .prepare_cached(concat!(
+            "SELECT ",
+            row_columns!(),
+            " FROM outbox o
+                 WHERE o.published_at IS NOT NULL AND o.skipped_at IS NULL AND o.id > $1
+                   AND ($2::timestamptz IS NULL OR o.created_at >= $2)
+                   AND ($3::timestamptz IS NULL OR o.created_at < $3)
+                   AND ($4::uuid IS NULL OR o.aggregate_id = $4)
+                   AND ($5::text IS NULL OR o.event_type = $5)
+                   AND ($6::uuid IS NULL OR o.message_id >= $6)
+                   AND ($7::uuid IS NULL OR o.message_id <= $7)
+                 ORDER BY o.id LIMIT $8"
+        ))
         .await?;
     let rows = client
         .query(
@@ -523,19 +538,7 @@ pub async fn select_published(
         )
         .await?;
     rows.iter()
-        .map(|r| {
-            Ok(OutboxRow {
-                id: r.try_get(0)?,
-                message_id: r.try_get(1)?,
-                aggregate_id: r.try_get(2)?,
-                event_type: r.try_get(3)?,
-                schema_version: r.try_get(4)?,
-                payload: r.try_get(5)?,
-                headers: r.try_get(6)?,
-                created_at: r.try_get(7)?,
-                attempts: r.try_get(8)?,
-            })
-        })
+        .map(OutboxRow::from_row)
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(StoreError::from)
 }
