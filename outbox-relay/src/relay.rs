@@ -162,9 +162,10 @@ impl Relay {
         self.record(Settled { claim, outcomes }).await
     }
 
-    /// Runs pipelined cycles until a claim comes back less than full (the backlog
-    /// is drained) or `shutdown` is cancelled; the batch in flight is always
-    /// finished. Returns how many events were published.
+    /// Runs pipelined cycles until a claim made after every earlier batch was
+    /// recorded comes back empty (the backlog is drained, also when one aggregate
+    /// has many events waiting), or `shutdown` is cancelled; the batch in flight is
+    /// always finished. Returns how many events were published.
     ///
     /// # Errors
     /// As [`Relay::run_once`].
@@ -175,10 +176,18 @@ impl Relay {
         let mut previous: Option<Settled> = None;
         loop {
             if batch.rows.is_empty() {
-                if let Some(settled) = previous.take() {
-                    report += self.record(settled).await?;
+                // An empty claim made while the previous batch was still unmarked
+                // proves nothing: the next events of its aggregates become
+                // claimable once it is marked. Record it and look again.
+                let Some(settled) = previous.take() else {
+                    return Ok(report.published);
+                };
+                report += self.record(settled).await?;
+                if shutdown.is_cancelled() {
+                    return Ok(report.published);
                 }
-                return Ok(report.published);
+                batch = self.claim().await?;
+                continue;
             }
             let in_flight = match self.ensure_publisher().await {
                 Ok(publisher) => publisher.start(&batch.rows, &[]).await,
@@ -187,9 +196,7 @@ impl Relay {
                     return Err(e);
                 }
             };
-            let more = i64::try_from(batch.rows.len()).unwrap_or(i64::MAX)
-                >= self.settings.batch_size
-                && !shutdown.is_cancelled();
+            let more = !shutdown.is_cancelled();
             // While the broker confirms this batch: record the previous one and
             // claim the next one.
             let (outcomes, (recorded, next)) =

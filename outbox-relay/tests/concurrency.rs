@@ -1,0 +1,494 @@
+//! The relay under concurrency: writers committing out of id order, several relays
+//! draining one outbox, and a relay process killed in the middle of a drain.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service};
+use lapin::message::Delivery;
+use outbox_relay::{config::RelaySettings, relay::Relay};
+use plumbing::db::Database;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Fixture {
+    db: TestDatabase,
+    broker: TestBroker,
+}
+
+impl Fixture {
+    async fn new(label: &str) -> Self {
+        let broker = TestBroker::new();
+        broker.declare().await;
+        Self {
+            db: TestDatabase::migrated(label, Database::Orders).await,
+            broker,
+        }
+    }
+
+    fn relay(&self, settings: RelaySettings) -> Relay {
+        Relay::new(
+            self.db.pool(),
+            plumbing::db::parse_url(&self.db.url).unwrap(),
+            self.broker.url.clone(),
+            self.broker.topology.clone(),
+            settings,
+        )
+    }
+
+    /// Starts consuming the `OrderCreated` queue; every message id received, in
+    /// order of arrival, is collected.
+    async fn consume(&self) -> Received {
+        let rx = self
+            .broker
+            .watch(&self.broker.topology.order_created_queue)
+            .await;
+        Received::start(rx)
+    }
+
+    /// Waits until no row is left unpublished.
+    async fn wait_until_all_published(&self, timeout: Duration) {
+        let client = self.db.client().await;
+        let client = &client;
+        eventually(timeout, "every outbox row to be published", || async move {
+            let unpublished: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (unpublished == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Every row as (message id, aggregate id), in insertion (id) order.
+    async fn rows_in_id_order(&self) -> Vec<(Uuid, Uuid)> {
+        self.db
+            .client()
+            .await
+            .query(
+                "SELECT message_id, aggregate_id FROM outbox ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Inserts `rows` rows over `aggregates` aggregates in one statement, interleaved:
+    /// the row inserted i-th belongs to aggregate i % `aggregates`. Checks that the
+    /// ids follow that interleaving and returns the rows in id order.
+    async fn insert_interleaved(&self, rows: i64, aggregates: usize) -> Vec<(Uuid, Uuid)> {
+        let ids: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
+        let n = i64::try_from(aggregates).unwrap();
+        self.db
+            .client()
+            .await
+            .execute(
+                "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
+                 SELECT gen_random_uuid(), 'order', ($1::uuid[])[(i % $2::bigint + 1)::int], 'OrderCreated', 1, '{}'::jsonb
+                 FROM generate_series(0::bigint, $3::bigint - 1) AS i
+                 ORDER BY i",
+                &[&ids, &n, &rows],
+            )
+            .await
+            .unwrap();
+        let inserted = self.rows_in_id_order().await;
+        assert_eq!(inserted.len(), usize::try_from(rows).unwrap());
+        for (i, (_, aggregate)) in inserted.iter().enumerate() {
+            assert_eq!(
+                *aggregate,
+                ids[i % aggregates],
+                "row {i} (in id order) is not of the aggregate the interleaving gives it"
+            );
+        }
+        inserted
+    }
+}
+
+/// Message ids received by a background consumer, in order of arrival.
+struct Received {
+    ids: Arc<Mutex<Vec<Uuid>>>,
+}
+
+impl Received {
+    fn start(mut rx: UnboundedReceiver<Delivery>) -> Self {
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let sink = ids.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = rx.recv().await {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().parse::<Uuid>().unwrap())
+                    .expect("a message without message_id");
+                sink.lock().unwrap().push(id);
+            }
+        });
+        Self { ids }
+    }
+
+    fn count(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+
+    fn distinct(&self) -> usize {
+        self.ids
+            .lock()
+            .unwrap()
+            .iter()
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Waits (at most `timeout`) until `n` distinct ids are in, then ~300 ms more
+    /// for stragglers (duplicates, extras); returns everything received.
+    async fn collect(&self, n: usize, timeout: Duration) -> Vec<Uuid> {
+        let deadline = Instant::now() + timeout;
+        while self.distinct() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+/// Ids received more than once, with their counts.
+fn duplicates(received: &[Uuid]) -> HashMap<Uuid, usize> {
+    let mut counts: HashMap<Uuid, usize> = HashMap::new();
+    for id in received {
+        *counts.entry(*id).or_default() += 1;
+    }
+    counts.retain(|_, c| *c > 1);
+    counts
+}
+
+/// For each aggregate, its message ids in insertion order.
+fn per_aggregate(rows: &[(Uuid, Uuid)]) -> HashMap<Uuid, Vec<Uuid>> {
+    let mut by_aggregate: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (message, aggregate) in rows {
+        by_aggregate.entry(*aggregate).or_default().push(*message);
+    }
+    by_aggregate
+}
+
+/// Asserts that, per aggregate, the first occurrences of message ids in `received`
+/// are exactly the aggregate's events in insertion order. With `allow_duplicates`
+/// false, no id may be received twice either.
+fn assert_per_aggregate_order(rows: &[(Uuid, Uuid)], received: &[Uuid], allow_duplicates: bool) {
+    let aggregate_of: HashMap<Uuid, Uuid> = rows.iter().copied().collect();
+    let mut seen = HashSet::new();
+    let mut got: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (position, id) in received.iter().enumerate() {
+        let aggregate = aggregate_of
+            .get(id)
+            .unwrap_or_else(|| panic!("received {id} at {position}, which is no outbox row"));
+        if seen.insert(*id) {
+            got.entry(*aggregate).or_default().push(*id);
+        } else {
+            assert!(
+                allow_duplicates,
+                "{id} (aggregate {aggregate}) received again at position {position}"
+            );
+        }
+    }
+    for (aggregate, expected) in per_aggregate(rows) {
+        let actual = got.remove(&aggregate).unwrap_or_default();
+        if actual != expected {
+            let first_difference = actual
+                .iter()
+                .zip(&expected)
+                .position(|(a, e)| a != e)
+                .unwrap_or(actual.len().min(expected.len()));
+            panic!(
+                "aggregate {aggregate}: received {} of {} events; first difference at event {first_difference}: got {:?}, expected {:?}",
+                actual.len(),
+                expected.len(),
+                actual.get(first_difference),
+                expected.get(first_difference),
+            );
+        }
+    }
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*), enough for sleeps.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_committed_out_of_order_are_all_published() {
+    const WRITERS: u64 = 8;
+    const PER_WRITER: usize = 50;
+    let f = Fixture::new("relay_late_commits").await;
+    let received = f.consume().await;
+    let shutdown = CancellationToken::new();
+    let relay = tokio::spawn(
+        f.relay(RelaySettings {
+            poll_interval: Duration::from_millis(100),
+            ..RelaySettings::default()
+        })
+        .run(shutdown.clone()),
+    );
+
+    // Each writer holds its transaction open for a random while after its INSERT,
+    // so that rows with higher ids often commit before rows with lower ids. Ids are
+    // recorded in commit order.
+    let started = Instant::now();
+    let commits: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let mut client = f.db.client().await;
+        let commits = commits.clone();
+        writers.push(tokio::spawn(async move {
+            let aggregate = Uuid::new_v4();
+            let mut jitter = Jitter::new(writer + 1);
+            let mut rows = Vec::new();
+            for _ in 0..PER_WRITER {
+                let message_id = Uuid::new_v4();
+                let tx = client.transaction().await.unwrap();
+                let id: i64 = tx
+                    .query_one(
+                        "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
+                         VALUES ($1, 'order', $2, 'OrderCreated', 1, '{}'::jsonb) RETURNING id",
+                        &[&message_id, &aggregate],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                tokio::time::sleep(Duration::from_millis(jitter.below(151))).await;
+                tx.commit().await.unwrap();
+                commits.lock().unwrap().push(id);
+                rows.push((id, message_id, aggregate));
+            }
+            rows
+        }));
+    }
+    let mut rows = Vec::new();
+    for writer in writers {
+        rows.extend(writer.await.unwrap());
+    }
+    let written = started.elapsed();
+    rows.sort_unstable_by_key(|(id, _, _)| *id);
+    let total = rows.len();
+    assert_eq!(total, usize::try_from(WRITERS).unwrap() * PER_WRITER);
+
+    // How often did a row commit after a row with a higher id? (An id cursor would
+    // have moved past it.)
+    let overtaken = {
+        let commits = commits.lock().unwrap();
+        let mut highest = i64::MIN;
+        let mut overtaken = 0;
+        for id in commits.iter() {
+            if *id < highest {
+                overtaken += 1;
+            }
+            highest = highest.max(*id);
+        }
+        overtaken
+    };
+    println!(
+        "{total} rows written by {WRITERS} writers in {written:?}; {overtaken} committed after a higher id"
+    );
+    assert!(
+        overtaken > total / 10,
+        "the writers did not commit out of id order often enough to test anything ({overtaken})"
+    );
+
+    f.wait_until_all_published(Duration::from_secs(30)).await;
+    let got = received.collect(total, Duration::from_secs(10)).await;
+    println!(
+        "all published {:?} after the writers began",
+        started.elapsed()
+    );
+
+    let expected: HashSet<Uuid> = rows.iter().map(|(_, m, _)| *m).collect();
+    let got_set: HashSet<Uuid> = got.iter().copied().collect();
+    let missing: Vec<_> = rows
+        .iter()
+        .filter(|(_, m, _)| !got_set.contains(m))
+        .map(|(id, _, _)| *id)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "never received rows with ids {missing:?}"
+    );
+    assert!(got_set.is_subset(&expected), "received unknown message ids");
+    assert!(
+        duplicates(&got).is_empty(),
+        "received twice: {:?}",
+        duplicates(&got)
+    );
+    assert_eq!(got.len(), total);
+    // Each writer's rows were committed one after the other: their aggregate's
+    // events must arrive in id order too.
+    let by_id: Vec<(Uuid, Uuid)> = rows.iter().map(|(_, m, a)| (*m, *a)).collect();
+    assert_per_aggregate_order(&by_id, &got, false);
+
+    shutdown.cancel();
+    relay.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_relays_keep_per_aggregate_order_without_duplicates() {
+    const ROWS: i64 = 10_000;
+    const AGGREGATES: usize = 100;
+    let f = Fixture::new("relay_three").await;
+    let rows = f.insert_interleaved(ROWS, AGGREGATES).await;
+    let received = f.consume().await;
+
+    let shutdown = CancellationToken::new();
+    // The default poll interval: a drain must not stop at the first event of each
+    // aggregate and wait for the next poll.
+    let settings = RelaySettings {
+        batch_size: 200,
+        ..RelaySettings::default()
+    };
+    let relays: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(f.relay(settings).run(shutdown.clone())))
+        .collect();
+    let started = Instant::now();
+    f.wait_until_all_published(Duration::from_secs(30)).await;
+    let drained = started.elapsed();
+    let got = received.collect(rows.len(), Duration::from_secs(10)).await;
+    println!(
+        "3 relays drained {ROWS} rows over {AGGREGATES} aggregates in {drained:?}; consumer had all after {:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+
+    let distinct: HashSet<Uuid> = got.iter().copied().collect();
+    let dups = duplicates(&got);
+    assert!(
+        dups.is_empty(),
+        "{} message ids received more than once, e.g. {:?}",
+        dups.len(),
+        dups.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(distinct.len(), rows.len(), "distinct message ids received");
+    assert_eq!(got.len(), rows.len(), "messages received");
+    assert_per_aggregate_order(&rows, &got, false);
+}
+
+/// A counter of the relay's `/metrics`.
+async fn counter(http: &reqwest::Client, relay: &Service, name: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{}/metrics", relay.base_url()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
+    const ROWS: i64 = 5_000;
+    const AGGREGATES: usize = 50;
+    const BATCH: usize = 50;
+    let f = Fixture::new("relay_kill").await;
+    let rows = f.insert_interleaved(ROWS, AGGREGATES).await;
+    let received = f.consume().await;
+    let env = [
+        ("DATABASE_URL", f.db.url.clone()),
+        ("BROKER_URL", f.broker.url.clone()),
+        ("BROKER_NAMESPACE", f.broker.namespace.clone()),
+        ("PORT", "0".to_owned()),
+        ("RELAY_BATCH_SIZE", BATCH.to_string()),
+        // The default poll interval (1 s): rows inserted with plain SQL send no
+        // notification, so this also checks that one drain goes on past the first
+        // event of each aggregate instead of waiting a poll per event.
+        ("RELAY_POLL_INTERVAL", "1s".to_owned()),
+    ];
+    let started = Instant::now();
+    let (mut victim, mut survivor) = tokio::join!(
+        Service::spawn("outbox-relay", &env, false),
+        Service::spawn("outbox-relay", &env, false),
+    );
+
+    eventually(
+        Duration::from_secs(30),
+        "about 1,000 messages to be received",
+        || async { (received.count() >= 1_000).then_some(()) },
+    )
+    .await;
+    // Kill the victim while it holds a claim (claimed more than it has marked), if
+    // that can be caught within a few seconds.
+    let http = reqwest::Client::new();
+    let hunt = Instant::now();
+    let mut holding = None;
+    while hunt.elapsed() < Duration::from_secs(5) {
+        let claimed = counter(&http, &victim, "outbox_claimed_total").await;
+        let published = counter(&http, &victim, "outbox_published_total").await;
+        if let (Some(c), Some(p)) = (claimed, published) {
+            if c > p {
+                holding = Some(c - p);
+                break;
+            }
+        }
+    }
+    victim.kill();
+    let at_kill = received.count();
+    let status = victim.wait(Duration::from_secs(5)).await;
+    assert!(!status.success(), "the victim was killed");
+    println!(
+        "killed a relay {:?} after start, {at_kill} messages received, holding {holding:?} claimed-but-unmarked rows per its last /metrics",
+        started.elapsed()
+    );
+
+    f.wait_until_all_published(Duration::from_secs(60)).await;
+    let drained = started.elapsed();
+    let got = received.collect(rows.len(), Duration::from_secs(10)).await;
+
+    let dups = duplicates(&got);
+    let duplicate_deliveries = got.len() - got.iter().collect::<HashSet<_>>().len();
+    println!(
+        "all {ROWS} rows published {drained:?} after start; {duplicate_deliveries} duplicate deliveries of {} message ids",
+        dups.len()
+    );
+    let got_set: HashSet<Uuid> = got.iter().copied().collect();
+    let missing = rows.iter().filter(|(m, _)| !got_set.contains(m)).count();
+    assert_eq!(missing, 0, "message ids never received");
+    assert_per_aggregate_order(&rows, &got, true);
+    assert!(
+        duplicate_deliveries <= 2 * BATCH,
+        "{duplicate_deliveries} duplicates: more than two batches were published again"
+    );
+
+    survivor.terminate();
+    let status = survivor.wait(Duration::from_secs(20)).await;
+    assert!(status.success(), "the surviving relay exited with {status}");
+}
