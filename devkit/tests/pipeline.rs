@@ -2,10 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use devkit::{broker::TestBroker, db::TestDatabase, eventually};
-use invoices_worker::worker::Worker;
+use invoices_worker::worker::{Worker, WorkerSettings};
 use orders_api::{
     domain::{Amount, NewOrder},
     outbox::RequestContext,
@@ -51,16 +51,19 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
         invoices.pool(),
         broker.url.clone(),
         broker.topology.clone(),
-        10,
-        Duration::from_secs(5),
+        WorkerSettings {
+            prefetch: 10,
+            max_attempts: 1_000,
+            ..WorkerSettings::default()
+        },
     );
-    let stats = worker.stats();
+    let stats = worker.metrics();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(worker.run(shutdown.clone()));
     eventually(
         Duration::from_secs(10),
         "the first delivery to be invoiced",
-        || async { (stats.invoiced.load(Ordering::Relaxed) == 1).then_some(()) },
+        || async { (stats.invoiced.get() == 1).then_some(()) },
     )
     .await;
 
@@ -85,7 +88,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     eventually(
         Duration::from_secs(10),
         "the re-published copy to be skipped",
-        || async { (stats.duplicates.load(Ordering::Relaxed) == 1).then_some(()) },
+        || async { (stats.duplicates.get() == 1).then_some(()) },
     )
     .await;
     let rows = invoices
@@ -97,7 +100,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     assert_eq!(rows.len(), 1, "exactly one invoice");
     assert_eq!(rows[0].get::<_, uuid::Uuid>(0), order.id);
     assert_eq!(rows[0].get::<_, i64>(1), 1234);
-    assert_eq!(stats.invoiced.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.invoiced.get(), 1);
     shutdown.cancel();
     task.await.unwrap();
 }
@@ -133,10 +136,13 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
         invoices.pool(),
         broker.url.clone(),
         broker.topology.clone(),
-        10,
-        Duration::from_secs(5),
+        WorkerSettings {
+            prefetch: 10,
+            max_attempts: 1_000,
+            ..WorkerSettings::default()
+        },
     );
-    let stats = worker.stats();
+    let stats = worker.metrics();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(worker.run(shutdown.clone()));
     let mut relay = Relay::new(
@@ -156,7 +162,7 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
         first.push(d.properties.message_id().clone().unwrap().to_string());
     }
     eventually(Duration::from_secs(10), "four invoices", || async {
-        (stats.invoiced.load(Ordering::Relaxed) == 4).then_some(())
+        (stats.invoiced.get() == 4).then_some(())
     })
     .await;
 
@@ -209,7 +215,7 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
     eventually(
         Duration::from_secs(10),
         "the replayed copies to be skipped",
-        || async { (stats.duplicates.load(Ordering::Relaxed) == 2).then_some(()) },
+        || async { (stats.duplicates.get() == 2).then_some(()) },
     )
     .await;
     assert_eq!(

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::worker::WorkerSettings;
 use plumbing::{
     config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, duration_or, parse_or},
     db::PoolOptions,
@@ -18,12 +19,14 @@ pub struct Config {
     pub service: ServiceConfig,
     /// `BROKER_URL` and `BROKER_NAMESPACE`.
     pub broker: BrokerConfig,
-    /// `WORKER_PREFETCH`: unacknowledged deliveries the broker may send ahead
-    /// (default 100).
-    pub prefetch: u16,
-    /// `WORKER_DRAIN_TIMEOUT`: on shutdown, how long to keep handling deliveries
-    /// already received after cancelling the consumer (default 10s).
-    pub drain_timeout: Duration,
+    /// `WORKER_PREFETCH` (default 200), `WORKER_BATCH_SIZE` (default 100),
+    /// `WORKER_MAX_ATTEMPTS` (default 20), `WORKER_DRAIN_TIMEOUT` (default 10s).
+    pub worker: WorkerSettings,
+    /// `DEDUPE_RETENTION`: how long message ids are remembered; at least the
+    /// outbox's replay window plus a margin (default 8d).
+    pub dedupe_retention: Duration,
+    /// `DEDUPE_PURGE_INTERVAL`: how often old message ids are purged (default 1h).
+    pub purge_interval: Duration,
 }
 
 impl Config {
@@ -32,6 +35,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the variable that does not parse.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let d = WorkerSettings::default();
         Ok(Self {
             service: ServiceConfig::from_env(ServiceDefaults {
                 database_url: DEFAULT_DATABASE_URL,
@@ -42,8 +46,15 @@ impl Config {
                 },
             })?,
             broker: BrokerConfig::from_env()?,
-            prefetch: parse_or("WORKER_PREFETCH", 100)?,
-            drain_timeout: duration_or("WORKER_DRAIN_TIMEOUT", Duration::from_secs(10))?,
+            worker: WorkerSettings {
+                prefetch: parse_or("WORKER_PREFETCH", d.prefetch)?.max(1),
+                batch_size: parse_or("WORKER_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
+                max_attempts: parse_or("WORKER_MAX_ATTEMPTS", d.max_attempts)?.max(1),
+                drain_timeout: duration_or("WORKER_DRAIN_TIMEOUT", d.drain_timeout)?,
+            },
+            dedupe_retention: duration_or("DEDUPE_RETENTION", Duration::from_secs(8 * 86_400))?,
+            purge_interval: duration_or("DEDUPE_PURGE_INTERVAL", Duration::from_secs(3_600))?
+                .max(Duration::from_secs(1)),
         })
     }
 }

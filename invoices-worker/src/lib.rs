@@ -2,6 +2,7 @@
 //! exactly one invoice per order, acking only after its transaction committed.
 
 pub mod config;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod worker;

@@ -1,30 +1,49 @@
 //! Building and running the worker with its HTTP endpoint.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, response::Response, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    config::Config,
-    store,
-    worker::{Worker, WorkerStats},
-};
+use crate::{config::Config, metrics::WorkerMetrics, store, worker::Worker};
+
+/// Advisory lock key that lets one worker at a time purge old dedupe records.
+const PURGE_LOCK_KEY: i64 = 0x696e_7670; // "invp"
 
 /// A worker ready to run, with its HTTP endpoint bound.
 pub struct Application {
     worker: Worker,
     listener: TcpListener,
     router: Router,
+    pool: Pool,
+    metrics: Arc<WorkerMetrics>,
+    dedupe_retention: Duration,
+    purge_interval: Duration,
 }
 
 #[derive(Clone)]
 struct HttpState {
     pool: Pool,
-    stats: Arc<WorkerStats>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Application {
+    /// The port of the HTTP endpoint.
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn port(&self) -> std::io::Result<u16> {
+        Ok(self.listener.local_addr()?.port())
+    }
 }
 
 /// `GET /ready`: 200 when the database answers and the consumer is running.
@@ -33,10 +52,78 @@ async fn ready(State(state): State<HttpState>) -> Response {
     if let Err(e) = store::ping(&state.pool).await {
         problems.push(format!("database: {e}"));
     }
-    if !state.stats.broker_connected() {
+    if state.metrics.broker_connected.get() != 1 {
         problems.push("broker: not consuming".to_owned());
     }
     plumbing::http::readiness(&problems)
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    plumbing::metrics::render(state.metrics.registry())
+}
+
+/// `GET /invoices/{order_id}`: the order's invoice, 404 while there is none yet.
+async fn invoice(State(state): State<HttpState>, Path(order_id): Path<String>) -> Response {
+    let Ok(order_id) = uuid::Uuid::try_parse(&order_id) else {
+        return plumbing::http::problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "order id must be a UUID",
+        );
+    };
+    match store::find_invoice(&state.pool, order_id).await {
+        Ok(Some(invoice)) => Json(invoice).into_response(),
+        Ok(None) => plumbing::http::problem(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("order {order_id} has no invoice (yet)"),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, cause = %plumbing::telemetry::error_chain(&e), "invoice lookup failed");
+            plumbing::http::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "service temporarily unavailable",
+            )
+        }
+    }
+}
+
+/// Purges old dedupe records every `interval`, one worker at a time.
+async fn purge_loop(
+    pool: Pool,
+    metrics: Arc<WorkerMetrics>,
+    retention: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = async {
+            let client = pool.get().await.map_err(store::StoreError::from)?;
+            if !plumbing::db::try_lock(&client, PURGE_LOCK_KEY).await? {
+                return Ok(0);
+            }
+            let purged = store::purge_processed(&pool, retention, 1_000).await;
+            plumbing::db::unlock(&client, PURGE_LOCK_KEY).await;
+            purged
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(purged) => {
+                metrics.purged.inc_by(purged);
+                tracing::info!(purged, ?retention, "purged old dedupe records");
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduled dedupe purge failed"),
+        }
+    }
 }
 
 impl plumbing::cli::Service for Application {
@@ -65,30 +152,43 @@ impl plumbing::cli::Service for Application {
             pool.clone(),
             config.broker.url.clone(),
             config.broker.topology(),
-            config.prefetch,
-            config.drain_timeout,
+            config.worker,
         );
+        let metrics = worker.metrics();
         let router = Router::new()
             .route("/health", get(plumbing::http::health))
             .route("/ready", get(ready))
+            .route("/metrics", get(self::metrics))
+            .route("/invoices/{order_id}", get(invoice))
             .with_state(HttpState {
-                pool,
-                stats: worker.stats(),
+                pool: pool.clone(),
+                metrics: metrics.clone(),
             });
         let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {
             worker,
             listener,
             router,
+            pool,
+            metrics,
+            dedupe_retention: config.dedupe_retention,
+            purge_interval: config.purge_interval,
         })
     }
 
-    /// Runs the worker and the HTTP endpoint until `shutdown`; the worker finishes
-    /// the deliveries in hand before this returns.
+    /// Runs the worker, the dedupe purge and the HTTP endpoint until `shutdown`;
+    /// the worker finishes the deliveries in hand before this returns.
     ///
     /// # Errors
     /// The HTTP server's I/O error.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tokio::spawn(purge_loop(
+            self.pool,
+            self.metrics,
+            self.dedupe_retention,
+            self.purge_interval,
+            shutdown.clone(),
+        ));
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
         plumbing::http::serve_alongside(self.listener, self.router, shutdown, worker).await
     }

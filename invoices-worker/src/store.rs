@@ -41,54 +41,172 @@ impl StoreError {
     }
 }
 
-/// Records the message id and inserts the invoice in ONE statement (one
-/// transaction, one round trip). The `processed_messages` insert decides: if the id
-/// was there already nothing else happens; the unique order id on `invoices` is a
-/// second guard.
+/// Records the message ids and inserts the invoices of a whole batch in ONE
+/// statement (one transaction, one round trip). For each message, the
+/// `processed_messages` insert decides: if its id was there already nothing else
+/// happens; the unique order id on `invoices` is a second guard.
 const RECORD_AND_INVOICE: &str = "
-WITH seen AS (
-    INSERT INTO processed_messages (message_id) VALUES ($1)
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
+                         $6::timestamptz[])
+        AS t(message_id, invoice_id, order_id, amount_cents, currency, order_created_at)
+), seen AS (
+    INSERT INTO processed_messages (message_id)
+    SELECT message_id FROM input
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id
 ), invoice AS (
     INSERT INTO invoices (id, order_id, message_id, amount_cents, currency, order_created_at)
-    SELECT $2, $3, seen.message_id, $4, $5, $6 FROM seen
+    SELECT input.invoice_id, input.order_id, input.message_id, input.amount_cents,
+           input.currency, input.order_created_at
+    FROM input JOIN seen USING (message_id)
     ON CONFLICT (order_id) DO NOTHING
-    RETURNING id
+    RETURNING message_id, id
 )
-SELECT EXISTS (SELECT 1 FROM seen) AS new_message, (SELECT id FROM invoice) AS invoice_id";
+SELECT input.message_id, seen.message_id IS NOT NULL, invoice.id
+FROM input
+LEFT JOIN seen USING (message_id)
+LEFT JOIN invoice USING (message_id)";
 
-/// Handles one `OrderCreated` event idempotently.
+/// Handles `OrderCreated` events idempotently, all in one transaction; returns one
+/// outcome per event, in order. Message ids must be distinct within the call.
 ///
 /// # Errors
-/// [`StoreError`]; see [`StoreError::is_transient`].
-pub async fn record_invoice(
+/// [`StoreError`]; see [`StoreError::is_transient`]. On error nothing is written.
+pub async fn record_invoices(
     pool: &Pool,
-    message_id: Uuid,
-    event: &OrderCreatedV1,
-) -> Result<Handled, StoreError> {
+    events: &[(Uuid, &OrderCreatedV1)],
+) -> Result<Vec<Handled>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut message_ids = Vec::with_capacity(events.len());
+    let mut invoice_ids = Vec::with_capacity(events.len());
+    let mut order_ids = Vec::with_capacity(events.len());
+    let mut amounts = Vec::with_capacity(events.len());
+    let mut currencies = Vec::with_capacity(events.len());
+    let mut created = Vec::with_capacity(events.len());
+    for (message_id, event) in events {
+        message_ids.push(*message_id);
+        invoice_ids.push(Uuid::now_v7());
+        order_ids.push(event.order_id);
+        amounts.push(event.amount_cents);
+        currencies.push(event.currency.as_str());
+        created.push(event.created_at);
+    }
     let client = pool.get().await?;
     let statement = client.prepare_cached(RECORD_AND_INVOICE).await?;
-    let row = client
-        .query_one(
+    let rows = client
+        .query(
             &statement,
             &[
-                &message_id,
-                &Uuid::now_v7(),
-                &event.order_id,
-                &event.amount_cents,
-                &event.currency,
-                &event.created_at,
+                &message_ids,
+                &invoice_ids,
+                &order_ids,
+                &amounts,
+                &currencies,
+                &created,
             ],
         )
         .await?;
-    let new_message: bool = row.try_get(0)?;
-    let invoice_id: Option<Uuid> = row.try_get(1)?;
-    Ok(match (new_message, invoice_id) {
-        (false, _) => Handled::Duplicate,
-        (true, Some(invoice_id)) => Handled::Invoiced { invoice_id },
-        (true, None) => Handled::AlreadyInvoiced,
-    })
+    let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let message_id: Uuid = row.try_get(0)?;
+        let new_message: bool = row.try_get(1)?;
+        let invoice_id: Option<Uuid> = row.try_get(2)?;
+        by_id.insert(
+            message_id,
+            match (new_message, invoice_id) {
+                (false, _) => Handled::Duplicate,
+                (true, Some(invoice_id)) => Handled::Invoiced { invoice_id },
+                (true, None) => Handled::AlreadyInvoiced,
+            },
+        );
+    }
+    Ok(message_ids
+        .iter()
+        .map(|id| by_id.get(id).copied().unwrap_or(Handled::Duplicate))
+        .collect())
+}
+
+/// An invoice, as `GET /invoices/{order_id}` returns it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Invoice {
+    /// Invoice id.
+    pub id: Uuid,
+    /// The order it bills.
+    pub order_id: Uuid,
+    /// Amount in cents.
+    pub amount_cents: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The message it was created from.
+    pub message_id: Uuid,
+    /// When the order was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub order_created_at: time::OffsetDateTime,
+    /// When the invoice was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+}
+
+/// The invoice of an order, if there is one yet.
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn find_invoice(pool: &Pool, order_id: Uuid) -> Result<Option<Invoice>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT id, order_id, amount_cents, currency, message_id, order_created_at, created_at
+             FROM invoices WHERE order_id = $1",
+        )
+        .await?;
+    let Some(r) = client.query_opt(&statement, &[&order_id]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Invoice {
+        id: r.try_get(0)?,
+        order_id: r.try_get(1)?,
+        amount_cents: r.try_get(2)?,
+        currency: r.try_get(3)?,
+        message_id: r.try_get(4)?,
+        order_created_at: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+    }))
+}
+
+/// Deletes dedupe records older than `older_than`, `batch` per statement. The
+/// retention must cover the outbox's replay window and any redelivery: after it, a
+/// replayed message would be processed again (the unique order id on invoices
+/// still prevents a second invoice).
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn purge_processed(
+    pool: &Pool,
+    older_than: std::time::Duration,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM processed_messages WHERE message_id IN (
+                 SELECT message_id FROM processed_messages
+                 WHERE processed_at < now() - $1 * interval '1 second'
+                 ORDER BY processed_at LIMIT $2)",
+        )
+        .await?;
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(&statement, &[&older_than.as_secs_f64(), &batch])
+            .await?;
+        total += deleted;
+        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+    }
 }
 
 /// Checks that the database answers.

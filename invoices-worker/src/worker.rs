@@ -1,48 +1,57 @@
-//! The consumer loop: decode, record-and-invoice in one transaction, ack after
-//! commit; dead-letter what can never succeed; retry what may.
+//! The consumer loop: decode a batch of deliveries, record and invoice them all in
+//! one transaction, ack after commit; dead-letter what can never succeed; retry
+//! what may, then hand it back to the queue (its delivery limit ends any loop).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-use contracts::{Event, Topology, headers};
+use contracts::{Event, Topology, event::Decoded, headers};
 use deadpool_postgres::Pool;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use lapin::{
     BasicProperties, Channel, Confirmation, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };
 use plumbing::broker::{self, BrokerError, short_string};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, Handled};
+use crate::{
+    metrics::WorkerMetrics,
+    store::{self, Handled, StoreError},
+};
 
-/// Counters and state shared with the HTTP endpoint.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    broker_connected: AtomicBool,
-    /// New invoices written.
-    pub invoiced: AtomicU64,
-    /// Messages skipped because their id was seen before.
-    pub duplicates: AtomicU64,
-    /// Messages sent to the dead-letter queue.
-    pub dead_lettered: AtomicU64,
+/// How the worker consumes.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    /// Unacknowledged deliveries the broker may send ahead.
+    pub prefetch: u16,
+    /// Most deliveries handled in one transaction.
+    pub batch_size: usize,
+    /// Attempts at storing a batch through transient database errors before its
+    /// deliveries go back to the queue (each return uses one of the message's
+    /// deliveries; the queue's delivery limit then dead-letters it).
+    pub max_attempts: u32,
+    /// On shutdown, how long to keep handling deliveries already received.
+    pub drain_timeout: Duration,
 }
 
-impl WorkerStats {
-    /// Whether the worker currently consumes.
-    #[must_use]
-    pub fn broker_connected(&self) -> bool {
-        self.broker_connected.load(Ordering::Relaxed)
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            prefetch: 200,
+            batch_size: 100,
+            max_attempts: 20,
+            drain_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -65,9 +74,8 @@ pub struct Worker {
     pool: Pool,
     broker_url: String,
     topology: Topology,
-    prefetch: u16,
-    drain_timeout: Duration,
-    stats: Arc<WorkerStats>,
+    settings: WorkerSettings,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Worker {
@@ -77,23 +85,21 @@ impl Worker {
         pool: Pool,
         broker_url: String,
         topology: Topology,
-        prefetch: u16,
-        drain_timeout: Duration,
+        settings: WorkerSettings,
     ) -> Self {
         Self {
             pool,
             broker_url,
             topology,
-            prefetch,
-            drain_timeout,
-            stats: Arc::default(),
+            settings,
+            metrics: Arc::default(),
         }
     }
 
-    /// Counters for the HTTP endpoint.
+    /// The worker's metrics (shared with the HTTP endpoint).
     #[must_use]
-    pub fn stats(&self) -> Arc<WorkerStats> {
-        self.stats.clone()
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker
@@ -103,7 +109,7 @@ impl Worker {
         while !shutdown.is_cancelled() {
             let mut connected = false;
             let result = self.session(&shutdown, &mut connected).await;
-            self.stats.broker_connected.store(false, Ordering::Relaxed);
+            self.metrics.broker_connected.set(0);
             match result {
                 Ok(()) => break,
                 Err(e) => {
@@ -122,8 +128,8 @@ impl Worker {
         tracing::info!("worker stopped");
     }
 
-    /// One connection's life: declare, consume, handle; on shutdown cancel the
-    /// consumer and finish the deliveries already received.
+    /// One connection's life: declare, consume, handle batches; on shutdown cancel
+    /// the consumer and finish the deliveries already received.
     async fn session(
         &self,
         shutdown: &CancellationToken,
@@ -133,7 +139,7 @@ impl Worker {
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.topology).await?;
         channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
         let dead_letters = connection.create_channel().await?;
         dead_letters
@@ -149,19 +155,21 @@ impl Worker {
             )
             .await?;
         *connected = true;
-        self.stats.broker_connected.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %self.topology.order_created_queue, prefetch = self.prefetch, "consuming");
+        self.metrics.broker_connected.set(1);
+        tracing::info!(queue = %self.topology.order_created_queue, prefetch = self.settings.prefetch, batch = self.settings.batch_size, "consuming");
 
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => self.handle(delivery, &dead_letters, shutdown).await?,
+                    Some(Ok(delivery)) => delivery,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(SessionError::Cancelled),
                 },
-            }
+            };
+            let batch = self.take_ready(&mut consumer, first)?;
+            self.handle_batch(batch, &dead_letters, shutdown).await?;
         }
 
         // Stop the flow, then finish what the broker already handed us, so that a
@@ -170,14 +178,17 @@ impl Worker {
             .basic_cancel(short_string(&tag), BasicCancelOptions::default())
             .await?;
         let drain = async {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                if let Err(e) = self.handle(delivery, &dead_letters, shutdown).await {
-                    tracing::warn!(error = %e, "could not finish a delivery during shutdown");
+            while let Some(Ok(first)) = consumer.next().await {
+                let Ok(batch) = self.take_ready(&mut consumer, first) else {
+                    break;
+                };
+                if let Err(e) = self.handle_batch(batch, &dead_letters, shutdown).await {
+                    tracing::warn!(error = %e, "could not finish deliveries during shutdown");
                     break;
                 }
             }
         };
-        if tokio::time::timeout(self.drain_timeout, drain)
+        if tokio::time::timeout(self.settings.drain_timeout, drain)
             .await
             .is_err()
         {
@@ -189,63 +200,195 @@ impl Worker {
         Ok(())
     }
 
-    /// Handles one delivery and acknowledges it only after its effect is committed
-    /// (or it was dead-lettered). Errors are channel failures: the delivery stays
-    /// unacknowledged and the broker redelivers it.
-    async fn handle(
+    /// `first` plus the deliveries already waiting, up to the batch size: under
+    /// load batches fill from the prefetch buffer; when idle a batch is one message
+    /// and waits for nothing.
+    fn take_ready(
         &self,
-        delivery: Delivery,
+        consumer: &mut Consumer,
+        first: Delivery,
+    ) -> Result<Vec<Delivery>, SessionError> {
+        let mut batch = vec![first];
+        while batch.len() < self.settings.batch_size {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(e))) => return Err(e.into()),
+                Some(None) | None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Handles a batch: malformed deliveries are dead-lettered, the rest are stored
+    /// in one transaction and acknowledged (one `multiple` ack) only after it
+    /// committed. Errors are channel failures: unacknowledged deliveries stay with
+    /// the broker, which redelivers them.
+    async fn handle_batch(
+        &self,
+        deliveries: Vec<Delivery>,
         dead_letters: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
-        let decoded = match broker::inbound(&delivery).decode() {
-            Ok(d) => d,
-            Err(e) => {
-                return self
-                    .dead_letter(&delivery, dead_letters, e.code(), &e.reason())
-                    .await;
-            }
-        };
-        let Event::OrderCreatedV1(event) = &decoded.event;
-        let mut delays = plumbing::backoff::reconnect_delays();
-        loop {
-            match store::record_invoice(&self.pool, decoded.message_id, event).await {
-                Ok(handled) => {
-                    match handled {
-                        Handled::Invoiced { invoice_id } => {
-                            self.stats.invoiced.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(message_id = %decoded.message_id, order_id = %event.order_id, %invoice_id, "invoice created");
-                        }
-                        Handled::Duplicate | Handled::AlreadyInvoiced => {
-                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(message_id = %decoded.message_id, order_id = %event.order_id, outcome = ?handled, "duplicate skipped");
-                        }
-                    }
-                    delivery.ack(BasicAckOptions::default()).await?;
-                    return Ok(());
-                }
-                Err(e) if e.is_transient() => {
-                    // Retried here rather than requeued: a database outage must not
-                    // use up the message's delivery limit.
-                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(message_id = %decoded.message_id, error = %e, cause = %plumbing::telemetry::error_chain(&e), retry_in = ?delay, "invoice not stored; retrying");
-                    tokio::select! {
-                        // Not acked: the broker redelivers it after we disconnect.
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+        let started = Instant::now();
+        self.metrics.consumed.inc_by(deliveries.len() as u64);
+        self.metrics.batch_size.observe(deliveries.len() as f64);
+        let mut good: Vec<(Delivery, Decoded)> = Vec::with_capacity(deliveries.len());
+        let mut repeated: Vec<Delivery> = Vec::new();
+        let mut seen = HashSet::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match broker::inbound(&delivery).decode() {
+                Ok(decoded) if seen.insert(decoded.message_id) => good.push((delivery, decoded)),
+                // The same message twice in one batch: the first one decides.
+                Ok(_) => repeated.push(delivery),
                 Err(e) => {
-                    let reason = format!(
-                        "processing-failed: {e}: {}",
-                        plumbing::telemetry::error_chain(&e)
-                    );
-                    return self
-                        .dead_letter(&delivery, dead_letters, "processing-failed", &reason)
-                        .await;
+                    self.dead_letter(&delivery, dead_letters, e.code(), &e.reason())
+                        .await?;
                 }
             }
         }
+        if good.is_empty() {
+            return Ok(());
+        }
+        let Some(outcomes) = self
+            .store_with_retries(&good, dead_letters, shutdown)
+            .await?
+        else {
+            return Ok(());
+        };
+        let now = OffsetDateTime::now_utc();
+        for ((_, decoded), handled) in good.iter().zip(&outcomes) {
+            let Event::OrderCreatedV1(event) = &decoded.event;
+            match handled {
+                Handled::Invoiced { .. } => {
+                    self.metrics.invoiced.inc();
+                    self.metrics
+                        .order_to_invoice_seconds
+                        .observe((now - event.created_at).as_seconds_f64().max(0.0));
+                }
+                Handled::Duplicate | Handled::AlreadyInvoiced => {
+                    self.metrics.duplicates.inc();
+                    tracing::info!(message_id = %decoded.message_id, order_id = %event.order_id, outcome = ?handled, "duplicate skipped");
+                }
+            }
+        }
+        self.metrics.duplicates.inc_by(repeated.len() as u64);
+        // Everything up to the batch's last tag is settled now (dead-lettered ones
+        // were acked or rejected one by one): one ack covers the rest.
+        let last = good
+            .iter()
+            .map(|(d, _)| d)
+            .chain(&repeated)
+            .max_by_key(|d| d.delivery_tag);
+        if let Some(last) = last {
+            last.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        self.metrics
+            .handle_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Stores the batch, retrying transient errors with backoff (in place: a
+    /// database outage must not use up the messages' delivery limits at once).
+    /// Returns `None` when the batch was handed back or dead-lettered instead.
+    async fn store_with_retries(
+        &self,
+        good: &[(Delivery, Decoded)],
+        dead_letters: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Handled>>, lapin::Error> {
+        let events: Vec<(uuid::Uuid, &contracts::OrderCreatedV1)> = good
+            .iter()
+            .map(|(_, d)| {
+                let Event::OrderCreatedV1(e) = &d.event;
+                (d.message_id, e)
+            })
+            .collect();
+        let mut delays = plumbing::backoff::reconnect_delays();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match store::record_invoices(&self.pool, &events).await {
+                Ok(outcomes) => return Ok(Some(outcomes)),
+                Err(e) if e.is_transient() && attempt < self.settings.max_attempts => {
+                    self.metrics.retries.inc();
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(batch = good.len(), attempt, error = %e, cause = %plumbing::telemetry::error_chain(&e), retry_in = ?delay, "invoices not stored; retrying");
+                    tokio::select! {
+                        // Not acked: the broker redelivers them after we disconnect.
+                        () = shutdown.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::error!(batch = good.len(), attempt, error = %e, "invoices not stored after every retry; handing the messages back to the queue");
+                    self.metrics.requeued.inc_by(good.len() as u64);
+                    for (delivery, _) in good {
+                        delivery
+                            .nack(BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            })
+                            .await?;
+                    }
+                    return Ok(None);
+                }
+                Err(e) if good.len() > 1 => {
+                    // A permanent error: find the message that causes it by storing
+                    // them one by one.
+                    tracing::warn!(error = %e, "batch failed permanently; storing its messages one by one");
+                    return self
+                        .store_one_by_one(good, dead_letters)
+                        .await
+                        .map(|()| None);
+                }
+                Err(e) => {
+                    self.dead_letter(
+                        &good[0].0,
+                        dead_letters,
+                        "processing-failed",
+                        &reason_of(&e),
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Stores each message alone; the ones that fail permanently are dead-lettered.
+    async fn store_one_by_one(
+        &self,
+        good: &[(Delivery, Decoded)],
+        dead_letters: &Channel,
+    ) -> Result<(), lapin::Error> {
+        for (delivery, decoded) in good {
+            let Event::OrderCreatedV1(event) = &decoded.event;
+            match store::record_invoices(&self.pool, &[(decoded.message_id, event)]).await {
+                Ok(outcomes) => {
+                    if matches!(outcomes.first(), Some(Handled::Invoiced { .. })) {
+                        self.metrics.invoiced.inc();
+                    } else {
+                        self.metrics.duplicates.inc();
+                    }
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Err(e) if e.is_transient() => {
+                    delivery
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await?;
+                }
+                Err(e) => {
+                    let reason = reason_of(&e);
+                    self.dead_letter(delivery, dead_letters, "processing-failed", &reason)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends a message that can never succeed to the dead-letter exchange with the
@@ -282,7 +425,7 @@ impl Worker {
             Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(None))),
             Err(_) => false,
         };
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_letter(code);
         if confirmed {
             delivery.ack(BasicAckOptions::default()).await?;
         } else {
@@ -296,6 +439,13 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+fn reason_of(e: &StoreError) -> String {
+    format!(
+        "processing-failed: {e}: {}",
+        plumbing::telemetry::error_chain(e)
+    )
 }
 
 /// The original properties with the dead-letter reason header added.

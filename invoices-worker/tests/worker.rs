@@ -2,14 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use contracts::{OrderCreatedV1, headers};
 use devkit::{broker::TestBroker, db::TestDatabase, eventually, proxy::TcpProxy};
-use invoices_worker::worker::{Worker, WorkerStats};
+use invoices_worker::{
+    metrics::WorkerMetrics,
+    worker::{Worker, WorkerSettings},
+};
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
@@ -21,7 +21,7 @@ use uuid::Uuid;
 struct Fixture {
     db: TestDatabase,
     broker: TestBroker,
-    stats: Arc<WorkerStats>,
+    stats: Arc<WorkerMetrics>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -49,14 +49,17 @@ impl Fixture {
             pool,
             broker.url.clone(),
             broker.topology.clone(),
-            20,
-            Duration::from_secs(5),
+            WorkerSettings {
+                prefetch: 20,
+                max_attempts: 1_000,
+                ..WorkerSettings::default()
+            },
         );
-        let stats = worker.stats();
+        let stats = worker.metrics();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         eventually(Duration::from_secs(10), "the worker to consume", || async {
-            stats.broker_connected().then_some(())
+            (stats.broker_connected.get() == 1).then_some(())
         })
         .await;
         Self {
@@ -131,7 +134,7 @@ async fn the_same_message_five_times_makes_one_invoice() {
     eventually(
         Duration::from_secs(10),
         "four duplicates to be skipped",
-        || async { (f.stats.duplicates.load(Ordering::Relaxed) == 4).then_some(()) },
+        || async { (f.stats.duplicates.get() == 4).then_some(()) },
     )
     .await;
     assert_eq!(f.invoices().await, vec![(e.order_id, 2999)]);
@@ -160,7 +163,7 @@ async fn two_messages_for_one_order_make_one_invoice() {
     eventually(
         Duration::from_secs(10),
         "the second message to be skipped",
-        || async { (f.stats.duplicates.load(Ordering::Relaxed) == 1).then_some(()) },
+        || async { (f.stats.duplicates.get() == 1).then_some(()) },
     )
     .await;
     assert_eq!(f.invoices().await.len(), 1);
@@ -264,7 +267,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason() {
         vec![(good.order_id, 4200)],
         "no invoice from a bad message"
     );
-    assert_eq!(f.stats.dead_lettered.load(Ordering::Relaxed), 10);
+    assert_eq!(f.stats.dead_lettered_total(), 10);
     f.stop().await;
 }
 
@@ -286,7 +289,7 @@ async fn a_database_outage_is_retried_not_dead_lettered() {
             .await,
         0
     );
-    assert_eq!(f.stats.dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(f.stats.dead_lettered_total(), 0);
 
     proxy.restore();
     eventually(

@@ -4,14 +4,9 @@
 //! inside the request's span, never sent to the client.
 
 use axum::{
-    Json,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Serialize;
-
-/// Media type of error bodies.
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -56,17 +51,6 @@ pub enum ApiError {
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
-}
-
-/// The problem body.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    code: &'static str,
 }
 
 impl ApiError {
@@ -115,18 +99,9 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.to_string(),
-            code: self.code(),
-        };
-        let mut response = (status, Json(problem)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let mut response = plumbing::http::problem(status, self.code(), &self.to_string());
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(
+            response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );

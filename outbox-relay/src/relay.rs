@@ -337,20 +337,13 @@ impl Relay {
     /// [`StoreError`] when the database fails.
     pub async fn purge_if_leader(&self) -> Result<Option<u64>, StoreError> {
         let client = self.pool.get().await?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&PURGE_LOCK_KEY])
-            .await?
-            .try_get(0)?;
-        if !locked {
+        if !plumbing::db::try_lock(&client, PURGE_LOCK_KEY).await? {
             return Ok(None);
         }
         let purged =
             store::purge_published(&client, self.settings.retention, self.settings.purge_batch)
                 .await;
-        // Unlock even after a failure; a broken session releases the lock anyway.
-        let _ = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&PURGE_LOCK_KEY])
-            .await;
+        plumbing::db::unlock(&client, PURGE_LOCK_KEY).await;
         let purged = purged?;
         self.metrics.purged.inc_by(purged);
         Ok(Some(purged))

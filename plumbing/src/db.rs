@@ -304,6 +304,29 @@ pub async fn prepare(
     Ok((config, pool))
 }
 
+/// Takes a session-level advisory lock if it is free (for work that one replica at
+/// a time should do, such as a scheduled purge). Pair with [`unlock`] on the same
+/// session.
+///
+/// # Errors
+/// The driver's error.
+pub async fn try_lock(client: &Client, key: i64) -> Result<bool, tokio_postgres::Error> {
+    client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await?
+        .try_get(0)
+}
+
+/// Releases a lock taken by [`try_lock`]; a broken session releases it anyway.
+pub async fn unlock(client: &Client, key: i64) {
+    if let Err(e) = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+    {
+        tracing::debug!(error = %e, "advisory unlock failed; the session's end releases it");
+    }
+}
+
 /// The `migrate` command of each binary: create the database if needed, apply its
 /// migrations, log the result.
 ///

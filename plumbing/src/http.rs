@@ -68,6 +68,24 @@ pub async fn health() -> Response {
         .into_response()
 }
 
+/// An `application/problem+json` response (RFC 9457) with a stable `code`.
+#[must_use]
+pub fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// The body of a readiness answer: `200 OK` or `503` with what is not ready.
 #[must_use]
 pub fn readiness(problems: &[String]) -> Response {
