@@ -93,6 +93,37 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         0
     );
 
+    // The worker shows an order's invoice; 404 for an order it does not know.
+    let (order_id, cents) = expected.iter().next().unwrap();
+    let invoice: Value = http
+        .get(format!("{}/invoices/{order_id}", worker.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(invoice["amount_cents"], *cents);
+    let missing = http
+        .get(format!(
+            "{}/invoices/{}",
+            worker.base_url(),
+            uuid::Uuid::now_v7()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let metrics = http
+        .get(format!("{}/metrics", worker.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("invoices_invoiced_total 40"), "{metrics}");
+
     // SIGTERM: each drains and exits 0.
     for service in [&api, &relay, &worker] {
         service.terminate();

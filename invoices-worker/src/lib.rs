@@ -2,6 +2,7 @@
 //! exactly one invoice per order, acking only after its transaction committed.
 
 pub mod config;
+pub mod dlq;
 pub mod metrics;
 pub mod startup;
 pub mod store;

@@ -1,7 +1,114 @@
-//! `invoices-worker` — consume and invoice; `invoices-worker migrate` — apply the
-//! invoices database's migrations and exit.
+//! `invoices-worker`: turns each `OrderCreated` event into exactly one invoice, and
+//! the operator's tool for its dead-letter queue and dedupe records.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use invoices_worker::{dlq, startup::Application, store};
+use plumbing::cli::{BaseCommand, run_base, run_operator};
+use uuid::Uuid;
+
+/// Consumes OrderCreated events and writes one invoice per order.
+///
+/// Configuration comes from the environment (DATABASE_URL, BROKER_URL,
+/// BROKER_NAMESPACE, WORKER_*, DEDUPE_*); see the README.
+#[derive(Debug, Parser)]
+#[command(name = "invoices-worker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Base(BaseCommand),
+    /// Inspect and requeue dead-lettered messages.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Delete dedupe records older than the retention window.
+    Purge {
+        /// Age of the oldest records kept (at least the outbox's replay window).
+        #[arg(long, value_parser = plumbing::config::parse_duration, default_value = "8d")]
+        older_than: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered messages with their reasons (they stay in the queue).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead-lettered messages back to the exchange after a fix; they keep
+    /// their message ids, so what was already invoiced is skipped.
+    Requeue {
+        /// The messages with these ids (repeatable).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        message_id: Vec<Uuid>,
+        /// Every dead-lettered message.
+        #[arg(long)]
+        all: bool,
+    },
+}
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    plumbing::cli::main::<invoices_worker::startup::Application>().await
+async fn main() -> ExitCode {
+    let command = Cli::parse()
+        .command
+        .unwrap_or(Command::Base(BaseCommand::Run));
+    match command {
+        Command::Base(base) => run_base::<Application>(base).await,
+        Command::Dlq(DlqCommand::List { limit, json }) => {
+            run_operator::<Application, _, _>(|config| async move {
+                let messages =
+                    dlq::list(&config.broker.url, &config.broker.topology(), limit).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&messages)?);
+                } else {
+                    println!("{} dead-lettered messages shown", messages.len());
+                    for m in messages {
+                        println!(
+                            "{}\t{}\t{}\n    {}",
+                            m.message_id.as_deref().unwrap_or("-"),
+                            m.event_type.as_deref().unwrap_or("-"),
+                            m.reason,
+                            m.body
+                        );
+                    }
+                }
+                Ok(())
+            })
+            .await
+        }
+        Command::Dlq(DlqCommand::Requeue { message_id, all }) => {
+            run_operator::<Application, _, _>(|config| async move {
+                let selection = if all {
+                    dlq::Selection::All
+                } else {
+                    dlq::Selection::Messages(message_id)
+                };
+                let n =
+                    dlq::requeue(&config.broker.url, &config.broker.topology(), &selection).await?;
+                println!("{n} messages sent back to the exchange");
+                Ok(())
+            })
+            .await
+        }
+        Command::Purge { older_than } => {
+            run_operator::<Application, _, _>(|config| async move {
+                let db = plumbing::db::parse_url(&config.service.database_url)?;
+                let pool = plumbing::db::pool(db, config.service.pool)?;
+                let n = store::purge_processed(&pool, older_than, 1_000).await?;
+                println!("purged {n} dedupe records older than {older_than:?}");
+                Ok(())
+            })
+            .await
+        }
+    }
 }

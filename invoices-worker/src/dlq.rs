@@ -1,0 +1,200 @@
+//! The dead-letter queue, for operators: list what is there and why, and send
+//! messages back after the cause was fixed. Requeued messages keep their message
+//! ids, so whatever was already invoiced is skipped.
+
+use contracts::{EventType, Topology, headers};
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    message::Delivery,
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
+};
+use plumbing::broker::{self, BrokerError, header_str, short_string};
+use uuid::Uuid;
+
+/// A dead-lettered message, as `dlq list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// Its message id, if it has one.
+    pub message_id: Option<String>,
+    /// Its type property.
+    pub event_type: Option<String>,
+    /// Why the worker dead-lettered it (`x-dead-letter-reason`), or why the broker
+    /// did (`x-death`: `delivery_limit`, `rejected`, …).
+    pub reason: String,
+    /// Size of the body in bytes.
+    pub size: usize,
+    /// The start of the body, as text.
+    pub body: String,
+}
+
+/// Why a DLQ command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// Connecting failed.
+    #[error(transparent)]
+    Connect(#[from] BrokerError),
+    /// The broker failed.
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker did not confirm a requeued message; it stays in the DLQ.
+    #[error("the broker did not confirm message {0:?}; it stays in the dead-letter queue")]
+    NotConfirmed(Option<String>),
+}
+
+/// Which dead-lettered messages to requeue.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// All of them.
+    All,
+    /// Those with these message ids.
+    Messages(Vec<Uuid>),
+}
+
+/// Lists up to `limit` dead-lettered messages without removing them.
+///
+/// # Errors
+/// [`DlqError`] when the broker cannot be used.
+pub async fn list(
+    url: &str,
+    topology: &Topology,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    let connection = broker::connect(url, "invoices-worker dlq").await?;
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(&channel, topology).await?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(message) = get(&channel, topology).await? else {
+            break;
+        };
+        out.push(describe(&message));
+    }
+    // Nothing was acked: closing the channel puts every message back.
+    let _ = channel.close(200, "listed".into()).await;
+    let _ = connection.close(200, "listed".into()).await;
+    Ok(out)
+}
+
+/// Publishes the selected messages back to the exchange (with confirms, without
+/// their dead-letter headers) and removes them from the DLQ. Returns how many.
+///
+/// # Errors
+/// [`DlqError`]; a message not confirmed stays in the DLQ.
+pub async fn requeue(
+    url: &str,
+    topology: &Topology,
+    selection: &Selection,
+) -> Result<usize, DlqError> {
+    let connection = broker::connect(url, "invoices-worker dlq").await?;
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(&channel, topology).await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut requeued = 0;
+    while let Some(message) = get(&channel, topology).await? {
+        let id = message
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ToString::to_string);
+        let selected = match selection {
+            Selection::All => true,
+            Selection::Messages(ids) => id
+                .as_deref()
+                .and_then(|m| Uuid::try_parse(m).ok())
+                .is_some_and(|m| ids.contains(&m)),
+        };
+        if !selected {
+            continue;
+        }
+        let routing_key = message
+            .properties
+            .kind()
+            .as_ref()
+            .and_then(|t| EventType::from_name(t.as_str()))
+            .unwrap_or(EventType::OrderCreated)
+            .routing_key();
+        let confirm = publisher
+            .basic_publish(
+                short_string(&topology.exchange),
+                short_string(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.data,
+                without_dead_letter_headers(&message.properties),
+            )
+            .await?
+            .await?;
+        if confirm != Confirmation::Ack(None) {
+            return Err(DlqError::NotConfirmed(id));
+        }
+        message.ack(BasicAckOptions::default()).await?;
+        requeued += 1;
+    }
+    let _ = channel.close(200, "requeued".into()).await;
+    let _ = connection.close(200, "requeued".into()).await;
+    Ok(requeued)
+}
+
+async fn get(channel: &Channel, topology: &Topology) -> Result<Option<Delivery>, lapin::Error> {
+    Ok(channel
+        .basic_get(
+            short_string(&topology.dead_letter_queue),
+            BasicGetOptions { no_ack: false },
+        )
+        .await?
+        .map(|m| m.delivery))
+}
+
+fn describe(d: &Delivery) -> DeadLetter {
+    let reason = header_str(&d.properties, headers::DEAD_LETTER_REASON)
+        .map(str::to_owned)
+        .or_else(|| {
+            death_reason(&d.properties).map(|r| format!("dead-lettered by the broker: {r}"))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let text = String::from_utf8_lossy(&d.data);
+    DeadLetter {
+        message_id: d.properties.message_id().as_ref().map(ToString::to_string),
+        event_type: d.properties.kind().as_ref().map(ToString::to_string),
+        reason,
+        size: d.data.len(),
+        body: text.chars().take(200).collect(),
+    }
+}
+
+/// The `reason` of the first `x-death` entry the broker added.
+fn death_reason(p: &BasicProperties) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = p.headers().as_ref()?.inner().get("x-death")? else {
+        return None;
+    };
+    deaths.as_slice().iter().find_map(|d| match d {
+        AMQPValue::FieldTable(t) => match t.inner().get("reason")? {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn without_dead_letter_headers(p: &BasicProperties) -> BasicProperties {
+    let mut table = FieldTable::default();
+    if let Some(h) = p.headers() {
+        for (k, v) in h {
+            if k.as_str() != headers::DEAD_LETTER_REASON
+                && !k.as_str().starts_with("x-death")
+                && !k.as_str().starts_with("x-first-death")
+                && !k.as_str().starts_with("x-last-death")
+            {
+                table.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    p.clone().with_headers(table)
+}

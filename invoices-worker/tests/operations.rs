@@ -1,0 +1,330 @@
+//! Batches, competing consumers, outages, the delivery limit, the DLQ commands,
+//! dedupe retention and the invoice endpoint.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use contracts::{OrderCreatedV1, headers};
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, proxy::TcpProxy};
+use invoices_worker::{
+    dlq,
+    metrics::WorkerMetrics,
+    store,
+    worker::{Worker, WorkerSettings},
+};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable},
+};
+use plumbing::db::{Database, PoolOptions};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A running in-process worker.
+struct Running {
+    metrics: Arc<WorkerMetrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(db_url: &str, broker: &TestBroker, settings: WorkerSettings) -> Self {
+        let pool = plumbing::db::pool(
+            plumbing::db::parse_url(db_url).unwrap(),
+            PoolOptions {
+                max_size: 2,
+                wait_timeout: Duration::from_millis(500),
+            },
+        )
+        .unwrap();
+        let worker = Worker::new(pool, broker.url.clone(), broker.topology.clone(), settings);
+        let metrics = worker.metrics();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        eventually(Duration::from_secs(10), "the worker to consume", || async {
+            (metrics.broker_connected.get() == 1).then_some(())
+        })
+        .await;
+        Self {
+            metrics,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("worker did not stop")
+            .unwrap();
+    }
+}
+
+fn event(cents: i64) -> OrderCreatedV1 {
+    OrderCreatedV1 {
+        order_id: Uuid::now_v7(),
+        amount_cents: cents,
+        currency: "BRL".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+fn properties(message_id: Uuid) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(1));
+    BasicProperties::default()
+        .with_message_id(message_id.to_string().into())
+        .with_type("OrderCreated".into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(table)
+}
+
+async fn publish(broker: &TestBroker, message_id: Uuid, e: &OrderCreatedV1) {
+    broker
+        .publish_raw(&serde_json::to_vec(e).unwrap(), properties(message_id))
+        .await;
+}
+
+#[tokio::test]
+async fn the_same_message_to_two_competing_consumers_makes_one_invoice() {
+    let db = TestDatabase::migrated("worker_compete", Database::Invoices).await;
+    let broker = TestBroker::new();
+    broker.declare().await;
+    let settings = WorkerSettings {
+        prefetch: 1,
+        batch_size: 1,
+        ..WorkerSettings::default()
+    };
+    let a = Running::start(&db.url, &broker, settings).await;
+    let b = Running::start(&db.url, &broker, settings).await;
+    let e = event(500);
+    let id = Uuid::now_v7();
+
+    futures::future::join_all((0..5).map(|_| publish(&broker, id, &e))).await;
+
+    let handled = || {
+        a.metrics.invoiced.get()
+            + a.metrics.duplicates.get()
+            + b.metrics.invoiced.get()
+            + b.metrics.duplicates.get()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "five deliveries handled",
+        || async { (handled() == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(a.metrics.invoiced.get() + b.metrics.invoiced.get(), 1);
+    assert_eq!(db.count("invoices").await, 1);
+    assert!(
+        a.metrics.consumed.get() > 0 && b.metrics.consumed.get() > 0,
+        "both consumed"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_mixed_batch_is_settled_message_by_message() {
+    let db = TestDatabase::migrated("worker_batch", Database::Invoices).await;
+    let broker = TestBroker::new();
+    broker.declare().await;
+    let good: Vec<(Uuid, OrderCreatedV1)> =
+        (1..=3).map(|i| (Uuid::now_v7(), event(i * 100))).collect();
+    // Queued before the worker starts, so that they arrive as one batch.
+    for (id, e) in &good {
+        publish(&broker, *id, e).await;
+    }
+    publish(&broker, good[0].0, &good[0].1).await;
+    publish(&broker, good[1].0, &good[1].1).await;
+    broker
+        .publish_raw(b"not json", properties(Uuid::now_v7()))
+        .await;
+    broker
+        .publish_raw(
+            &serde_json::to_vec(&good[2].1).unwrap(),
+            properties(Uuid::now_v7()).with_type("Refund".into()),
+        )
+        .await;
+
+    let w = Running::start(&db.url, &broker, WorkerSettings::default()).await;
+    eventually(
+        Duration::from_secs(10),
+        "seven deliveries handled",
+        || async {
+            (w.metrics.invoiced.get()
+                + w.metrics.duplicates.get()
+                + w.metrics.dead_lettered_total()
+                == 7)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(w.metrics.invoiced.get(), 3);
+    assert_eq!(w.metrics.duplicates.get(), 2);
+    assert_eq!(w.metrics.dead_lettered_total(), 2);
+    assert_eq!(db.count("invoices").await, 3);
+    w.stop().await;
+    // Everything was acked or rejected: nothing returns to the queue at shutdown.
+    assert_eq!(
+        broker
+            .ready_count(&broker.topology.order_created_queue)
+            .await,
+        0
+    );
+    let listed = dlq::list(&broker.url, &broker.topology, 10).await.unwrap();
+    let mut reasons: Vec<&str> = listed
+        .iter()
+        .map(|m| m.reason.split(':').next().unwrap())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, vec!["malformed-body", "unknown-type"]);
+    // Listing leaves them in place.
+    assert_eq!(
+        broker.ready_count(&broker.topology.dead_letter_queue).await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_database_cut_acks_nothing_uncommitted_and_recovers() {
+    let db = TestDatabase::migrated("worker_cut", Database::Invoices).await;
+    let broker = TestBroker::new();
+    broker.declare().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let events: Vec<(Uuid, OrderCreatedV1)> =
+        (1..=50).map(|i| (Uuid::now_v7(), event(i))).collect();
+    proxy.cut();
+    let settings = WorkerSettings {
+        max_attempts: 1_000,
+        ..WorkerSettings::default()
+    };
+    let w = Running::start(&db.url_via(proxy.addr), &broker, settings).await;
+    for (id, e) in &events {
+        publish(&broker, *id, e).await;
+    }
+    eventually(Duration::from_secs(10), "the worker to retry", || async {
+        (w.metrics.retries.get() > 0).then_some(())
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(db.count("invoices").await, 0);
+    assert_eq!(
+        broker
+            .ready_count(&broker.topology.order_created_queue)
+            .await,
+        50,
+        "nothing acked that was not committed"
+    );
+
+    proxy.restore();
+    let w = Running::start(&db.url_via(proxy.addr), &broker, settings).await;
+    eventually(
+        Duration::from_secs(20),
+        "fifty invoices after recovery",
+        || async { (w.metrics.invoiced.get() == 50).then_some(()) },
+    )
+    .await;
+    assert_eq!(db.count("invoices").await, 50);
+    assert_eq!(db.count("processed_messages").await, 50);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_that_always_fails_transiently_ends_in_the_dlq_and_can_be_requeued() {
+    let db = TestDatabase::migrated("worker_limit", Database::Invoices).await;
+    let broker = TestBroker::new();
+    broker.declare().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    proxy.cut();
+    // One attempt per delivery: every delivery hands the message back at once.
+    let settings = WorkerSettings {
+        max_attempts: 1,
+        ..WorkerSettings::default()
+    };
+    let w = Running::start(&db.url_via(proxy.addr), &broker, settings).await;
+    let (id, e) = (Uuid::now_v7(), event(4242));
+    publish(&broker, id, &e).await;
+
+    eventually(
+        Duration::from_secs(30),
+        "the delivery limit to dead-letter it",
+        || async {
+            (broker.ready_count(&broker.topology.dead_letter_queue).await == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(w.metrics.requeued.get() >= contracts::topology::DELIVERY_LIMIT as u64);
+    let listed = dlq::list(&broker.url, &broker.topology, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].message_id.as_deref(),
+        Some(id.to_string().as_str())
+    );
+    assert!(
+        listed[0].reason.contains("delivery_limit"),
+        "{}",
+        listed[0].reason
+    );
+    w.stop().await;
+
+    // After the fix: requeue, and it is invoiced once.
+    proxy.restore();
+    let w = Running::start(&db.url, &broker, WorkerSettings::default()).await;
+    let n = dlq::requeue(
+        &broker.url,
+        &broker.topology,
+        &dlq::Selection::Messages(vec![id]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    eventually(
+        Duration::from_secs(10),
+        "the requeued message to be invoiced",
+        || async { (w.metrics.invoiced.get() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        broker.ready_count(&broker.topology.dead_letter_queue).await,
+        0
+    );
+    // Requeued again (say, by mistake): still one invoice.
+    publish(&broker, id, &e).await;
+    eventually(
+        Duration::from_secs(10),
+        "the copy to be skipped",
+        || async { (w.metrics.duplicates.get() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(db.count("invoices").await, 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn purge_keeps_dedupe_records_inside_the_window() {
+    let db = TestDatabase::migrated("worker_purge", Database::Invoices).await;
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO processed_messages (message_id, processed_at)
+             SELECT gen_random_uuid(), now() - interval '9 days' FROM generate_series(1, 25)
+             UNION ALL
+             SELECT gen_random_uuid(), now() - interval '7 days' FROM generate_series(1, 5)
+             UNION ALL
+             SELECT gen_random_uuid(), now() FROM generate_series(1, 5)",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let purged = store::purge_processed(&db.pool(), Duration::from_secs(8 * 86_400), 10)
+        .await
+        .unwrap();
+
+    assert_eq!(purged, 25);
+    assert_eq!(db.count("processed_messages").await, 10);
+}
