@@ -8,8 +8,10 @@
 
 pub mod broker;
 pub mod db;
+pub mod messages;
 pub mod process;
 pub mod proxy;
+pub mod worker;
 
 use std::{future::Future, time::Duration};
 

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
+use devkit::worker::RunningWorker;
 use devkit::{broker::TestBroker, db::TestDatabase, eventually};
-use invoices_worker::worker::{Worker, WorkerSettings};
+use invoices_worker::worker::WorkerSettings;
 use orders_api::{
     domain::{Amount, NewOrder},
     outbox::RequestContext,
 };
 use outbox_relay::{config::RelaySettings, publisher::Publisher, relay::Relay, store};
 use plumbing::db::Database;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
@@ -47,19 +47,8 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     drop(claim);
     drop(publisher);
 
-    let worker = Worker::new(
-        invoices.pool(),
-        broker.url.clone(),
-        broker.topology.clone(),
-        WorkerSettings {
-            prefetch: 10,
-            max_attempts: 1_000,
-            ..WorkerSettings::default()
-        },
-    );
-    let stats = worker.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = RunningWorker::start(&invoices.url, &broker, WorkerSettings::default()).await;
+    let stats = worker.metrics.clone();
     eventually(
         Duration::from_secs(10),
         "the first delivery to be invoiced",
@@ -101,8 +90,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     assert_eq!(rows[0].get::<_, uuid::Uuid>(0), order.id);
     assert_eq!(rows[0].get::<_, i64>(1), 1234);
     assert_eq!(stats.invoiced.get(), 1);
-    shutdown.cancel();
-    task.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -132,19 +120,8 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
         .unwrap();
         ids.push(order.id);
     }
-    let worker = Worker::new(
-        invoices.pool(),
-        broker.url.clone(),
-        broker.topology.clone(),
-        WorkerSettings {
-            prefetch: 10,
-            max_attempts: 1_000,
-            ..WorkerSettings::default()
-        },
-    );
-    let stats = worker.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = RunningWorker::start(&invoices.url, &broker, WorkerSettings::default()).await;
+    let stats = worker.metrics.clone();
     let mut relay = Relay::new(
         orders.pool(),
         plumbing::db::parse_url(&orders.url).unwrap(),
@@ -257,6 +234,5 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
             .await
             .is_err()
     );
-    shutdown.cancel();
-    task.await.unwrap();
+    worker.stop().await;
 }

@@ -3,88 +3,24 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use contracts::{OrderCreatedV1, headers};
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, proxy::TcpProxy};
-use invoices_worker::{
-    dlq,
-    metrics::WorkerMetrics,
-    store,
-    worker::{Worker, WorkerSettings},
+use contracts::OrderCreatedV1;
+use devkit::{
+    broker::TestBroker,
+    db::TestDatabase,
+    eventually,
+    messages::{body, order_created as event, properties},
+    proxy::TcpProxy,
+    worker::RunningWorker,
 };
-use lapin::{
-    BasicProperties,
-    types::{AMQPValue, FieldTable},
-};
-use plumbing::db::{Database, PoolOptions};
-use tokio_util::sync::CancellationToken;
+use invoices_worker::{dlq, store, worker::WorkerSettings};
+use plumbing::db::Database;
 use uuid::Uuid;
-
-/// A running in-process worker.
-struct Running {
-    metrics: Arc<WorkerMetrics>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(db_url: &str, broker: &TestBroker, settings: WorkerSettings) -> Self {
-        let pool = plumbing::db::pool(
-            plumbing::db::parse_url(db_url).unwrap(),
-            PoolOptions {
-                max_size: 2,
-                wait_timeout: Duration::from_millis(500),
-            },
-        )
-        .unwrap();
-        let worker = Worker::new(pool, broker.url.clone(), broker.topology.clone(), settings);
-        let metrics = worker.metrics();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(worker.run(shutdown.clone()));
-        eventually(Duration::from_secs(10), "the worker to consume", || async {
-            (metrics.broker_connected.get() == 1).then_some(())
-        })
-        .await;
-        Self {
-            metrics,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("worker did not stop")
-            .unwrap();
-    }
-}
-
-fn event(cents: i64) -> OrderCreatedV1 {
-    OrderCreatedV1 {
-        order_id: Uuid::now_v7(),
-        amount_cents: cents,
-        currency: "BRL".into(),
-        created_at: time::OffsetDateTime::now_utc(),
-    }
-}
-
-fn properties(message_id: Uuid) -> BasicProperties {
-    let mut table = FieldTable::default();
-    table.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(1));
-    BasicProperties::default()
-        .with_message_id(message_id.to_string().into())
-        .with_type("OrderCreated".into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(table)
-}
 
 async fn publish(broker: &TestBroker, message_id: Uuid, e: &OrderCreatedV1) {
     broker
-        .publish_raw(&serde_json::to_vec(e).unwrap(), properties(message_id))
+        .publish_raw(&body(e), properties(&message_id.to_string()))
         .await;
 }
 
@@ -98,8 +34,8 @@ async fn the_same_message_to_two_competing_consumers_makes_one_invoice() {
         batch_size: 1,
         ..WorkerSettings::default()
     };
-    let a = Running::start(&db.url, &broker, settings).await;
-    let b = Running::start(&db.url, &broker, settings).await;
+    let a = RunningWorker::start(&db.url, &broker, settings).await;
+    let b = RunningWorker::start(&db.url, &broker, settings).await;
     let e = event(500);
     let id = Uuid::now_v7();
 
@@ -141,16 +77,16 @@ async fn a_mixed_batch_is_settled_message_by_message() {
     publish(&broker, good[0].0, &good[0].1).await;
     publish(&broker, good[1].0, &good[1].1).await;
     broker
-        .publish_raw(b"not json", properties(Uuid::now_v7()))
+        .publish_raw(b"not json", properties(&Uuid::now_v7().to_string()))
         .await;
     broker
         .publish_raw(
             &serde_json::to_vec(&good[2].1).unwrap(),
-            properties(Uuid::now_v7()).with_type("Refund".into()),
+            properties(&Uuid::now_v7().to_string()).with_type("Refund".into()),
         )
         .await;
 
-    let w = Running::start(&db.url, &broker, WorkerSettings::default()).await;
+    let w = RunningWorker::start(&db.url, &broker, WorkerSettings::default()).await;
     eventually(
         Duration::from_secs(10),
         "seven deliveries handled",
@@ -202,7 +138,7 @@ async fn a_database_cut_acks_nothing_uncommitted_and_recovers() {
         max_attempts: 1_000,
         ..WorkerSettings::default()
     };
-    let w = Running::start(&db.url_via(proxy.addr), &broker, settings).await;
+    let w = RunningWorker::start(&db.url_via(proxy.addr), &broker, settings).await;
     for (id, e) in &events {
         publish(&broker, *id, e).await;
     }
@@ -221,7 +157,7 @@ async fn a_database_cut_acks_nothing_uncommitted_and_recovers() {
     );
 
     proxy.restore();
-    let w = Running::start(&db.url_via(proxy.addr), &broker, settings).await;
+    let w = RunningWorker::start(&db.url_via(proxy.addr), &broker, settings).await;
     eventually(
         Duration::from_secs(20),
         "fifty invoices after recovery",
@@ -245,7 +181,7 @@ async fn a_message_that_always_fails_transiently_ends_in_the_dlq_and_can_be_requ
         max_attempts: 1,
         ..WorkerSettings::default()
     };
-    let w = Running::start(&db.url_via(proxy.addr), &broker, settings).await;
+    let w = RunningWorker::start(&db.url_via(proxy.addr), &broker, settings).await;
     let (id, e) = (Uuid::now_v7(), event(4242));
     publish(&broker, id, &e).await;
 
@@ -273,7 +209,7 @@ async fn a_message_that_always_fails_transiently_ends_in_the_dlq_and_can_be_requ
 
     // After the fix: requeue, and it is invoiced once.
     proxy.restore();
-    let w = Running::start(&db.url, &broker, WorkerSettings::default()).await;
+    let w = RunningWorker::start(&db.url, &broker, WorkerSettings::default()).await;
     let n = dlq::requeue(
         &broker.url,
         &broker.topology,

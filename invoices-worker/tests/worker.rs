@@ -5,25 +5,27 @@
 use std::{sync::Arc, time::Duration};
 
 use contracts::{OrderCreatedV1, headers};
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, proxy::TcpProxy};
-use invoices_worker::{
-    metrics::WorkerMetrics,
-    worker::{Worker, WorkerSettings},
+use devkit::{
+    broker::TestBroker,
+    db::TestDatabase,
+    eventually,
+    messages::{body, order_created as event, properties},
+    proxy::TcpProxy,
+    worker::RunningWorker,
 };
+use invoices_worker::{metrics::WorkerMetrics, worker::WorkerSettings};
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
 };
-use plumbing::db::{Database, PoolOptions};
-use tokio_util::sync::CancellationToken;
+use plumbing::db::Database;
 use uuid::Uuid;
 
 struct Fixture {
     db: TestDatabase,
     broker: TestBroker,
     stats: Arc<WorkerMetrics>,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    worker: RunningWorker,
 }
 
 impl Fixture {
@@ -37,37 +39,17 @@ impl Fixture {
         let broker = TestBroker::new();
         broker.declare().await;
         let url = proxy.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr));
-        let pool = plumbing::db::pool(
-            plumbing::db::parse_url(&url).unwrap(),
-            PoolOptions {
-                max_size: 2,
-                wait_timeout: Duration::from_secs(1),
-            },
-        )
-        .unwrap();
-        let worker = Worker::new(
-            pool,
-            broker.url.clone(),
-            broker.topology.clone(),
-            WorkerSettings {
-                prefetch: 20,
-                max_attempts: 1_000,
-                ..WorkerSettings::default()
-            },
-        );
-        let stats = worker.metrics();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(worker.run(shutdown.clone()));
-        eventually(Duration::from_secs(10), "the worker to consume", || async {
-            (stats.broker_connected.get() == 1).then_some(())
-        })
-        .await;
+        let settings = WorkerSettings {
+            prefetch: 20,
+            max_attempts: 1_000,
+            ..WorkerSettings::default()
+        };
+        let worker = RunningWorker::start(&url, &broker, settings).await;
         Self {
             db,
             broker,
-            stats,
-            shutdown,
-            task: Some(task),
+            stats: worker.metrics.clone(),
+            worker,
         }
     }
 
@@ -86,39 +68,9 @@ impl Fixture {
             .collect()
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("worker did not stop")
-                .unwrap();
-        }
+    async fn stop(self) {
+        self.worker.stop().await;
     }
-}
-
-fn event(cents: i64) -> OrderCreatedV1 {
-    OrderCreatedV1 {
-        order_id: Uuid::now_v7(),
-        amount_cents: cents,
-        currency: "BRL".into(),
-        created_at: time::OffsetDateTime::now_utc(),
-    }
-}
-
-fn properties(message_id: &str) -> BasicProperties {
-    let mut table = FieldTable::default();
-    table.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(1));
-    BasicProperties::default()
-        .with_message_id(message_id.into())
-        .with_type("OrderCreated".into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(table)
-}
-
-fn body(e: &OrderCreatedV1) -> Vec<u8> {
-    serde_json::to_vec(e).unwrap()
 }
 
 #[tokio::test]

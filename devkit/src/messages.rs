@@ -1,0 +1,37 @@
+//! Valid `OrderCreated` messages, as a test or a benchmark publishes them.
+
+use contracts::{OrderCreatedV1, headers};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable},
+};
+
+/// A new order's event with a fresh order id.
+#[must_use]
+pub fn order_created(cents: i64) -> OrderCreatedV1 {
+    OrderCreatedV1 {
+        order_id: uuid::Uuid::now_v7(),
+        amount_cents: cents,
+        currency: "BRL".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// The AMQP properties the relay sends with an `OrderCreated` v1 event.
+#[must_use]
+pub fn properties(message_id: &str) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(1));
+    BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_type("OrderCreated".into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(table)
+}
+
+/// The JSON body of an event.
+#[must_use]
+pub fn body(event: &OrderCreatedV1) -> Vec<u8> {
+    serde_json::to_vec(event).unwrap_or_default()
+}
