@@ -68,12 +68,29 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
             )
         }
     });
-    let expected: BTreeMap<String, i64> =
+    let mut expected: BTreeMap<String, i64> =
         futures::future::join_all(posts).await.into_iter().collect();
     assert_eq!(expected.len(), 40);
+    // A client retrying with an Idempotency-Key: one order, one invoice.
+    let mut retried = Vec::new();
+    for _ in 0..3 {
+        let res = http
+            .post(format!("{}/orders", api.base_url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "e2e-retry")
+            .body(r#"{"amount": 77.70}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let body: Value = res.json().await.unwrap();
+        retried.push(body["id"].as_str().unwrap().to_owned());
+    }
+    assert!(retried.iter().all(|id| *id == retried[0]));
+    expected.insert(retried[0].clone(), 7770);
 
     let invoices = invoices_db.client().await;
-    let got: BTreeMap<String, i64> = eventually(Duration::from_secs(30), "40 invoices", || async {
+    let got: BTreeMap<String, i64> = eventually(Duration::from_secs(30), "41 invoices", || async {
         let rows = invoices
             .query("SELECT order_id::text, amount_cents FROM invoices", &[])
             .await
@@ -87,7 +104,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(invoice_count, 40, "no second invoice for any order");
+    assert_eq!(invoice_count, 41, "no second invoice for any order");
     assert_eq!(
         broker.ready_count(&broker.topology.dead_letter_queue).await,
         0
@@ -122,7 +139,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("invoices_invoiced_total 40"), "{metrics}");
+    assert!(metrics.contains("invoices_invoiced_total 41"), "{metrics}");
 
     // SIGTERM: each drains and exits 0.
     for service in [&api, &relay, &worker] {

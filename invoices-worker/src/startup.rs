@@ -90,42 +90,6 @@ async fn invoice(State(state): State<HttpState>, Path(order_id): Path<String>) -
     }
 }
 
-/// Purges old dedupe records every `interval`, one worker at a time.
-async fn purge_loop(
-    pool: Pool,
-    metrics: Arc<WorkerMetrics>,
-    retention: Duration,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let result = async {
-            let client = pool.get().await.map_err(store::StoreError::from)?;
-            if !plumbing::db::try_lock(&client, PURGE_LOCK_KEY).await? {
-                return Ok(0);
-            }
-            let purged = store::purge_processed(&pool, retention, 1_000).await;
-            plumbing::db::unlock(&client, PURGE_LOCK_KEY).await;
-            purged
-        }
-        .await;
-        match result {
-            Ok(0) => {}
-            Ok(purged) => {
-                metrics.purged.inc_by(purged);
-                tracing::info!(purged, ?retention, "purged old dedupe records");
-            }
-            Err(e) => tracing::warn!(error = %e, "scheduled dedupe purge failed"),
-        }
-    }
-}
-
 impl plumbing::cli::Service for Application {
     type Config = Config;
     const NAME: &'static str = "invoices-worker";
@@ -182,12 +146,21 @@ impl plumbing::cli::Service for Application {
     /// # Errors
     /// The HTTP server's I/O error.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tokio::spawn(purge_loop(
+        let (pool, metrics, retention) = (self.pool.clone(), self.metrics, self.dedupe_retention);
+        tokio::spawn(plumbing::db::every_as_leader(
             self.pool,
-            self.metrics,
-            self.dedupe_retention,
+            PURGE_LOCK_KEY,
             self.purge_interval,
             shutdown.clone(),
+            "purge of old dedupe records",
+            move || {
+                let (pool, metrics) = (pool.clone(), metrics.clone());
+                async move {
+                    let purged = store::purge_processed(&pool, retention, 1_000).await?;
+                    metrics.purged.inc_by(purged);
+                    Ok(purged)
+                }
+            },
         ));
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
         plumbing::http::serve_alongside(self.listener, self.router, shutdown, worker).await

@@ -22,6 +22,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `DEFAULT_CURRENCY`: currency of orders that name none (default BRL).
     pub default_currency: String,
+    /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` is remembered
+    /// (default 24h); expired keys are purged hourly by one API replica.
+    pub idempotency_key_ttl: Duration,
 }
 
 impl Config {
@@ -39,6 +42,7 @@ impl Config {
             request_timeout: duration_or("REQUEST_TIMEOUT", Duration::from_secs(10))?,
             max_body_bytes: parse_or("MAX_BODY_BYTES", 64 * 1024)?,
             default_currency: var_or("DEFAULT_CURRENCY", "BRL"),
+            idempotency_key_ttl: duration_or("IDEMPOTENCY_KEY_TTL", Duration::from_secs(86_400))?,
         })
     }
 }

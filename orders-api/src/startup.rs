@@ -15,7 +15,12 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    pool: deadpool_postgres::Pool,
+    key_ttl: std::time::Duration,
 }
+
+/// Advisory lock key that lets one API replica at a time purge expired keys.
+const PURGE_LOCK_KEY: i64 = 0x6964_656d; // "idem"
 
 impl Application {
     /// The port the API listens on.
@@ -56,7 +61,7 @@ impl plumbing::cli::Service for Application {
             .await
             .context("cannot prepare the orders database")?;
         let state = AppState {
-            pool,
+            pool: pool.clone(),
             default_currency: Arc::from(config.default_currency.as_str()),
         };
         let router = routes::router(
@@ -67,7 +72,12 @@ impl plumbing::cli::Service for Application {
             },
         );
         let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            pool,
+            key_ttl: config.idempotency_key_ttl,
+        })
     }
 
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
@@ -75,6 +85,18 @@ impl plumbing::cli::Service for Application {
     /// # Errors
     /// The server's I/O error.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (pool, ttl) = (self.pool.clone(), self.key_ttl);
+        tokio::spawn(plumbing::db::every_as_leader(
+            self.pool,
+            PURGE_LOCK_KEY,
+            std::time::Duration::from_secs(3_600),
+            shutdown.clone(),
+            "purge of expired idempotency keys",
+            move || {
+                let pool = pool.clone();
+                async move { Ok(crate::store::purge_keys(&pool, ttl).await?) }
+            },
+        ));
         plumbing::http::serve(self.listener, self.router, shutdown)
             .await
             .context("HTTP server failed")

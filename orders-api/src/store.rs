@@ -24,6 +24,62 @@ INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema
 SELECT $5, $6, new_order.id, $7, $8, $9, $10, $4 FROM new_order
 RETURNING pg_notify($11, '')";
 
+/// The same, once per `Idempotency-Key`: the key row (with the response) is
+/// inserted first; if the key exists, nothing else is written. A concurrent request
+/// with the same key waits on the key's unique index until the first commits.
+const INSERT_ORDER_AND_EVENT_ONCE: &str = "
+WITH idem AS (
+    INSERT INTO idempotency_keys (key, fingerprint, order_id, response_status, response_body)
+    VALUES ($12, $13, $1, 201, $14)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+), new_order AS (
+    INSERT INTO orders (id, amount_cents, currency, created_at)
+    SELECT $1, $2, $3, $4 FROM idem
+    RETURNING id
+)
+INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version,
+                    payload, headers, created_at)
+SELECT $5, $6, new_order.id, $7, $8, $9, $10, $4 FROM new_order
+RETURNING pg_notify($11, '')";
+
+/// Namespace of message ids derived from idempotency keys (UUIDv5).
+const KEY_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a2b_8d4f_4e6a_9b3c_0f1d_2e3a_4b5c);
+
+/// A client's `Idempotency-Key` and what its request asked for.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The key, 1–255 visible ASCII characters.
+    pub key: String,
+    /// What the request asked for; a retry must ask for the same.
+    pub fingerprint: String,
+}
+
+impl IdempotencyKey {
+    /// The message id of the key's event: the same for every retry, so the whole
+    /// chain (outbox, broker, worker) dedupes on one identity.
+    #[must_use]
+    pub fn message_id(&self) -> Uuid {
+        Uuid::new_v5(&KEY_NAMESPACE, self.key.as_bytes())
+    }
+}
+
+/// What a keyed creation did.
+#[derive(Debug)]
+pub enum Keyed {
+    /// The order was created now.
+    Created(Order),
+    /// The key was used before for the same request: its stored response.
+    Replayed {
+        /// The stored status.
+        status: u16,
+        /// The stored body.
+        body: serde_json::Value,
+    },
+    /// The key was used before for a different request.
+    Mismatch,
+}
+
 /// Creates an order with its event.
 ///
 /// # Errors
@@ -34,40 +90,145 @@ pub async fn create_order(
     new: &NewOrder,
     context: &RequestContext,
 ) -> Result<Order, ApiError> {
+    let (order, event) = prepare(new, context, None);
+    let written = insert(pool, &order, &event, None).await?;
+    if written != 1 {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "order insert wrote {written} outbox rows instead of 1"
+        )));
+    }
+    Ok(order)
+}
+
+/// Creates an order with its event once per idempotency key.
+///
+/// # Errors
+/// As [`create_order`].
+pub async fn create_order_once(
+    pool: &Pool,
+    new: &NewOrder,
+    context: &RequestContext,
+    key: &IdempotencyKey,
+) -> Result<Keyed, ApiError> {
+    let (order, event) = prepare(new, context, Some(key));
+    if insert(pool, &order, &event, Some(key)).await? == 1 {
+        return Ok(Keyed::Created(order));
+    }
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT fingerprint, response_status, response_body FROM idempotency_keys WHERE key = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[&key.key]).await? else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "idempotency key {:?} neither inserted nor found",
+            key.key
+        )));
+    };
+    let fingerprint: String = row.try_get(0)?;
+    if fingerprint != key.fingerprint {
+        return Ok(Keyed::Mismatch);
+    }
+    let status: i16 = row.try_get(1)?;
+    Ok(Keyed::Replayed {
+        status: u16::try_from(status).unwrap_or(500),
+        body: row.try_get(2)?,
+    })
+}
+
+fn prepare(
+    new: &NewOrder,
+    context: &RequestContext,
+    key: Option<&IdempotencyKey>,
+) -> (Order, OutboxEvent) {
     let order = Order {
         id: new.id,
         amount: new.amount,
         currency: new.currency.clone(),
         created_at: now_micros(),
     };
-    let event = OutboxEvent::order_created(&order, context);
+    let mut event = OutboxEvent::order_created(&order, context);
+    if let Some(key) = key {
+        event.message_id = key.message_id();
+    }
+    (order, event)
+}
+
+/// Runs the insert; returns the number of outbox rows written (0 when the key
+/// existed).
+async fn insert(
+    pool: &Pool,
+    order: &Order,
+    event: &OutboxEvent,
+    key: Option<&IdempotencyKey>,
+) -> Result<u64, ApiError> {
     let client = pool.get().await?;
-    let statement = client.prepare_cached(INSERT_ORDER_AND_EVENT).await?;
-    let inserted = client
-        .execute(
-            &statement,
-            &[
-                &order.id,
-                &order.amount.cents(),
-                &order.currency,
-                &order.created_at,
-                &event.message_id,
-                &event.aggregate_type,
-                &event.event_type,
-                &event.schema_version,
-                &event.payload,
-                &event.headers,
-                &plumbing::db::OUTBOX_CHANNEL,
-            ],
+    let base: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &order.id,
+        &order.amount.cents(),
+        &order.currency,
+        &order.created_at,
+        &event.message_id,
+        &event.aggregate_type,
+        &event.event_type,
+        &event.schema_version,
+        &event.payload,
+        &event.headers,
+        &plumbing::db::OUTBOX_CHANNEL,
+    ];
+    let written = match key {
+        None => {
+            let statement = client.prepare_cached(INSERT_ORDER_AND_EVENT).await?;
+            client.execute(&statement, &base).await?
+        }
+        Some(key) => {
+            let body = serde_json::to_value(
+                order
+                    .to_body()
+                    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?,
+            )
+            .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+            let statement = client.prepare_cached(INSERT_ORDER_AND_EVENT_ONCE).await?;
+            let mut params = base.to_vec();
+            params.extend([
+                &key.key as &(dyn tokio_postgres::types::ToSql + Sync),
+                &key.fingerprint,
+                &body,
+            ]);
+            client.execute(&statement, &params).await?
+        }
+    };
+    if written == 1 {
+        tracing::debug!(order_id = %order.id, message_id = %event.message_id, amount_cents = order.amount.cents(), "order created");
+    }
+    Ok(written)
+}
+
+/// Deletes idempotency keys older than `older_than`, in batches; returns how many.
+///
+/// # Errors
+/// As [`create_order`].
+pub async fn purge_keys(pool: &Pool, older_than: std::time::Duration) -> Result<u64, ApiError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE key IN (
+                 SELECT key FROM idempotency_keys
+                 WHERE created_at < now() - $1 * interval '1 second'
+                 ORDER BY created_at LIMIT 1000)",
         )
         .await?;
-    if inserted != 1 {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "order insert wrote {inserted} outbox rows instead of 1"
-        )));
+    let mut total = 0;
+    loop {
+        let deleted = client
+            .execute(&statement, &[&older_than.as_secs_f64()])
+            .await?;
+        total += deleted;
+        if deleted < 1000 {
+            return Ok(total);
+        }
     }
-    tracing::info!(order_id = %order.id, message_id = %event.message_id, amount_cents = order.amount.cents(), "order created");
-    Ok(order)
 }
 
 /// Looks an order up by id.

@@ -36,6 +36,7 @@ impl TestApp {
             request_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
             default_currency: "BRL".into(),
+            idempotency_key_ttl: Duration::from_secs(86_400),
         };
         let shutdown = CancellationToken::new();
         let app = Application::build(&config, &shutdown).await.unwrap();
@@ -486,4 +487,94 @@ async fn database_outage_is_a_quick_503_then_recovers() {
     assert_eq!(amounts.first(), Some(&100));
     assert!(!amounts.contains(&200), "{amounts:?}");
     assert_eq!(app.rows().await.0, app.rows().await.1);
+}
+
+async fn post_with_key(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/orders", app.base))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_gets_the_same_answer_and_creates_nothing() {
+    let app = TestApp::spawn().await;
+
+    let first = post_with_key(&app, "retry-1", r#"{"amount": 29.99}"#).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let location = first.headers()["location"].clone();
+    let first: Value = first.json().await.unwrap();
+    // The same request, written differently: still the same order.
+    let retry = post_with_key(&app, "retry-1", r#"{"amount":"29.990"}"#).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["location"], location);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+
+    assert_eq!(retry, first);
+    assert_eq!(app.rows().await, (1, 1));
+    // The event's message id is derived from the key.
+    let message_id: uuid::Uuid = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT message_id FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(message_id.get_version_num(), 5);
+    // Requests without a key still work, each creating an order.
+    app.post(r#"{"amount": 1}"#).await;
+    app.post(r#"{"amount": 1}"#).await;
+    assert_eq!(app.rows().await, (3, 3));
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_refused() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        post_with_key(&app, "k", r#"{"amount": 10}"#).await.status(),
+        StatusCode::CREATED
+    );
+
+    let res = post_with_key(&app, "k", r#"{"amount": 11}"#).await;
+
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "idempotency_key_reused");
+    assert_eq!(app.rows().await, (1, 1));
+    for bad in ["", &"x".repeat(256), "tab\there"] {
+        let res = app
+            .http
+            .post(format!("{}/orders", app.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", bad)
+            .body(r#"{"amount": 1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_create_one_order() {
+    let app = TestApp::spawn().await;
+
+    let responses = futures::future::join_all(
+        (0..8).map(|_| post_with_key(&app, "concurrent", r#"{"amount": 5}"#)),
+    )
+    .await;
+
+    let mut bodies = Vec::new();
+    for r in responses {
+        assert_eq!(r.status(), StatusCode::CREATED);
+        bodies.push(r.json::<Value>().await.unwrap());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    assert_eq!(app.rows().await, (1, 1));
 }

@@ -327,6 +327,51 @@ pub async fn unlock(client: &Client, key: i64) {
     }
 }
 
+/// Runs `job` every `interval` until `shutdown`, on one replica at a time (the one
+/// that gets the advisory lock `key`); logs what it did as `what`. For retention
+/// purges.
+pub async fn every_as_leader<F, Fut>(
+    pool: Pool,
+    key: i64,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &'static str,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "scheduled job skipped: no database connection");
+                continue;
+            }
+        };
+        match try_lock(&client, key).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "scheduled job skipped");
+                continue;
+            }
+        }
+        match job().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, what, "scheduled job done"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), what, "scheduled job failed"),
+        }
+        unlock(&client, key).await;
+    }
+}
+
 /// The `migrate` command of each binary: create the database if needed, apply its
 /// migrations, log the result.
 ///

@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use super::{AppState, REQUEST_ID};
 use crate::{
-    domain::{CreateOrderRequest, NewOrder, order::OrderError},
+    domain::{CreateOrderRequest, NewOrder, Order, order::OrderError},
     error::ApiError,
     extract::JsonBody,
     outbox::{RequestContext, is_valid_traceparent},
-    store,
+    store::{self, IdempotencyKey, Keyed},
 };
 
 /// Creates an order: 201 with the order and its `Location`.
@@ -34,18 +34,75 @@ pub async fn create(
         }
     })?;
     let context = request_context(&headers);
-    let order = store::create_order(&state.pool, &new, &context).await?;
+    let Some(key) = idempotency_key(&headers, &new)? else {
+        let order = store::create_order(&state.pool, &new, &context).await?;
+        return created(&order);
+    };
+    match store::create_order_once(&state.pool, &new, &context, &key).await? {
+        Keyed::Created(order) => created(&order),
+        Keyed::Replayed { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+            let mut response = (status, Json(&body)).into_response();
+            if let Some(id) = body.get("id").and_then(|v| v.as_str()) {
+                response
+                    .headers_mut()
+                    .insert(header::LOCATION, location(id)?);
+            }
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Keyed::Mismatch => Err(ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            detail: "this Idempotency-Key was used for a different request".into(),
+        }),
+    }
+}
+
+/// Header of a response replayed for a repeated `Idempotency-Key`.
+const IDEMPOTENT_REPLAYED: header::HeaderName =
+    header::HeaderName::from_static("idempotent-replayed");
+
+fn created(order: &Order) -> Result<Response, ApiError> {
     let body = order
         .to_body()
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
-    let location = HeaderValue::from_str(&format!("/orders/{}", order.id))
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
+        [(header::LOCATION, location(&order.id.to_string())?)],
         Json(body),
     )
         .into_response())
+}
+
+fn location(id: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!("/orders/{id}"))
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
+}
+
+/// The `Idempotency-Key` header (1–255 visible ASCII characters), with what the
+/// request asks for: the amount in cents and the currency, so that `29.99` and
+/// `"29.990"` are the same request.
+fn idempotency_key(
+    headers: &HeaderMap,
+    new: &NewOrder,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::BadRequest {
+            code: "invalid_idempotency_key",
+            detail: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        })?;
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        fingerprint: format!("{} {}", new.amount.cents(), new.currency),
+    }))
 }
 
 /// Returns one order, 404 when unknown, 400 when the id is not a UUID.
