@@ -158,6 +158,10 @@ impl Worker {
         self.metrics.broker_connected.set(1);
         tracing::info!(queue = %self.topology.order_created_queue, prefetch = self.settings.prefetch, batch = self.settings.batch_size, "consuming");
 
+        // Whether every delivery so far was acked or rejected. Once a batch is left
+        // unsettled (shutdown during a database outage), no later batch may be
+        // acked: its `multiple` ack would cover the unsettled deliveries too.
+        let mut all_settled = true;
         loop {
             let first = tokio::select! {
                 biased;
@@ -169,7 +173,10 @@ impl Worker {
                 },
             };
             let batch = self.take_ready(&mut consumer, first)?;
-            self.handle_batch(batch, &dead_letters, shutdown).await?;
+            if !self.handle_batch(batch, &dead_letters, shutdown).await? {
+                all_settled = false;
+                break;
+            }
         }
 
         // Stop the flow, then finish what the broker already handed us, so that a
@@ -178,13 +185,20 @@ impl Worker {
             .basic_cancel(short_string(&tag), BasicCancelOptions::default())
             .await?;
         let drain = async {
-            while let Some(Ok(first)) = consumer.next().await {
+            while all_settled {
+                let Some(Ok(first)) = consumer.next().await else {
+                    break;
+                };
                 let Ok(batch) = self.take_ready(&mut consumer, first) else {
                     break;
                 };
-                if let Err(e) = self.handle_batch(batch, &dead_letters, shutdown).await {
-                    tracing::warn!(error = %e, "could not finish deliveries during shutdown");
-                    break;
+                match self.handle_batch(batch, &dead_letters, shutdown).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not finish deliveries during shutdown");
+                        break;
+                    }
                 }
             }
         };
@@ -221,14 +235,16 @@ impl Worker {
 
     /// Handles a batch: malformed deliveries are dead-lettered, the rest are stored
     /// in one transaction and acknowledged (one `multiple` ack) only after it
-    /// committed. Errors are channel failures: unacknowledged deliveries stay with
-    /// the broker, which redelivers them.
+    /// committed. Returns whether every delivery of the batch was settled (acked,
+    /// rejected or handed back); `false` only when shutdown interrupted a retry.
+    /// Errors are channel failures: unacknowledged deliveries stay with the
+    /// broker, which redelivers them.
     async fn handle_batch(
         &self,
         deliveries: Vec<Delivery>,
         dead_letters: &Channel,
         shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<bool, lapin::Error> {
         let started = Instant::now();
         self.metrics.consumed.inc_by(deliveries.len() as u64);
         self.metrics.batch_size.observe(deliveries.len() as f64);
@@ -247,13 +263,15 @@ impl Worker {
             }
         }
         if good.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let Some(outcomes) = self
+        let outcomes = match self
             .store_with_retries(&good, dead_letters, shutdown)
             .await?
-        else {
-            return Ok(());
+        {
+            Stored::Done(outcomes) => outcomes,
+            Stored::Settled => return Ok(true),
+            Stored::Interrupted => return Ok(false),
         };
         let now = OffsetDateTime::now_utc();
         for ((_, decoded), handled) in good.iter().zip(&outcomes) {
@@ -285,18 +303,17 @@ impl Worker {
         self.metrics
             .handle_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(true)
     }
 
     /// Stores the batch, retrying transient errors with backoff (in place: a
     /// database outage must not use up the messages' delivery limits at once).
-    /// Returns `None` when the batch was handed back or dead-lettered instead.
     async fn store_with_retries(
         &self,
         good: &[(Delivery, Decoded)],
         dead_letters: &Channel,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<Handled>>, lapin::Error> {
+    ) -> Result<Stored, lapin::Error> {
         let events: Vec<(uuid::Uuid, &contracts::OrderCreatedV1)> = good
             .iter()
             .map(|(_, d)| {
@@ -309,14 +326,14 @@ impl Worker {
         loop {
             attempt += 1;
             match store::record_invoices(&self.pool, &events).await {
-                Ok(outcomes) => return Ok(Some(outcomes)),
+                Ok(outcomes) => return Ok(Stored::Done(outcomes)),
                 Err(e) if e.is_transient() && attempt < self.settings.max_attempts => {
                     self.metrics.retries.inc();
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(batch = good.len(), attempt, error = %e, cause = %plumbing::telemetry::error_chain(&e), retry_in = ?delay, "invoices not stored; retrying");
                     tokio::select! {
                         // Not acked: the broker redelivers them after we disconnect.
-                        () = shutdown.cancelled() => return Ok(None),
+                        () = shutdown.cancelled() => return Ok(Stored::Interrupted),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -331,7 +348,7 @@ impl Worker {
                             })
                             .await?;
                     }
-                    return Ok(None);
+                    return Ok(Stored::Settled);
                 }
                 Err(e) if good.len() > 1 => {
                     // A permanent error: find the message that causes it by storing
@@ -340,7 +357,7 @@ impl Worker {
                     return self
                         .store_one_by_one(good, dead_letters)
                         .await
-                        .map(|()| None);
+                        .map(|()| Stored::Settled);
                 }
                 Err(e) => {
                     self.dead_letter(
@@ -350,7 +367,7 @@ impl Worker {
                         &reason_of(&e),
                     )
                     .await?;
-                    return Ok(None);
+                    return Ok(Stored::Settled);
                 }
             }
         }
@@ -439,6 +456,16 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// What storing a batch came to.
+enum Stored {
+    /// Committed: the outcomes, one per message, still to be acked.
+    Done(Vec<Handled>),
+    /// Every delivery was settled another way (dead-lettered, handed back).
+    Settled,
+    /// Shutdown interrupted the retries: nothing settled.
+    Interrupted,
 }
 
 fn reason_of(e: &StoreError) -> String {
