@@ -185,7 +185,10 @@ impl Worker {
             .basic_cancel(short_string(&tag), BasicCancelOptions::default())
             .await?;
         let drain = async {
-            while all_settled {
+            if !all_settled {
+                return;
+            }
+            loop {
                 let Some(Ok(first)) = consumer.next().await else {
                     break;
                 };
