@@ -441,8 +441,12 @@ impl Worker {
                 properties,
             )
             .await;
+        // Bounded: a dead-letter queue without quorum must not hang the worker.
         let confirmed = match published {
-            Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(None))),
+            Ok(confirm) => matches!(
+                tokio::time::timeout(Duration::from_secs(10), confirm).await,
+                Ok(Ok(Confirmation::Ack(None)))
+            ),
             Err(_) => false,
         };
         self.metrics.dead_letter(code);

@@ -43,9 +43,6 @@ INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema
 SELECT $5, $6, new_order.id, $7, $8, $9, $10, $4 FROM new_order
 RETURNING pg_notify($11, '')";
 
-/// Namespace of message ids derived from idempotency keys (UUIDv5).
-const KEY_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a2b_8d4f_4e6a_9b3c_0f1d_2e3a_4b5c);
-
 /// A client's `Idempotency-Key` and what its request asked for.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
@@ -53,15 +50,6 @@ pub struct IdempotencyKey {
     pub key: String,
     /// What the request asked for; a retry must ask for the same.
     pub fingerprint: String,
-}
-
-impl IdempotencyKey {
-    /// The message id of the key's event: the same for every retry, so the whole
-    /// chain (outbox, broker, worker) dedupes on one identity.
-    #[must_use]
-    pub fn message_id(&self) -> Uuid {
-        Uuid::new_v5(&KEY_NAMESPACE, self.key.as_bytes())
-    }
 }
 
 /// What a keyed creation did.
@@ -90,7 +78,7 @@ pub async fn create_order(
     new: &NewOrder,
     context: &RequestContext,
 ) -> Result<Order, ApiError> {
-    let (order, event) = prepare(new, context, None);
+    let (order, event) = prepare(new, context);
     let written = insert(pool, &order, &event, None).await?;
     if written != 1 {
         return Err(ApiError::Internal(anyhow::anyhow!(
@@ -110,7 +98,7 @@ pub async fn create_order_once(
     context: &RequestContext,
     key: &IdempotencyKey,
 ) -> Result<Keyed, ApiError> {
-    let (order, event) = prepare(new, context, Some(key));
+    let (order, event) = prepare(new, context);
     if insert(pool, &order, &event, Some(key)).await? == 1 {
         return Ok(Keyed::Created(order));
     }
@@ -137,21 +125,18 @@ pub async fn create_order_once(
     })
 }
 
-fn prepare(
-    new: &NewOrder,
-    context: &RequestContext,
-    key: Option<&IdempotencyKey>,
-) -> (Order, OutboxEvent) {
+fn prepare(new: &NewOrder, context: &RequestContext) -> (Order, OutboxEvent) {
     let order = Order {
         id: new.id,
         amount: new.amount,
         currency: new.currency.clone(),
         created_at: now_micros(),
     };
-    let mut event = OutboxEvent::order_created(&order, context);
-    if let Some(key) = key {
-        event.message_id = key.message_id();
-    }
+    // The key row makes sure a key yields one order and one event; the event keeps
+    // a fresh, time-ordered message id. (One derived from the key alone would be
+    // reused if the key were used again after it expired, and the worker would
+    // skip that second order's event as a duplicate.)
+    let event = OutboxEvent::order_created(&order, context);
     (order, event)
 }
 

@@ -517,16 +517,19 @@ async fn a_retry_with_the_same_key_gets_the_same_answer_and_creates_nothing() {
 
     assert_eq!(retry, first);
     assert_eq!(app.rows().await, (1, 1));
-    // The event's message id is derived from the key.
-    let message_id: uuid::Uuid = app
+    // One key row, pointing at the one order.
+    let key_order: uuid::Uuid = app
         .db
         .client()
         .await
-        .query_one("SELECT message_id FROM outbox", &[])
+        .query_one(
+            "SELECT order_id FROM idempotency_keys WHERE key = 'retry-1'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(message_id.get_version_num(), 5);
+    assert_eq!(key_order.to_string(), first["id"].as_str().unwrap());
     // Requests without a key still work, each creating an order.
     app.post(r#"{"amount": 1}"#).await;
     app.post(r#"{"amount": 1}"#).await;

@@ -71,7 +71,7 @@ impl Config {
     /// [`ConfigError`] naming the variable that does not parse.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = RelaySettings::default();
-        Ok(Self {
+        let config = Self {
             service: ServiceConfig::from_env(ServiceDefaults {
                 database_url: DEFAULT_DATABASE_URL,
                 port: 3335,
@@ -93,6 +93,48 @@ impl Config {
                     .max(Duration::from_secs(1)),
                 purge_batch: parse_or("RELAY_PURGE_BATCH", d.purge_batch)?.clamp(1, 100_000),
             },
-        })
+        };
+        config.relay.validate()?;
+        Ok(config)
+    }
+}
+
+impl RelaySettings {
+    /// Checks that the settings fit together.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a claim could be aborted by the server while its batch
+    /// is still being published: a pipelined claim stays open for up to three
+    /// confirm timeouts (publish, confirms, then the next batch's confirms while it
+    /// is recorded), so `RELAY_CLAIM_MAX_IDLE` must be at least that.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_idle < self.confirm_timeout * 3 {
+            return Err(ConfigError {
+                name: "RELAY_CLAIM_MAX_IDLE".into(),
+                value: format!("{:?}", self.max_idle),
+                reason: format!(
+                    "must be at least three times RELAY_CONFIRM_TIMEOUT ({:?})",
+                    self.confirm_timeout
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_must_outlive_its_publishing() {
+        assert!(RelaySettings::default().validate().is_ok());
+        let too_short = RelaySettings {
+            max_idle: Duration::from_secs(20),
+            confirm_timeout: Duration::from_secs(10),
+            ..RelaySettings::default()
+        };
+        let err = too_short.validate().unwrap_err();
+        assert_eq!(err.name, "RELAY_CLAIM_MAX_IDLE");
     }
 }

@@ -71,7 +71,7 @@ impl Publisher {
         confirm_timeout: Duration,
         extra_headers: &[(&'static str, String)],
     ) -> Vec<Outcome> {
-        self.start(rows, extra_headers)
+        self.start(rows, extra_headers, confirm_timeout)
             .await
             .settle(confirm_timeout)
             .await
@@ -79,11 +79,14 @@ impl Publisher {
 
     /// Publishes `rows` without waiting for the confirms: the broker works on them
     /// while the caller does something else (records the previous batch, claims the
-    /// next one). [`InFlight::settle`] collects the outcomes.
+    /// next one). [`InFlight::settle`] collects the outcomes. Writing the batch may
+    /// take at most `write_timeout` (a broker that blocks publishers, a stalled
+    /// connection); rows not written by then are lost.
     pub async fn start(
         &self,
         rows: &[OutboxRow],
         extra_headers: &[(&'static str, String)],
+        write_timeout: Duration,
     ) -> InFlight {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
         let mut publishes = Vec::with_capacity(rows.len());
@@ -112,7 +115,18 @@ impl Publisher {
         // them together (polled in order, so frames and delivery tags keep the rows'
         // order) lets the whole batch go out in a few writes instead of one
         // cross-thread round trip per message.
-        let results = futures::future::join_all(publishes).await;
+        let Ok(results) =
+            tokio::time::timeout(write_timeout, futures::future::join_all(publishes)).await
+        else {
+            let reason = format!("publishing took longer than {write_timeout:?}");
+            for i in indices {
+                outcomes[i] = Some(Outcome::Lost(reason.clone()));
+            }
+            return InFlight {
+                outcomes,
+                pending: Vec::new(),
+            };
+        };
         let mut pending = Vec::with_capacity(results.len());
         let mut failed: Option<String> = None;
         for (i, result) in indices.into_iter().zip(results) {

@@ -25,9 +25,6 @@ use crate::{
     store::{self, Claim, StoreError},
 };
 
-/// Advisory lock key that lets one relay at a time run the scheduled purge.
-const PURGE_LOCK_KEY: i64 = 0x6f75_7470; // "outp"
-
 /// What one cycle did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchReport {
@@ -189,8 +186,9 @@ impl Relay {
                 batch = self.claim().await?;
                 continue;
             }
+            let write_timeout = self.settings.confirm_timeout;
             let in_flight = match self.ensure_publisher().await {
-                Ok(publisher) => publisher.start(&batch.rows, &[]).await,
+                Ok(publisher) => publisher.start(&batch.rows, &[], write_timeout).await,
                 Err(e) => {
                     self.abandon(previous.take(), Some(batch)).await;
                     return Err(e);
@@ -330,35 +328,13 @@ impl Relay {
         Ok((report, lost_reason))
     }
 
-    /// Deletes published rows older than the retention window, if no other relay
-    /// is doing it right now (advisory lock). Returns how many were deleted.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the database fails.
-    pub async fn purge_if_leader(&self) -> Result<Option<u64>, StoreError> {
-        let client = self.pool.get().await?;
-        if !plumbing::db::try_lock(&client, PURGE_LOCK_KEY).await? {
-            return Ok(None);
-        }
-        let purged =
-            store::purge_published(&client, self.settings.retention, self.settings.purge_batch)
-                .await;
-        plumbing::db::unlock(&client, PURGE_LOCK_KEY).await;
-        let purged = purged?;
-        self.metrics.purged.inc_by(purged);
-        Ok(Some(purged))
-    }
-
     /// Runs until `shutdown`: drains on every notification and poll tick, backs off
-    /// (exponential, jittered) while the database or broker is down, purges old
-    /// rows on its schedule. A batch in flight is finished — published, confirmed,
-    /// marked — before returning.
+    /// (exponential, jittered) while the database or broker is down. A batch in
+    /// flight is finished — published, confirmed, marked — before returning.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let mut listener: Option<Listener> = None;
         let mut delays = plumbing::backoff::reconnect_delays();
-        let mut purge = tokio::time::interval(self.settings.purge_interval);
-        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
             if !listener.as_ref().is_some_and(Listener::is_alive) {
                 listener = match Listener::start(
@@ -396,11 +372,6 @@ impl Relay {
                 () = shutdown.cancelled() => break,
                 () = wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
-                _ = purge.tick() => match self.purge_if_leader().await {
-                    Ok(Some(purged)) if purged > 0 => tracing::info!(purged, retention = ?self.settings.retention, "purged published outbox rows"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "scheduled purge failed"),
-                },
             }
         }
         self.disconnect().await;

@@ -126,7 +126,8 @@ pub async fn replay(
                     }
                 }
                 if let Some(rate) = options.rate {
-                    let due = Duration::from_secs_f64(published as f64 / rate);
+                    let due = Duration::try_from_secs_f64(published as f64 / rate)
+                        .unwrap_or(Duration::MAX);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
                         tokio::time::sleep(wait).await;
                     }

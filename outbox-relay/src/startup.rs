@@ -15,7 +15,12 @@ pub struct Application {
     relay: Relay,
     listener: TcpListener,
     router: Router,
+    pool: Pool,
+    settings: crate::config::RelaySettings,
 }
+
+/// Advisory lock key that lets one relay at a time run the scheduled purge.
+const PURGE_LOCK_KEY: i64 = 0x6f75_7470; // "outp"
 
 #[derive(Clone)]
 struct HealthState {
@@ -88,7 +93,7 @@ impl plumbing::cli::Service for Application {
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .with_state(HealthState {
-                pool,
+                pool: pool.clone(),
                 metrics: relay.metrics(),
             });
         let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
@@ -96,6 +101,8 @@ impl plumbing::cli::Service for Application {
             relay,
             listener,
             router,
+            pool,
+            settings: config.relay,
         })
     }
 
@@ -105,6 +112,27 @@ impl plumbing::cli::Service for Application {
     /// # Errors
     /// The health server's I/O error.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Retention runs beside the relay (one relay at a time), so that neither
+        // waits for the other.
+        let (pool, metrics, settings) = (self.pool.clone(), self.relay.metrics(), self.settings);
+        tokio::spawn(plumbing::db::every_as_leader(
+            self.pool,
+            PURGE_LOCK_KEY,
+            settings.purge_interval,
+            shutdown.clone(),
+            "purge of published outbox rows",
+            move || {
+                let (pool, metrics) = (pool.clone(), metrics.clone());
+                async move {
+                    let client = pool.get().await.map_err(store::StoreError::from)?;
+                    let purged =
+                        store::purge_published(&client, settings.retention, settings.purge_batch)
+                            .await?;
+                    metrics.purged.inc_by(purged);
+                    Ok(purged)
+                }
+            },
+        ));
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
         plumbing::http::serve_alongside(self.listener, self.router, shutdown, relay).await
     }

@@ -155,17 +155,21 @@ pub struct Blocked {
 pub async fn claim_batch(pool: &Pool, limit: i64, max_idle: Duration) -> Result<Claim, StoreError> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(CLAIM).await?;
-    // One round trip for both; SET LOCAL ends with the transaction.
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
-            max_idle.as_millis().max(1)
-        ))
-        .await?;
+    // Owned by the claim before BEGIN: if anything below fails, dropping the claim
+    // closes the connection instead of pooling one with an open transaction.
     let mut claim = Claim {
         client: Some(client),
         rows: Vec::new(),
     };
+    // One round trip for both; SET LOCAL ends with the transaction. The server's
+    // setting is an int of milliseconds: at most about 24 days.
+    let max_idle_ms = max_idle.as_millis().clamp(1, i32::MAX as u128);
+    claim
+        .client()?
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {max_idle_ms}"
+        ))
+        .await?;
     let rows = claim.client()?.query(&statement, &[&limit]).await?;
     claim.rows = rows
         .iter()
