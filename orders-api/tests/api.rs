@@ -581,3 +581,46 @@ async fn concurrent_requests_with_one_key_create_one_order() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
     assert_eq!(app.rows().await, (1, 1));
 }
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_what_the_server_serves() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let served = res.text().await.unwrap();
+    let committed_path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(committed_path, &served).unwrap();
+    }
+    let committed = std::fs::read_to_string(committed_path)
+        .expect("orders-api/openapi.json is missing; write it with UPDATE_OPENAPI=1");
+
+    assert_eq!(
+        served, committed,
+        "orders-api/openapi.json is out of date: UPDATE_OPENAPI=1 cargo test -p orders-api --test api openapi"
+    );
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/orders",
+        "/orders/{id}",
+        "/health",
+        "/ready",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not described");
+    }
+    for status in ["201", "400", "413", "415", "422", "503"] {
+        assert!(
+            doc["paths"]["/orders"]["post"]["responses"]
+                .get(status)
+                .is_some(),
+            "POST /orders {status} is not described"
+        );
+    }
+}

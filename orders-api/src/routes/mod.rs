@@ -51,6 +51,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/ready", get(health::ready))
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -86,6 +87,17 @@ async fn with_timeout(req: Request, next: Next, timeout: Duration) -> Response {
         Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out after {timeout:?}"))
             .into_response(),
     }
+}
+
+/// `GET /openapi.json`: the API's OpenAPI 3.1 description.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| crate::openapi::json().unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.clone(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {
