@@ -4,27 +4,43 @@
 
 use utoipa::{OpenApi, ToSchema};
 
-/// Body of `POST /orders`.
-#[derive(ToSchema)]
+/// Body of `POST /orders`. Unknown fields are refused.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct CreateOrder {
-    /// The amount: a JSON number or a decimal string, > 0, at most 2 decimal
-    /// places, at most 1000000.00; converted to cents exactly.
-    amount: AmountValue,
+    /// The amount, > 0, at most 2 decimal places, at most 1000000.00, converted to
+    /// cents exactly. Decimal JSON numbers such as `29.99` are accepted too; the
+    /// schema lists only the forms a JSON Schema can pin down exactly (a decimal
+    /// number's cents cannot be expressed without float rounding).
+    #[schema(schema_with = amount_schema)]
+    amount: String,
     /// ISO 4217 code (three upper-case letters); default BRL.
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 
-/// A decimal amount, as a number (`29.99`) or a string (`"29.99"`).
-#[derive(serde::Serialize, ToSchema)]
-#[allow(dead_code)]
-#[serde(untagged)]
-enum AmountValue {
-    /// A JSON number.
-    Number(f64),
-    /// A decimal string.
-    Text(String),
+/// Decimal strings the schema describes: 0.01 to 1000000.00, at most two places.
+const AMOUNT_PATTERN: &str =
+    r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,5}(\.[0-9]{1,2})?|1000000(\.00?)?)$";
+
+/// `amount`: whole units as a number (`30`), or a decimal string (`"29.99"`).
+fn amount_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(1_000_000)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(AMOUNT_PATTERN)),
+        )
+        .build()
+        .into()
 }
 
 /// An order.
@@ -67,7 +83,7 @@ struct Problem {
     path = "/orders",
     request_body(content = CreateOrder, content_type = "application/json"),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters; a retry with the same key gets the same answer and creates nothing"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1–255 visible ASCII characters; a retry with the same key gets the same answer and creates nothing"),
         ("x-request-id" = Option<String>, Header, description = "Request id; generated when absent, returned, stored with the event"),
         ("traceparent" = Option<String>, Header, description = "W3C trace context, stored with the event"),
     ),
@@ -90,7 +106,7 @@ fn create_order() {}
 #[utoipa::path(
     get,
     path = "/orders/{id}",
-    params(("id" = String, Path, description = "Order id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
     responses(
         (status = 200, description = "The order", body = Order),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
@@ -143,7 +159,7 @@ fn openapi_json() {}
         description = "Orders REST API of the transactional-outbox pipeline: each accepted order is stored with its OrderCreated event in one transaction."
     ),
     paths(create_order, get_order, health, ready, openapi_json),
-    components(schemas(CreateOrder, AmountValue, Order, Problem))
+    components(schemas(CreateOrder, Order, Problem))
 )]
 pub struct ApiDoc;
 
