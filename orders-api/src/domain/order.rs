@@ -112,6 +112,35 @@ impl Order {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the body, parsing and validation never panic, and an accepted
+        /// order always has an exact, positive, bounded amount.
+        #[test]
+        fn any_body_is_refused_or_a_valid_order(body in r#"[{}\[\]":,0-9a-zA-Z.eE+\- ]{0,80}"#) {
+            if let Ok(request) = serde_json::from_str::<CreateOrderRequest>(&body) {
+                if let Ok(order) = NewOrder::parse(&request, "BRL") {
+                    prop_assert!(order.amount.cents() > 0);
+                    prop_assert!(order.amount.cents() <= contracts::event::MAX_AMOUNT_CENTS);
+                }
+            }
+        }
+
+        /// Well-formed bodies with arbitrary amounts: accepted exactly or refused.
+        #[test]
+        fn amounts_in_bodies_are_exact(units in 0_u32..2_000_000, cents in 0_u32..100, quoted in any::<bool>()) {
+            let text = format!("{units}.{cents:02}");
+            let amount = if quoted { format!("{text:?}") } else { text.clone() };
+            let body = format!(r#"{{"amount": {amount}}}"#);
+            let request: CreateOrderRequest = serde_json::from_str(&body).unwrap();
+            let expected = i64::from(units) * 100 + i64::from(cents);
+            match NewOrder::parse(&request, "BRL") {
+                Ok(order) => prop_assert_eq!(order.amount.cents(), expected),
+                Err(_) => prop_assert!(expected == 0 || expected > contracts::event::MAX_AMOUNT_CENTS),
+            }
+        }
+    }
 
     fn request(json: &str) -> CreateOrderRequest {
         serde_json::from_str(json).unwrap()
