@@ -84,17 +84,29 @@ impl TestDatabase {
         .unwrap()
     }
 
-    /// `SELECT count(*) FROM <table>`.
-    pub async fn count(&self, table: &str) -> i64 {
+    /// The single `bigint` a query returns (a count, typically).
+    pub async fn scalar(&self, sql: &str) -> i64 {
         self.client()
             .await
-            .query_one(
-                &format!("SELECT count(*) FROM {}", plumbing::db::quote_ident(table)),
-                &[],
-            )
+            .query_one(sql, &[])
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
             .get(0)
+    }
+
+    /// `SELECT count(*) FROM <table>`.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!(
+            "SELECT count(*) FROM {}",
+            plumbing::db::quote_ident(table)
+        ))
+        .await
+    }
+
+    /// Outbox rows not published yet (orders database).
+    pub async fn unpublished(&self) -> i64 {
+        self.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await
     }
 }
 

@@ -54,18 +54,8 @@ impl Fixture {
 
     /// Waits until no row is left unpublished.
     async fn wait_until_all_published(&self, timeout: Duration) {
-        let client = self.db.client().await;
-        let client = &client;
-        eventually(timeout, "every outbox row to be published", || async move {
-            let unpublished: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (unpublished == 0).then_some(())
+        eventually(timeout, "every outbox row to be published", || async {
+            (self.db.unpublished().await == 0).then_some(())
         })
         .await;
     }

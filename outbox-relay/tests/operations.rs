@@ -238,17 +238,7 @@ async fn metrics_describe_the_relay_and_the_outbox() {
     let port = app.port().unwrap();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     devkit::eventually(Duration::from_secs(10), "the backlog to drain", || async {
-        let unpublished: i64 = db
-            .client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (unpublished == 0).then_some(())
+        (db.unpublished().await == 0).then_some(())
     })
     .await;
     insert_event(&db, Uuid::now_v7(), "OrderShipped").await;

@@ -75,16 +75,7 @@ impl Fixture {
     }
 
     async fn unpublished(&self) -> i64 {
-        self.db
-            .client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        self.db.unpublished().await
     }
 }
 
