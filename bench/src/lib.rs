@@ -45,3 +45,53 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
 pub fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
+
+/// Publishes `n` persistent messages made by `message` (body, properties) to
+/// `broker`'s exchange with routing key `order.created` and `mandatory`, at most
+/// `window` unconfirmed, the publishes of a window driven together (as the relay
+/// does). Panics unless every message is acked and routed.
+pub async fn publish_confirmed(
+    broker: &devkit::broker::TestBroker,
+    n: usize,
+    window: usize,
+    mut message: impl FnMut() -> (Vec<u8>, lapin::BasicProperties),
+) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let channel = broker.channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let exchange = plumbing::broker::short_string(&broker.topology.exchange);
+    let mut sent = 0;
+    while sent < n {
+        let chunk = window.min(n - sent);
+        let messages: Vec<_> = (0..chunk).map(|_| message()).collect();
+        let publishes = messages.into_iter().map(|(body, properties)| {
+            let (channel, exchange) = (&channel, exchange.clone());
+            async move {
+                channel
+                    .basic_publish(
+                        exchange,
+                        "order.created".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &body,
+                        properties,
+                    )
+                    .await
+            }
+        });
+        let confirms: Vec<_> = futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for c in futures::future::join_all(confirms).await {
+            assert_eq!(c.unwrap(), lapin::Confirmation::Ack(None));
+        }
+        sent += chunk;
+    }
+}

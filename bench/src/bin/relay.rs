@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use bench::{arg, percentile, rate};
 use devkit::{broker::TestBroker, db::TestDatabase};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use orders_api::{
     domain::{Amount, NewOrder},
     outbox::RequestContext,
 };
 use outbox_relay::{config::RelaySettings, relay::Relay};
-use plumbing::{broker::short_string, db::Database};
+use plumbing::db::Database;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
@@ -189,48 +188,19 @@ async fn raw_publish(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str().unwrap().to_owned()))
         .collect();
-    let channel = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let exchange = short_string(&broker.topology.exchange);
     let started = Instant::now();
-    let mut sent = 0;
-    while sent < n {
-        let chunk = window.min(n - sent);
-        // Publishes driven together, as the relay does (one write for many frames).
-        let mut publishes = Vec::with_capacity(chunk);
-        for _ in 0..chunk {
-            let properties = plumbing::broker::Outbound {
-                message_id: uuid::Uuid::now_v7(),
-                event_type: "OrderCreated",
-                schema_version: 1,
-                timestamp: 1_800_000_000,
-                headers: extra.clone(),
-            }
-            .properties();
-            publishes.push(channel.basic_publish(
-                exchange.clone(),
-                "order.created".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                properties,
-            ));
+    bench::publish_confirmed(broker, n, window, || {
+        let properties = plumbing::broker::Outbound {
+            message_id: uuid::Uuid::now_v7(),
+            event_type: "OrderCreated",
+            schema_version: 1,
+            timestamp: 1_800_000_000,
+            headers: extra.clone(),
         }
-        let confirms: Vec<_> = futures::future::join_all(publishes)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        for c in futures::future::join_all(confirms).await {
-            assert!(matches!(c.unwrap(), lapin::Confirmation::Ack(None)));
-        }
-        sent += chunk;
-    }
+        .properties();
+        (body.to_vec(), properties)
+    })
+    .await;
     rate(n, started.elapsed())
 }
 

@@ -12,15 +12,9 @@ use std::{
 };
 
 use bench::{arg, rate};
-use contracts::{OrderCreatedV1, headers};
 use devkit::{broker::TestBroker, db::TestDatabase};
 use invoices_worker::worker::{Worker, WorkerSettings};
-use lapin::{
-    BasicProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::{AMQPValue, FieldTable},
-};
-use plumbing::{broker::short_string, db::Database};
+use plumbing::db::Database;
 use tokio_util::sync::CancellationToken;
 
 /// The SQL the worker runs for one message, as a pgbench script.
@@ -142,53 +136,12 @@ async fn drain(broker: &TestBroker, n: usize, settings: WorkerSettings) -> f64 {
 
 /// Publishes `n` distinct `OrderCreated` events to the queue, 500 unconfirmed at most.
 async fn queue_events(broker: &TestBroker, n: usize) {
-    let channel = broker.channel().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let exchange = short_string(&broker.topology.exchange);
-    let mut sent = 0;
-    while sent < n {
-        let chunk = 500.min(n - sent);
-        let bodies: Vec<(String, Vec<u8>)> = (0..chunk)
-            .map(|_| {
-                let e = OrderCreatedV1 {
-                    order_id: uuid::Uuid::now_v7(),
-                    amount_cents: 2999,
-                    currency: "BRL".into(),
-                    created_at: time::OffsetDateTime::now_utc(),
-                };
-                (
-                    uuid::Uuid::now_v7().to_string(),
-                    serde_json::to_vec(&e).unwrap(),
-                )
-            })
-            .collect();
-        let publishes = bodies.iter().map(|(id, body)| {
-            let mut table = FieldTable::default();
-            table.insert(headers::SCHEMA_VERSION.into(), AMQPValue::LongLongInt(1));
-            channel.basic_publish(
-                exchange.clone(),
-                "order.created".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default()
-                    .with_message_id(id.as_str().into())
-                    .with_type("OrderCreated".into())
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_headers(table),
-            )
-        });
-        let confirms: Vec<_> = futures::future::join_all(publishes)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        for c in futures::future::join_all(confirms).await {
-            c.unwrap();
-        }
-        sent += chunk;
-    }
+    bench::publish_confirmed(broker, n, 500, || {
+        let id = uuid::Uuid::now_v7().to_string();
+        (
+            devkit::messages::body(&devkit::messages::order_created(2999)),
+            devkit::messages::properties(&id),
+        )
+    })
+    .await;
 }
