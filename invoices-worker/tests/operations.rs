@@ -118,11 +118,16 @@ async fn a_mixed_batch_is_settled_message_by_message() {
         .collect();
     reasons.sort_unstable();
     assert_eq!(reasons, vec!["malformed-body", "unknown-type"]);
-    // Listing leaves them in place.
-    assert_eq!(
-        broker.ready_count(&broker.topology.dead_letter_queue).await,
-        2
-    );
+    // Listing leaves them in place: the broker returns unacked messages to the
+    // queue asynchronously once the listing channel is closed.
+    eventually(
+        Duration::from_secs(5),
+        "listed messages back in the DLQ",
+        || async {
+            (broker.ready_count(&broker.topology.dead_letter_queue).await == 2).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -148,13 +153,20 @@ async fn a_database_cut_acks_nothing_uncommitted_and_recovers() {
     .await;
     w.stop().await;
     assert_eq!(db.count("invoices").await, 0);
-    assert_eq!(
-        broker
-            .ready_count(&broker.topology.order_created_queue)
-            .await,
-        50,
-        "nothing acked that was not committed"
-    );
+    // Nothing acked that was not committed: all 50 return to the queue (the
+    // broker requeues a closed consumer's unacked messages asynchronously).
+    eventually(
+        Duration::from_secs(5),
+        "all 50 deliveries back in the queue",
+        || async {
+            (broker
+                .ready_count(&broker.topology.order_created_queue)
+                .await
+                == 50)
+                .then_some(())
+        },
+    )
+    .await;
 
     proxy.restore();
     let w = RunningWorker::start(&db.url_via(proxy.addr), &broker, settings).await;
