@@ -14,7 +14,7 @@ use contracts::Topology;
 use deadpool_postgres::Pool;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
-use tokio_postgres::Config as PgConfig;
+use plumbing::db::DbConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -67,7 +67,7 @@ struct Settled {
 /// The outbox relay.
 pub struct Relay {
     pool: Pool,
-    db_config: PgConfig,
+    db_config: DbConfig,
     broker_url: String,
     topology: Topology,
     settings: RelaySettings,
@@ -80,7 +80,7 @@ impl Relay {
     #[must_use]
     pub fn new(
         pool: Pool,
-        db_config: PgConfig,
+        db_config: DbConfig,
         broker_url: String,
         topology: Topology,
         settings: RelaySettings,

@@ -1,10 +1,17 @@
 //! PostgreSQL: connection pool, dedicated sessions, database creation, migrations,
 //! and the transient/permanent classification of errors.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    ops::{Deref, DerefMut},
+    str::FromStr,
+    time::Duration,
+};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::{Client, Config, NoTls, error::SqlState};
+use tokio_postgres::{Client, Config, NoTls, config::SslMode, error::SqlState};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls;
 
 pub use migrations::{Database, OUTBOX_CHANNEL};
 
@@ -17,6 +24,9 @@ pub enum DbError {
     /// The URL does not parse.
     #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     Url(String),
+    /// The URL's TLS settings cannot be used.
+    #[error("DATABASE_URL's TLS settings: {0}")]
+    Tls(#[from] tls::TlsError),
     /// Connecting failed.
     #[error("cannot connect to database {database:?} on {host}")]
     Connect {
@@ -71,17 +81,66 @@ impl Default for PoolOptions {
     }
 }
 
+/// A parsed database URL: the driver's settings and, when the URL asks for TLS
+/// (`sslmode=require|verify-ca|verify-full`, see [`crate::tls`]), the rustls
+/// connector. Dereferences to the driver's [`Config`].
+#[derive(Clone)]
+pub struct DbConfig {
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl DbConfig {
+    /// Whether connections are encrypted.
+    #[must_use]
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("target", &describe_host(&self.config))
+            .field("database", &database_name(&self.config))
+            .field("tls", &self.uses_tls())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for DbConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl DerefMut for DbConfig {
+    fn deref_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+}
+
 /// Parses a `postgres://` URL (or key=value string) into a driver configuration
-/// with the pipeline's connect timeout.
+/// with the pipeline's connect timeout and the TLS connector its `sslmode` and
+/// `sslrootcert` ask for (root certificates are loaded now).
 ///
 /// # Errors
-/// [`DbError::Url`] when the URL does not parse.
-pub fn parse_url(url: &str) -> Result<Config, DbError> {
-    let mut config = Config::from_str(url).map_err(|e| DbError::Url(e.to_string()))?;
+/// [`DbError::Url`] when the URL does not parse, [`DbError::Tls`] when its TLS
+/// settings cannot be used.
+pub fn parse_url(url: &str) -> Result<DbConfig, DbError> {
+    let (rest, mode) = tls::split_url(url)?;
+    let mut config = Config::from_str(&rest).map_err(|e| DbError::Url(e.to_string()))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    Ok(config)
+    let tls = tls::connector(&mode)?;
+    config.ssl_mode(if tls.is_some() {
+        SslMode::Require
+    } else {
+        SslMode::Disable
+    });
+    Ok(DbConfig { config, tls })
 }
 
 /// Database name of a configuration (`postgres` when none is given, as libpq does).
@@ -114,21 +173,31 @@ pub fn describe_host(config: &Config) -> String {
 ///
 /// # Errors
 /// [`DbError::Connect`] when the server cannot be reached or refuses the login.
-pub async fn connect(config: &Config) -> Result<Client, DbError> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| DbError::Connect {
-            database: database_name(config),
-            host: describe_host(config),
-            source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database session ended");
+pub async fn connect(config: &DbConfig) -> Result<Client, DbError> {
+    let failed = |source| DbError::Connect {
+        database: database_name(config),
+        host: describe_host(config),
+        source,
+    };
+    let client = match &config.tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            tokio::spawn(drive(connection));
+            client
         }
-    });
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await.map_err(failed)?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: C) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "database session ended");
+    }
 }
 
 /// Makes sure the configured database exists, creating it through the `postgres`
@@ -138,7 +207,7 @@ pub async fn connect(config: &Config) -> Result<Client, DbError> {
 /// # Errors
 /// [`DbError::Connect`] when the server is unreachable, [`DbError::Missing`] when the
 /// database is absent and cannot be created.
-pub async fn ensure_database(config: &Config) -> Result<(), DbError> {
+pub async fn ensure_database(config: &DbConfig) -> Result<(), DbError> {
     let err = match connect(config).await {
         Ok(_) => return Ok(()),
         Err(DbError::Connect { source, .. })
@@ -192,7 +261,7 @@ pub fn quote_ident(name: &str) -> String {
 ///
 /// # Errors
 /// [`DbError`] when the database is unreachable or a migration fails.
-pub async fn migrate(config: &Config, database: Database) -> Result<usize, DbError> {
+pub async fn migrate(config: &DbConfig, database: Database) -> Result<usize, DbError> {
     ensure_database(config).await?;
     let mut client = connect(config).await?;
     migrations::run(&mut client, database)
@@ -206,14 +275,14 @@ pub async fn migrate(config: &Config, database: Database) -> Result<usize, DbErr
 ///
 /// # Errors
 /// [`DbError::Pool`] when the pool cannot be built.
-pub fn pool(config: Config, options: PoolOptions) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+pub fn pool(config: DbConfig, options: PoolOptions) -> Result<Pool, DbError> {
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match config.tls {
+        None => Manager::from_config(config.config, NoTls, manager_config),
+        Some(tls) => Manager::from_config(config.config, tls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(options.max_size)
         .runtime(Runtime::Tokio1)
@@ -260,7 +329,7 @@ pub fn is_transient_pool(err: &PoolError) -> bool {
 /// # Errors
 /// [`DbError`] for permanent failures, or the last error if shut down while waiting.
 pub async fn migrate_when_reachable(
-    config: &Config,
+    config: &DbConfig,
     database: Database,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<usize, DbError> {
@@ -295,7 +364,7 @@ pub async fn prepare(
     service: &crate::config::ServiceConfig,
     database: Database,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<(Config, Pool), DbError> {
+) -> Result<(DbConfig, Pool), DbError> {
     let config = parse_url(&service.database_url)?;
     if service.migrate_on_start {
         migrate_when_reachable(&config, database, shutdown).await?;

@@ -13,3 +13,4 @@ pub mod http;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

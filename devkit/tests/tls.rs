@@ -1,0 +1,361 @@
+//! PostgreSQL over TLS: a private server that accepts only TLS, with a certificate
+//! made here by a throwaway CA; the libpq `sslmode`s against it; then the whole
+//! pipeline (the three binaries) running on it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use devkit::{broker::TestBroker, eventually, process::Service, unique_suffix};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+/// A PostgreSQL server of its own in a temporary directory, TLS only
+/// (`hostnossl … reject`), stopped and deleted on drop.
+struct TlsPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+/// The newest installed server's binaries (`PG_BINDIR` overrides).
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return dir.into();
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").exists());
+    versions.sort();
+    versions
+        .pop()
+        .expect("no PostgreSQL server binaries under /usr/lib/postgresql; set PG_BINDIR")
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a server binary; as `postgres` when this is root (the server refuses root).
+fn run_server_tool(bin: &Path, tool: &str, args: &[&str]) {
+    let program = bin.join(tool);
+    let mut command = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let output = command.args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The test CA's certificate (PEM), and the server's certificate and key for
+/// the name `localhost` only (so `verify-full` to `127.0.0.1` must fail).
+fn make_certificates() -> (String, String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pipeline test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    (ca.pem(), server.pem(), server_key.serialize_pem())
+}
+
+fn another_ca() -> String {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+}
+
+impl TlsPostgres {
+    fn start() -> Self {
+        let bin = pg_bindir();
+        let dir = std::env::temp_dir().join(format!("pipeline-tls-pg-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, cert, key) = make_certificates();
+        std::fs::write(dir.join("ca.pem"), ca).unwrap();
+        std::fs::write(dir.join("other-ca.pem"), another_ca()).unwrap();
+        std::fs::write(dir.join("server.crt"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let status = Command::new("chmod")
+            .arg("600")
+            .arg(dir.join("server.key"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let data = dir.join("data");
+        run_server_tool(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on \
+             -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key -c fsync=off",
+            dir = dir.display()
+        );
+        let server = Self { dir, bin, port };
+        run_server_tool(
+            &server.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                server.dir.join("server.log").to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        server
+    }
+
+    fn url(&self, database: &str, params: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}{params}",
+            self.port
+        )
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        run_server_tool(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connects with `url`; `Ok(true)` when the session is encrypted.
+async fn session_is_encrypted(url: &str) -> Result<bool, String> {
+    let config = plumbing::db::parse_url(url).map_err(|e| e.to_string())?;
+    let client = plumbing::db::connect(&config)
+        .await
+        .map_err(|e| plumbing::telemetry::error_chain(&e))?;
+    Ok(client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0))
+}
+
+#[tokio::test]
+async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
+    let pg = TlsPostgres::start();
+    let ca = pg.file("ca.pem");
+    let other_ca = pg.file("other-ca.pem");
+    let localhost = |params: &str| {
+        format!(
+            "postgres://postgres@localhost:{}/postgres{params}",
+            pg.port
+        )
+    };
+
+    // Verified: the certificate chains to the CA and names the host.
+    assert_eq!(
+        session_is_encrypted(&localhost(&format!(
+            "?sslmode=verify-full&sslrootcert={ca}"
+        )))
+        .await,
+        Ok(true)
+    );
+    // Encrypted without checking the certificate (libpq's `require`).
+    assert_eq!(
+        session_is_encrypted(&pg.url("postgres", "?sslmode=require")).await,
+        Ok(true)
+    );
+    // The chain is right but the certificate does not name 127.0.0.1: verify-ca
+    // accepts it, verify-full does not.
+    assert_eq!(
+        session_is_encrypted(&pg.url(
+            "postgres",
+            &format!("?sslmode=verify-ca&sslrootcert={ca}")
+        ))
+        .await,
+        Ok(true)
+    );
+    let err = session_is_encrypted(&pg.url(
+        "postgres",
+        &format!("?sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.contains("not valid for name"), "{err}");
+    // A certificate from an unknown CA is refused, whatever the name.
+    let err = session_is_encrypted(&localhost(&format!(
+        "?sslmode=verify-full&sslrootcert={other_ca}"
+    )))
+    .await
+    .unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // libpq: `require` with a root certificate checks the chain too.
+    assert!(
+        session_is_encrypted(&pg.url(
+            "postgres",
+            &format!("?sslmode=require&sslrootcert={other_ca}")
+        ))
+        .await
+        .is_err()
+    );
+    // Without sslmode the session is plain, which this server refuses.
+    let err = session_is_encrypted(&pg.url("postgres", ""))
+        .await
+        .unwrap_err();
+    assert!(err.contains("no encryption"), "{err}");
+    // A bad root file is an error at start-up, with the file's name.
+    let err = plumbing::db::parse_url(&pg.url(
+        "postgres",
+        "?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent.pem"), "{err}");
+
+    // The three binaries on verified TLS: each creates and migrates its database,
+    // and an order goes all the way to its invoice.
+    let tls = format!("?sslmode=verify-full&sslrootcert={ca}");
+    let orders_url = format!(
+        "postgres://postgres@localhost:{}/orders{tls}",
+        pg.port
+    );
+    let invoices_url = format!(
+        "postgres://postgres@localhost:{}/invoices{tls}",
+        pg.port
+    );
+    let broker = TestBroker::new();
+    let broker_env = || {
+        [
+            ("BROKER_URL", broker.url.clone()),
+            ("BROKER_NAMESPACE", broker.namespace.clone()),
+            ("PORT", "0".to_owned()),
+        ]
+    };
+    let api = Service::spawn(
+        "orders-api",
+        &[
+            ("DATABASE_URL", orders_url.clone()),
+            ("PORT", "0".to_owned()),
+        ],
+        false,
+    )
+    .await;
+    let mut relay_env = vec![("DATABASE_URL", orders_url.clone())];
+    relay_env.extend(broker_env());
+    let relay = Service::spawn("outbox-relay", &relay_env, false).await;
+    let mut worker_env = vec![("DATABASE_URL", invoices_url.clone())];
+    worker_env.extend(broker_env());
+    let worker = Service::spawn("invoices-worker", &worker_env, false).await;
+
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{}/orders", api.base_url()))
+        .header("content-type", "application/json")
+        .body(r#"{"amount": 12.34}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoices = plumbing::db::connect(&plumbing::db::parse_url(&invoices_url).unwrap())
+        .await
+        .unwrap();
+    let cents: i64 = eventually(Duration::from_secs(20), "the invoice", || async {
+        invoices
+            .query_opt(
+                "SELECT amount_cents FROM invoices WHERE order_id::text = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0))
+    })
+    .await;
+    assert_eq!(cents, 1234);
+    // Every session of the pipeline on this server is encrypted.
+    let plain: i64 = invoices
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.backend_type = 'client backend' AND NOT s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0);
+
+    for service in [&api, &relay, &worker] {
+        service.terminate();
+    }
+    for mut service in [api, relay, worker] {
+        assert!(service.wait(Duration::from_secs(15)).await.success());
+    }
+}
