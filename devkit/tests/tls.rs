@@ -1,6 +1,7 @@
-//! PostgreSQL over TLS: a private server that accepts only TLS, with a certificate
-//! made here by a throwaway CA; the libpq `sslmode`s against it; then the whole
-//! pipeline (the three binaries) running on it.
+//! TLS to the managed services' protocols, against private servers that accept
+//! only TLS, with certificates made here by a throwaway CA: PostgreSQL with the
+//! libpq `sslmode`s, then the whole pipeline (the three binaries) on it; and
+//! RabbitMQ over AMQPS (a node of its own) carrying the pipeline's events.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,8 +12,32 @@ use std::{
     time::Duration,
 };
 
-use devkit::{broker::TestBroker, eventually, process::Service, unique_suffix};
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service, unique_suffix};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the test CA (`ca.pem`), another CA (`other-ca.pem`) and the server's
+/// certificate and key (`server.crt`, `server.key`, mode 600) into `dir`.
+fn write_certificates(dir: &Path) {
+    let (ca, cert, key) = make_certificates();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), another_ca()).unwrap();
+    std::fs::write(dir.join("server.crt"), cert).unwrap();
+    std::fs::write(dir.join("server.key"), key).unwrap();
+    let status = Command::new("chmod")
+        .arg("600")
+        .arg(dir.join("server.key"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
 
 /// A PostgreSQL server of its own in a temporary directory, TLS only
 /// (`hostnossl … reject`), stopped and deleted on drop.
@@ -28,7 +53,10 @@ fn pg_bindir() -> PathBuf {
         return dir.into();
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
         .unwrap_or_default();
     versions.retain(|p| p.join("initdb").exists());
     versions.sort();
@@ -93,11 +121,7 @@ impl TlsPostgres {
         let bin = pg_bindir();
         let dir = std::env::temp_dir().join(format!("pipeline-tls-pg-{}", unique_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (ca, cert, key) = make_certificates();
-        std::fs::write(dir.join("ca.pem"), ca).unwrap();
-        std::fs::write(dir.join("other-ca.pem"), another_ca()).unwrap();
-        std::fs::write(dir.join("server.crt"), cert).unwrap();
-        std::fs::write(dir.join("server.key"), key).unwrap();
+        write_certificates(&dir);
         if running_as_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -106,12 +130,6 @@ impl TlsPostgres {
                 .unwrap();
             assert!(status.success());
         }
-        let status = Command::new("chmod")
-            .arg("600")
-            .arg(dir.join("server.key"))
-            .status()
-            .unwrap();
-        assert!(status.success());
         let data = dir.join("data");
         run_server_tool(
             &bin,
@@ -135,11 +153,7 @@ impl TlsPostgres {
              hostnossl all all 127.0.0.1/32 reject\n",
         )
         .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let options = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on \
              -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key -c fsync=off",
@@ -210,12 +224,8 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     let pg = TlsPostgres::start();
     let ca = pg.file("ca.pem");
     let other_ca = pg.file("other-ca.pem");
-    let localhost = |params: &str| {
-        format!(
-            "postgres://postgres@localhost:{}/postgres{params}",
-            pg.port
-        )
-    };
+    let localhost =
+        |params: &str| format!("postgres://postgres@localhost:{}/postgres{params}", pg.port);
 
     // Verified: the certificate chains to the CA and names the host.
     assert_eq!(
@@ -233,11 +243,8 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     // The chain is right but the certificate does not name 127.0.0.1: verify-ca
     // accepts it, verify-full does not.
     assert_eq!(
-        session_is_encrypted(&pg.url(
-            "postgres",
-            &format!("?sslmode=verify-ca&sslrootcert={ca}")
-        ))
-        .await,
+        session_is_encrypted(&pg.url("postgres", &format!("?sslmode=verify-ca&sslrootcert={ca}")))
+            .await,
         Ok(true)
     );
     let err = session_is_encrypted(&pg.url(
@@ -280,14 +287,8 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     // The three binaries on verified TLS: each creates and migrates its database,
     // and an order goes all the way to its invoice.
     let tls = format!("?sslmode=verify-full&sslrootcert={ca}");
-    let orders_url = format!(
-        "postgres://postgres@localhost:{}/orders{tls}",
-        pg.port
-    );
-    let invoices_url = format!(
-        "postgres://postgres@localhost:{}/invoices{tls}",
-        pg.port
-    );
+    let orders_url = format!("postgres://postgres@localhost:{}/orders{tls}", pg.port);
+    let invoices_url = format!("postgres://postgres@localhost:{}/invoices{tls}", pg.port);
     let broker = TestBroker::new();
     let broker_env = || {
         [
@@ -352,6 +353,154 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
         .get(0);
     assert_eq!(plain, 0);
 
+    for service in [&api, &relay, &worker] {
+        service.terminate();
+    }
+    for mut service in [api, relay, worker] {
+        assert!(service.wait(Duration::from_secs(15)).await.success());
+    }
+}
+
+/// A RabbitMQ node of its own that listens only for AMQPS, on the `localhost`
+/// certificate; killed and deleted on drop.
+struct TlsRabbit {
+    dir: PathBuf,
+    port: u16,
+    node: tokio::process::Child,
+}
+
+impl TlsRabbit {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("pipeline-tls-amqp-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_certificates(&dir);
+        let port = free_port();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp = none\n\
+                 listeners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {d}/ca.pem\n\
+                 ssl_options.certfile = {d}/server.crt\n\
+                 ssl_options.keyfile = {d}/server.key\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n\
+                 loopback_users = none\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("env.conf"), "").unwrap();
+        std::fs::write(dir.join("plugins"), "[].\n").unwrap();
+        let server = std::env::var("RABBITMQ_SERVER")
+            .unwrap_or_else(|_| "/usr/lib/rabbitmq/bin/rabbitmq-server".into());
+        let file = |name: &str| dir.join(name);
+        let node = tokio::process::Command::new(server)
+            .env("RABBITMQ_CONF_ENV_FILE", file("env.conf"))
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("tls{}@localhost", unique_suffix()),
+            )
+            .env("RABBITMQ_CONFIG_FILE", file("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", file("mnesia"))
+            .env("RABBITMQ_LOG_BASE", file("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", file("plugins"))
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_PID_FILE", file("node.pid"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start a RabbitMQ node (set RABBITMQ_SERVER)");
+        let node = Self { dir, port, node };
+        eventually(Duration::from_secs(60), "the AMQPS listener", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+        node
+    }
+
+    fn url(&self) -> String {
+        format!("amqps://guest:guest@localhost:{}/%2f", self.port)
+    }
+}
+
+impl Drop for TlsRabbit {
+    fn drop(&mut self) {
+        // The start script runs the Erlang VM as a child of its own: stop the VM.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("node.pid")) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+        let _ = self.node.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn events_travel_over_amqps() {
+    let rabbit = TlsRabbit::start().await;
+    let orders = TestDatabase::reserve("amqps_orders");
+    let invoices = TestDatabase::reserve("amqps_invoices");
+    let ca = rabbit.dir.join("ca.pem").display().to_string();
+    let broker_env = |database: &TestDatabase| {
+        vec![
+            ("DATABASE_URL", database.url.clone()),
+            ("BROKER_URL", rabbit.url()),
+            // rustls' system store honours SSL_CERT_FILE: the test CA is trusted.
+            ("SSL_CERT_FILE", ca.clone()),
+            ("PORT", "0".to_owned()),
+        ]
+    };
+    // Without the CA the certificate is refused: the worker says so and retries.
+    let mut untrusting = broker_env(&invoices);
+    untrusting.retain(|(k, _)| *k != "SSL_CERT_FILE");
+    untrusting.push((
+        "SSL_CERT_FILE",
+        rabbit.dir.join("other-ca.pem").display().to_string(),
+    ));
+    let mut refused = Service::spawn("invoices-worker", &untrusting, false).await;
+    eventually(Duration::from_secs(20), "a certificate error", || async {
+        refused
+            .logs()
+            .iter()
+            .any(|line| line.contains("UnknownIssuer"))
+            .then_some(())
+    })
+    .await;
+    refused.kill();
+
+    let api = Service::spawn(
+        "orders-api",
+        &[
+            ("DATABASE_URL", orders.url.clone()),
+            ("PORT", "0".to_owned()),
+        ],
+        false,
+    )
+    .await;
+    let relay = Service::spawn("outbox-relay", &broker_env(&orders), false).await;
+    let worker = Service::spawn("invoices-worker", &broker_env(&invoices), false).await;
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{}/orders", api.base_url()))
+        .header("content-type", "application/json")
+        .body(r#"{"amount": "7.50"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    eventually(Duration::from_secs(20), "the invoice", || async {
+        (invoices.count("invoices").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        invoices.scalar("SELECT amount_cents FROM invoices").await,
+        750
+    );
     for service in [&api, &relay, &worker] {
         service.terminate();
     }

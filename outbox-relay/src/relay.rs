@@ -12,9 +12,9 @@ use std::{sync::Arc, time::Duration};
 
 use contracts::Topology;
 use deadpool_postgres::Pool;
+use plumbing::db::DbConfig;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
-use plumbing::db::DbConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{

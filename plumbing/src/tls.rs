@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     client::WebPkiServerVerifier,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, ring},
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
@@ -178,12 +178,10 @@ pub fn connector(mode: &Mode) -> Result<Option<MakeRustlsConnect>, TlsError> {
             .with_root_certificates(load_roots(roots)?)
             .with_no_client_auth(),
         Mode::VerifyCa(roots) => {
-            let inner = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(load_roots(roots)?),
-                provider,
-            )
-            .build()
-            .map_err(|e| TlsError::System(e.to_string()))?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(load_roots(roots)?), provider)
+                    .build()
+                    .map_err(|e| TlsError::System(e.to_string()))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyName(inner)))
@@ -289,13 +287,10 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -340,7 +335,11 @@ mod tests {
                 "postgres://u@h/db?application_name=x",
                 Mode::Disable,
             ),
-            ("postgres://u@h/db?sslmode=require", "postgres://u@h/db", Mode::Encrypt),
+            (
+                "postgres://u@h/db?sslmode=require",
+                "postgres://u@h/db",
+                Mode::Encrypt,
+            ),
             (
                 "postgres://u@h/db?sslmode=require&sslrootcert=%2Fca.pem",
                 "postgres://u@h/db",
