@@ -6,6 +6,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Label set of the queue depth gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The queue's name.
+    pub queue: String,
+}
+
 /// Label set of dead-letter counters: the reason code (`malformed-body`, …).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -40,6 +47,8 @@ pub struct WorkerMetrics {
     pub purged: Counter,
     /// 1 while the worker consumes.
     pub broker_connected: Gauge,
+    /// Messages ready in the invoices queue and the dead-letter queue.
+    pub queue_messages: Family<QueueLabels, Gauge>,
 }
 
 impl Default for WorkerMetrics {
@@ -69,6 +78,7 @@ impl WorkerMetrics {
             order_to_invoice_seconds: plumbing::metrics::latency_histogram(),
             purged: Counter::default(),
             broker_connected: Gauge::default(),
+            queue_messages: Family::default(),
         };
         registry.register("consumed", "Deliveries received", m.consumed.clone());
         registry.register("invoiced", "Invoices written", m.invoiced.clone());
@@ -113,6 +123,11 @@ impl WorkerMetrics {
             "1 while the worker consumes",
             m.broker_connected.clone(),
         );
+        registry.register(
+            "queue_messages",
+            "Messages ready in the invoices queue and its dead-letter queue (read every 5 s)",
+            m.queue_messages.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -124,6 +139,15 @@ impl WorkerMetrics {
             })
             .inc();
         self.dead_lettered_sum.inc();
+    }
+
+    /// Records a queue's depth.
+    pub fn set_queue_depth(&self, queue: &str, messages: u32) {
+        self.queue_messages
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .set(i64::from(messages));
     }
 
     /// Dead-lettered messages of all reasons.

@@ -33,6 +33,7 @@ pub struct Application {
 #[derive(Clone)]
 struct HttpState {
     pool: Pool,
+    common: Arc<plumbing::metrics::CommonMetrics>,
     metrics: Arc<WorkerMetrics>,
 }
 
@@ -60,7 +61,8 @@ async fn ready(State(state): State<HttpState>) -> Response {
 
 /// `GET /metrics`.
 async fn metrics(State(state): State<HttpState>) -> Response {
-    plumbing::metrics::render(state.metrics.registry())
+    state.common.observe_pool(&state.pool);
+    plumbing::metrics::render(&[state.metrics.registry(), state.common.registry()])
 }
 
 /// `GET /invoices/{order_id}`: the order's invoice, 404 while there is none yet.
@@ -119,6 +121,7 @@ impl plumbing::cli::Service for Application {
             config.worker,
         );
         let metrics = worker.metrics();
+        let common = Arc::new(plumbing::metrics::CommonMetrics::new());
         let router = Router::new()
             .route("/health", get(plumbing::http::health))
             .route("/ready", get(ready))
@@ -126,8 +129,10 @@ impl plumbing::cli::Service for Application {
             .route("/invoices/{order_id}", get(invoice))
             .with_state(HttpState {
                 pool: pool.clone(),
+                common: common.clone(),
                 metrics: metrics.clone(),
             });
+        let router = plumbing::metrics::instrument(router, common);
         let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {
             worker,

@@ -156,6 +156,11 @@ impl Worker {
             .await?;
         *connected = true;
         self.metrics.broker_connected.set(1);
+        let _depth = QueueDepth::watch(
+            connection.create_channel().await?,
+            self.topology.clone(),
+            self.metrics.clone(),
+        );
         tracing::info!(queue = %self.topology.order_created_queue, prefetch = self.settings.prefetch, batch = self.settings.batch_size, "consuming");
 
         // Whether every delivery so far was acked or rejected. Once a batch is left
@@ -490,4 +495,43 @@ fn with_reason(original: &BasicProperties, reason: &str) -> BasicProperties {
         AMQPValue::LongString(LongString::from(reason)),
     );
     original.clone().with_headers(table)
+}
+
+/// Reads the depth of the invoices queue and its dead-letter queue every few
+/// seconds into the metrics (queue backlog and dead-letter growth alerts); stops
+/// when dropped or when its channel fails.
+struct QueueDepth(tokio::task::JoinHandle<()>);
+
+impl QueueDepth {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn watch(channel: lapin::Channel, topology: Topology, metrics: Arc<WorkerMetrics>) -> Self {
+        Self(tokio::spawn(async move {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            loop {
+                for queue in [&topology.order_created_queue, &topology.dead_letter_queue] {
+                    match channel
+                        .queue_declare(short_string(queue), passive, FieldTable::default())
+                        .await
+                    {
+                        Ok(q) => metrics.set_queue_depth(queue, q.message_count()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, queue, "cannot read the queue's depth");
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Self::INTERVAL).await;
+            }
+        }))
+    }
+}
+
+impl Drop for QueueDepth {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

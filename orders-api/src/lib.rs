@@ -5,6 +5,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod routes;

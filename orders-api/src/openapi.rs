@@ -141,6 +141,16 @@ fn health() {}
 #[allow(dead_code)]
 fn ready() {}
 
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Request, order and pool metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+    tag = "operations"
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
 /// This document.
 #[utoipa::path(
     get,
@@ -158,7 +168,7 @@ fn openapi_json() {}
         title = "orders-api",
         description = "Orders REST API of the transactional-outbox pipeline: each accepted order is stored with its OrderCreated event in one transaction."
     ),
-    paths(create_order, get_order, health, ready, openapi_json),
+    paths(create_order, get_order, health, ready, metrics, openapi_json),
     components(schemas(CreateOrder, Order, Problem))
 )]
 pub struct ApiDoc;

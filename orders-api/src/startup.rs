@@ -63,6 +63,7 @@ impl plumbing::cli::Service for Application {
         let state = AppState {
             pool: pool.clone(),
             default_currency: Arc::from(config.default_currency.as_str()),
+            metrics: Arc::new(crate::metrics::ApiMetrics::new()),
         };
         let router = routes::router(
             state,

@@ -25,6 +25,7 @@ const PURGE_LOCK_KEY: i64 = 0x6f75_7470; // "outp"
 #[derive(Clone)]
 struct HealthState {
     pool: Pool,
+    common: Arc<plumbing::metrics::CommonMetrics>,
     metrics: Arc<RelayMetrics>,
 }
 
@@ -56,7 +57,8 @@ async fn metrics(State(state): State<HealthState>) -> Response {
         Ok(stats) => state.metrics.observe_backlog(&stats),
         Err(e) => tracing::warn!(error = %e, "cannot read outbox statistics for /metrics"),
     }
-    plumbing::metrics::render(state.metrics.registry())
+    state.common.observe_pool(&state.pool);
+    plumbing::metrics::render(&[state.metrics.registry(), state.common.registry()])
 }
 
 impl plumbing::cli::Service for Application {
@@ -88,14 +90,17 @@ impl plumbing::cli::Service for Application {
             config.broker.topology(),
             config.relay,
         );
+        let common = Arc::new(plumbing::metrics::CommonMetrics::new());
         let router = Router::new()
             .route("/health", get(plumbing::http::health))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .with_state(HealthState {
                 pool: pool.clone(),
+                common: common.clone(),
                 metrics: relay.metrics(),
             });
+        let router = plumbing::metrics::instrument(router, common);
         let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {
             relay,

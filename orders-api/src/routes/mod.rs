@@ -32,6 +32,8 @@ pub struct AppState {
     pub pool: Pool,
     /// Currency of orders that name none.
     pub default_currency: Arc<str>,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<crate::metrics::ApiMetrics>,
 }
 
 /// Limits applied to every request.
@@ -46,12 +48,14 @@ pub struct Limits {
 /// The API's router with its middleware.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let timeout = limits.request_timeout;
-    Router::new()
+    let common = state.metrics.common.clone();
+    let router = Router::new()
         .route("/health", get(plumbing::http::health))
         .route("/ready", get(health::ready))
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -76,7 +80,9 @@ pub fn router(state: AppState, limits: Limits) -> Router {
                     )
                 }))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
-        )
+        );
+    // Outermost, so that timeouts are counted too.
+    plumbing::metrics::instrument(router, common)
 }
 
 /// Answers 503 when a request takes longer than the limit, so that a stalled
@@ -87,6 +93,12 @@ async fn with_timeout(req: Request, next: Next, timeout: Duration) -> Response {
         Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out after {timeout:?}"))
             .into_response(),
     }
+}
+
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    state.metrics.common.observe_pool(&state.pool);
+    plumbing::metrics::render(&[state.metrics.registry(), state.metrics.common.registry()])
 }
 
 /// `GET /openapi.json`: the API's OpenAPI 3.1 description.

@@ -36,11 +36,16 @@ pub async fn create(
     let context = request_context(&headers);
     let Some(key) = idempotency_key(&headers, &new)? else {
         let order = store::create_order(&state.pool, &new, &context).await?;
+        state.metrics.created.inc();
         return created(&order);
     };
     match store::create_order_once(&state.pool, &new, &context, &key).await? {
-        Keyed::Created(order) => created(&order),
+        Keyed::Created(order) => {
+            state.metrics.created.inc();
+            created(&order)
+        }
         Keyed::Replayed { status, body } => {
+            state.metrics.idempotent_replays.inc();
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
             let mut response = (status, Json(&body)).into_response();
             if let Some(id) = body.get("id").and_then(|v| v.as_str()) {
