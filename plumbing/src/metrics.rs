@@ -207,7 +207,6 @@ pub async fn track(
 }
 
 /// Adds [`track`] to every route of `router` (and its fallback).
-#[must_use]
 pub fn instrument(router: axum::Router, metrics: Arc<CommonMetrics>) -> axum::Router {
     router.layer(axum::middleware::from_fn_with_state(metrics, track))
 }
