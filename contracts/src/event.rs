@@ -196,6 +196,19 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every value [`DecodeError::code`] can return (for metrics that start at 0).
+    pub const CODES: [&'static str; 9] = [
+        "missing-message-id",
+        "invalid-message-id",
+        "missing-type",
+        "unknown-type",
+        "invalid-schema-version",
+        "unsupported-version",
+        "wrong-content-type",
+        "malformed-body",
+        "invalid-event",
+    ];
+
     /// A short, stable code for the reason: a metrics label and the prefix of the
     /// dead-letter reason header.
     #[must_use]
@@ -279,6 +292,33 @@ fn truncate(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_decode_error_code_is_listed() {
+        use super::DecodeError as E;
+        let all = [
+            E::MissingMessageId,
+            E::InvalidMessageId(String::new()),
+            E::MissingType,
+            E::UnknownType(String::new()),
+            E::MissingSchemaVersion,
+            E::InvalidSchemaVersion(String::new()),
+            E::UnsupportedVersion {
+                event_type: "OrderCreated",
+                version: 9,
+            },
+            E::ContentType(String::new()),
+            E::Body {
+                event_type: "OrderCreated",
+                version: 1,
+                reason: String::new(),
+            },
+            E::Invalid(String::new()),
+        ];
+        let codes: std::collections::BTreeSet<&str> = all.iter().map(E::code).collect();
+        let listed: std::collections::BTreeSet<&str> = E::CODES.into_iter().collect();
+        assert_eq!(codes, listed);
+    }
+
     use super::*;
     use time::macros::datetime;
 

@@ -15,6 +15,15 @@ pub mod worker;
 
 use std::{future::Future, time::Duration};
 
+/// An HTTP client for tests. (reqwest is built with rustls but no bundled crypto
+/// provider, for the services' OTLP exporter: this installs ring first, as the
+/// services do.)
+#[must_use]
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A short random suffix for database and namespace names.
 #[must_use]
 pub fn unique_suffix() -> String {

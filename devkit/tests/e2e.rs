@@ -36,7 +36,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     );
     assert_eq!(api.addr.port(), 3333);
     assert_eq!(worker.addr.port(), 3334);
-    let http = reqwest::Client::new();
+    let http = devkit::http_client();
     for port in [3333, 3334] {
         let res = http
             .get(format!("http://127.0.0.1:{port}/health"))

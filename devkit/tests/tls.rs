@@ -313,7 +313,7 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     worker_env.extend(broker_env());
     let worker = Service::spawn("invoices-worker", &worker_env, false).await;
 
-    let http = reqwest::Client::new();
+    let http = devkit::http_client();
     let res = http
         .post(format!("{}/orders", api.base_url()))
         .header("content-type", "application/json")
@@ -484,7 +484,7 @@ async fn events_travel_over_amqps() {
     .await;
     let relay = Service::spawn("outbox-relay", &broker_env(&orders), false).await;
     let worker = Service::spawn("invoices-worker", &broker_env(&invoices), false).await;
-    let http = reqwest::Client::new();
+    let http = devkit::http_client();
     let res = http
         .post(format!("{}/orders", api.base_url()))
         .header("content-type", "application/json")

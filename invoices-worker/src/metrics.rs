@@ -6,6 +6,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Dead-letter reason of a message that fails permanently while being stored.
+pub const PROCESSING_FAILED: &str = "processing-failed";
+
 /// Label set of the queue depth gauge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -128,6 +131,15 @@ impl WorkerMetrics {
             "Messages ready in the invoices queue and its dead-letter queue (read every 5 s)",
             m.queue_messages.clone(),
         );
+        // Every reason starts at 0, so that the series exist before the first one.
+        for reason in contracts::event::DecodeError::CODES
+            .into_iter()
+            .chain([PROCESSING_FAILED])
+        {
+            let _ = m.dead_lettered.get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+        }
         Self { registry, ..m }
     }
 

@@ -23,6 +23,7 @@ use lapin::{
 use plumbing::broker::{self, BrokerError, short_string};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     metrics::WorkerMetrics,
@@ -257,15 +258,27 @@ impl Worker {
         self.metrics.consumed.inc_by(deliveries.len() as u64);
         self.metrics.batch_size.observe(deliveries.len() as f64);
         let mut good: Vec<(Delivery, Decoded)> = Vec::with_capacity(deliveries.len());
+        let mut spans: Vec<tracing::Span> = Vec::with_capacity(deliveries.len());
         let mut repeated: Vec<Delivery> = Vec::new();
         let mut seen = HashSet::with_capacity(deliveries.len());
         for delivery in deliveries {
+            let span = self.process_span(&delivery);
             match broker::inbound(&delivery).decode() {
-                Ok(decoded) if seen.insert(decoded.message_id) => good.push((delivery, decoded)),
+                Ok(decoded) if seen.insert(decoded.message_id) => {
+                    good.push((delivery, decoded));
+                    spans.push(span);
+                }
                 // The same message twice in one batch: the first one decides.
-                Ok(_) => repeated.push(delivery),
+                Ok(_) => {
+                    span.record("invoice.outcome", "duplicate");
+                    repeated.push(delivery);
+                }
                 Err(e) => {
+                    span.record("invoice.outcome", "dead-lettered");
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", e.code());
                     self.dead_letter(&delivery, dead_letters, e.code(), &e.reason())
+                        .instrument(span)
                         .await?;
                 }
             }
@@ -273,27 +286,41 @@ impl Worker {
         if good.is_empty() {
             return Ok(true);
         }
-        let outcomes = match self
-            .store_with_retries(&good, dead_letters, shutdown)
-            .await?
-        {
+        // One statement stores the whole batch: each message's trace gets its
+        // database span, covering that statement.
+        let inserts: Vec<tracing::Span> = spans
+            .iter()
+            .map(|span| span.in_scope(|| plumbing::db::client_span("INSERT", "invoices")))
+            .collect();
+        let stored = self.store_with_retries(&good, dead_letters, shutdown).await;
+        if !matches!(stored, Ok(Stored::Done(_))) {
+            for span in &inserts {
+                plumbing::db::failed_span(span, "not-stored");
+            }
+        }
+        drop(inserts);
+        let outcomes = match stored? {
             Stored::Done(outcomes) => outcomes,
             Stored::Settled => return Ok(true),
             Stored::Interrupted => return Ok(false),
         };
         let now = OffsetDateTime::now_utc();
-        for ((_, decoded), handled) in good.iter().zip(&outcomes) {
+        for (((_, decoded), handled), span) in good.iter().zip(&outcomes).zip(&spans) {
             let Event::OrderCreatedV1(event) = &decoded.event;
+            span.record("order.id", tracing::field::display(event.order_id));
             match handled {
                 Handled::Invoiced { .. } => {
                     self.metrics.invoiced.inc();
                     self.metrics
                         .order_to_invoice_seconds
                         .observe((now - event.created_at).as_seconds_f64().max(0.0));
+                    span.record("invoice.outcome", "invoiced");
+                    span.in_scope(|| tracing::debug!(message_id = %decoded.message_id, order_id = %event.order_id, "invoice stored"));
                 }
                 Handled::Duplicate | Handled::AlreadyInvoiced => {
                     self.metrics.duplicates.inc();
-                    tracing::info!(message_id = %decoded.message_id, order_id = %event.order_id, outcome = ?handled, "duplicate skipped");
+                    span.record("invoice.outcome", "duplicate");
+                    span.in_scope(|| tracing::info!(message_id = %decoded.message_id, order_id = %event.order_id, outcome = ?handled, "duplicate skipped"));
                 }
             }
         }
@@ -312,6 +339,35 @@ impl Worker {
             .handle_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(true)
+    }
+
+    /// The consumer span of one delivery (OpenTelemetry messaging conventions),
+    /// continuing the trace of the order's HTTP request from the message headers.
+    fn process_span(&self, delivery: &Delivery) -> tracing::Span {
+        let queue = &self.topology.order_created_queue;
+        let properties = &delivery.properties;
+        let span = tracing::info_span!(
+            "messaging.process",
+            otel.name = %format!("process {queue}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = %queue,
+            messaging.message.id = properties.message_id().as_ref().map(|m| m.as_str()),
+            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+            order.id = tracing::field::Empty,
+            invoice.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        plumbing::telemetry::continue_trace(
+            &span,
+            broker::header_str(properties, headers::TRACEPARENT),
+            broker::header_str(properties, headers::TRACESTATE),
+        );
+        span
     }
 
     /// Stores the batch, retrying transient errors with backoff (in place: a
@@ -371,7 +427,7 @@ impl Worker {
                     self.dead_letter(
                         &good[0].0,
                         dead_letters,
-                        "processing-failed",
+                        crate::metrics::PROCESSING_FAILED,
                         &reason_of(&e),
                     )
                     .await?;
@@ -408,8 +464,13 @@ impl Worker {
                 }
                 Err(e) => {
                     let reason = reason_of(&e);
-                    self.dead_letter(delivery, dead_letters, "processing-failed", &reason)
-                        .await?;
+                    self.dead_letter(
+                        delivery,
+                        dead_letters,
+                        crate::metrics::PROCESSING_FAILED,
+                        &reason,
+                    )
+                    .await?;
                 }
             }
         }

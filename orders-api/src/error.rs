@@ -67,7 +67,9 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The stable code of the problem body (`invalid_amount`, `unavailable`, …).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,

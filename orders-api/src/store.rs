@@ -2,6 +2,7 @@
 
 use deadpool_postgres::Pool;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -143,6 +144,24 @@ fn prepare(new: &NewOrder, context: &RequestContext) -> (Order, OutboxEvent) {
 /// Runs the insert; returns the number of outbox rows written (0 when the key
 /// existed).
 async fn insert(
+    pool: &Pool,
+    order: &Order,
+    event: &OutboxEvent,
+    key: Option<&IdempotencyKey>,
+) -> Result<u64, ApiError> {
+    let span = plumbing::db::client_span("INSERT", "orders");
+    let result = insert_statement(pool, order, event, key)
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &result {
+        plumbing::db::failed_span(&span, e.code());
+    }
+    result
+}
+
+/// The statement of [`insert`]: order, outbox row, key (if any) and `NOTIFY` in
+/// one transaction.
+async fn insert_statement(
     pool: &Pool,
     order: &Order,
     event: &OutboxEvent,

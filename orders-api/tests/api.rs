@@ -44,7 +44,7 @@ impl TestApp {
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Self {
             base,
-            http: reqwest::Client::new(),
+            http: devkit::http_client(),
             db,
             shutdown,
         }

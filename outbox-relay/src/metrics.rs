@@ -24,6 +24,14 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason (the series start at 0).
+    pub const ALL: [FailureReason; 4] = [
+        FailureReason::Returned,
+        FailureReason::Nacked,
+        FailureReason::Invalid,
+        FailureReason::Lost,
+    ];
+
     /// The label value.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -63,6 +71,8 @@ pub struct RelayMetrics {
     pub blocked: Counter,
     /// Time from an event's creation to the broker's confirm.
     pub commit_to_confirm: Histogram,
+    /// Time from a batch's first publish to its last confirm.
+    pub confirm_seconds: Histogram,
     /// Events re-published by replays.
     pub replayed: Counter,
     /// Published rows deleted by retention.
@@ -95,6 +105,7 @@ impl RelayMetrics {
             failures: Family::default(),
             blocked: Counter::default(),
             commit_to_confirm: plumbing::metrics::latency_histogram(),
+            confirm_seconds: plumbing::metrics::latency_histogram(),
             replayed: Counter::default(),
             purged: Counter::default(),
             broker_connected: Gauge::default(),
@@ -130,6 +141,11 @@ impl RelayMetrics {
             "commit_to_confirm_seconds",
             "Time from an event's creation to the broker's confirm",
             m.commit_to_confirm.clone(),
+        );
+        registry.register(
+            "confirm_seconds",
+            "Time from a batch's first publish to its last broker confirm",
+            m.confirm_seconds.clone(),
         );
         registry.register(
             "replayed",
@@ -176,6 +192,9 @@ impl RelayMetrics {
             "Rows waiting for their next attempt after a failure",
             m.retrying.clone(),
         );
+        for reason in FailureReason::ALL {
+            let _ = m.failures.get_or_create(&FailureLabels { reason });
+        }
         Self { registry, ..m }
     }
 

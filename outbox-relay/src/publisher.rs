@@ -7,7 +7,7 @@
 //! is a failure, not a success), or lost (the channel failed, so the broker may or
 //! may not have it; it is published again under the same message id).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use contracts::{EventType, Topology};
 use lapin::{
@@ -15,6 +15,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use plumbing::broker::{BrokerError, Outbound, short_string};
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::store::OutboxRow;
 
@@ -36,6 +37,7 @@ pub struct Publisher {
     connection: Connection,
     channel: Channel,
     topology: Topology,
+    confirm_seconds: Option<Histogram>,
 }
 
 impl Publisher {
@@ -54,7 +56,15 @@ impl Publisher {
             connection,
             channel,
             topology,
+            confirm_seconds: None,
         })
+    }
+
+    /// Records each batch's time from its first publish to its last confirm.
+    #[must_use]
+    pub fn observe_confirms(mut self, histogram: Histogram) -> Self {
+        self.confirm_seconds = Some(histogram);
+        self
     }
 
     /// Whether the channel is still usable.
@@ -88,6 +98,8 @@ impl Publisher {
         extra_headers: &[(&'static str, String)],
         write_timeout: Duration,
     ) -> InFlight {
+        let started = Instant::now();
+        let span = self.batch_span(rows);
         let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
         let mut publishes = Vec::with_capacity(rows.len());
         let mut indices = Vec::with_capacity(rows.len());
@@ -125,6 +137,9 @@ impl Publisher {
             return InFlight {
                 outcomes,
                 pending: Vec::new(),
+                span,
+                started,
+                confirm_seconds: None,
             };
         };
         let mut pending = Vec::with_capacity(results.len());
@@ -141,7 +156,42 @@ impl Publisher {
                 }
             }
         }
-        InFlight { outcomes, pending }
+        InFlight {
+            outcomes,
+            pending,
+            span,
+            started,
+            confirm_seconds: self.confirm_seconds.clone(),
+        }
+    }
+
+    /// The producer span of a batch (OpenTelemetry messaging conventions): the
+    /// relay's own trace, linked to the trace of each event's HTTP request, whose
+    /// context travels on in the message headers.
+    fn batch_span(&self, rows: &[OutboxRow]) -> tracing::Span {
+        let exchange = &self.topology.exchange;
+        let span = tracing::info_span!(
+            "messaging.publish",
+            otel.name = %format!("send {exchange}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %exchange,
+            messaging.batch.message_count = rows.len(),
+            outbox.confirmed = tracing::field::Empty,
+            outbox.not_confirmed = tracing::field::Empty,
+        );
+        for row in rows {
+            let header = |name: &str| row.headers.get(name).and_then(serde_json::Value::as_str);
+            plumbing::telemetry::link(
+                &span,
+                header(contracts::headers::TRACEPARENT),
+                header(contracts::headers::TRACESTATE),
+            );
+        }
+        span
     }
 
     /// Closes the channel and connection politely (after the last confirms).
@@ -155,6 +205,10 @@ impl Publisher {
 pub struct InFlight {
     outcomes: Vec<Option<Outcome>>,
     pending: Vec<(usize, PublisherConfirm)>,
+    /// The batch's span, ended when the confirms are in.
+    span: tracing::Span,
+    started: Instant,
+    confirm_seconds: Option<Histogram>,
 }
 
 impl InFlight {
@@ -164,6 +218,9 @@ impl InFlight {
         let Self {
             mut outcomes,
             pending,
+            span,
+            started,
+            confirm_seconds,
         } = self;
         let (indices, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         match tokio::time::timeout(confirm_timeout, futures::future::join_all(confirms)).await {
@@ -180,10 +237,23 @@ impl InFlight {
                 }
             }
         }
-        outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Lost("not published".into())))
-            .collect()
+            .collect();
+        let confirmed = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Confirmed))
+            .count();
+        span.record("outbox.confirmed", confirmed);
+        span.record("outbox.not_confirmed", outcomes.len() - confirmed);
+        if confirmed < outcomes.len() {
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(histogram) = confirm_seconds.filter(|_| !outcomes.is_empty()) {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+        outcomes
     }
 }
 

@@ -111,7 +111,8 @@ impl Relay {
             self.disconnect().await;
             let publisher = Publisher::connect(&self.broker_url, self.topology.clone())
                 .await
-                .map_err(|e| RelayError::Broker(e.to_string()))?;
+                .map_err(|e| RelayError::Broker(e.to_string()))?
+                .observe_confirms(self.metrics.confirm_seconds.clone());
             tracing::info!(exchange = %self.topology.exchange, "connected to the broker");
             self.publisher = Some(publisher);
             self.metrics.broker_connected.set(1);

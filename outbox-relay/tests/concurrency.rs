@@ -437,7 +437,7 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     .await;
     // Kill the victim while it holds a claim (claimed more than it has marked), if
     // that can be caught within a few seconds.
-    let http = reqwest::Client::new();
+    let http = devkit::http_client();
     let hunt = Instant::now();
     let mut holding = None;
     while hunt.elapsed() < Duration::from_secs(5) {

@@ -258,7 +258,9 @@ async fn metrics_describe_the_relay_and_the_outbox() {
     )
     .await;
 
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let body = devkit::http_client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

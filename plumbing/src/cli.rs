@@ -70,7 +70,7 @@ pub async fn main<S: Service>() -> ExitCode {
 
 /// Runs one of the base commands (for binaries with commands of their own).
 pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
-    crate::telemetry::init(S::NAME);
+    let telemetry = crate::telemetry::init(S::NAME);
     let result = async {
         let config = S::load_config()?;
         match command {
@@ -88,6 +88,7 @@ pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
         Ok(())
     }
     .await;
+    telemetry.shutdown().await;
     exit_code(S::NAME, result, false)
 }
 

@@ -293,6 +293,30 @@ pub fn pool(config: DbConfig, options: PoolOptions) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Pool(e.to_string()))
 }
 
+/// A client span for one database operation (OpenTelemetry database semantic
+/// conventions: named `{operation} {collection}`); mark failures with
+/// [`failed_span`].
+#[must_use]
+pub fn client_span(operation: &'static str, collection: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db.query",
+        otel.name = %format!("{operation} {collection}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Marks a [`client_span`] as failed, with a short error type (a SQLSTATE, or
+/// what the caller knows).
+pub fn failed_span(span: &tracing::Span, error_type: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error_type);
+}
+
 /// Whether a driver error is worth retrying: the connection broke, the server is
 /// shutting down or overloaded, or the transaction lost a serialization or deadlock
 /// race. Constraint violations, syntax and type errors are permanent.

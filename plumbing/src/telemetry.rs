@@ -1,11 +1,110 @@
-//! Structured logs: one JSON object per line on stdout, filtered by `RUST_LOG`.
+//! Logs and traces.
+//!
+//! Logs: one JSON object per line on stdout, filtered by `RUST_LOG`; lines inside a
+//! traced operation carry its `trace_id` and `span_id`.
+//!
+//! Traces: `tracing` spans become OpenTelemetry spans. The W3C trace context
+//! (`traceparent`, `tracestate`) always propagates, from the HTTP request through the
+//! outbox row and the AMQP headers to the worker, exporter or not. Spans are
+//! exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; the exporter reads the standard
+//! variables itself (`OTEL_EXPORTER_OTLP_HEADERS`, `…_PROTOCOL` (default
+//! `http/protobuf`), `…_TIMEOUT`), the SDK reads `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and
+//! `OTEL_BSP_*`. `OTEL_SDK_DISABLED=true` turns tracing off.
 
+use opentelemetry::{
+    Context, Key,
+    propagation::{Extractor, TextMapPropagator as _},
+    trace::{SpanContext, TraceContextExt as _, TracerProvider as _},
+};
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-/// Installs the global subscriber. `RUST_LOG` selects levels (default `info`).
+/// Most links one span keeps (a relay batch links every event it publishes).
+const MAX_LINKS_PER_SPAN: u32 = 4096;
+
+/// Keeps the tracer provider; [`Telemetry::shutdown`] flushes the spans not yet
+/// exported.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter (bounded: a few seconds at
+    /// most when the collector does not answer).
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not flush the trace exporter"),
+            Err(e) => tracing::warn!(error = %e, "trace exporter shutdown panicked"),
+        }
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// The resource: `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` when given,
+/// otherwise the binary's name.
+fn resource(service: &'static str) -> Resource {
+    let detected = Resource::builder().build();
+    let unnamed = detected
+        .get(&Key::from_static_str("service.name"))
+        .is_none_or(|v| v.as_str().starts_with("unknown_service"));
+    if unnamed {
+        Resource::builder()
+            .with_service_name(service)
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build()
+    } else {
+        detected
+    }
+}
+
+/// A provider that always gives spans real ids (so that the context propagates),
+/// with an OTLP/HTTP batch exporter when an endpoint is configured.
+fn provider(service: &'static str) -> (SdkTracerProvider, Option<String>) {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource(service))
+        .with_max_links_per_span(MAX_LINKS_PER_SPAN);
+    let mut problem = None;
+    if env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+        // The crate defaults to JSON when both encodings are built in; the
+        // specification's default is protobuf. An explicit variable wins.
+        if !env_set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && !env_set("OTEL_EXPORTER_OTLP_PROTOCOL")
+        {
+            exporter = exporter.with_protocol(Protocol::HttpBinary);
+        }
+        match exporter.build() {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => problem = Some(e.to_string()),
+        }
+    }
+    (builder.build(), problem)
+}
+
+/// Installs the global subscriber (JSON logs, and traces unless
+/// `OTEL_SDK_DISABLED=true`) and the W3C propagator. `RUST_LOG` selects levels
+/// (default `info`).
 ///
 /// Calling it twice is harmless: the second call leaves the first subscriber.
-pub fn init(service: &'static str) {
+#[must_use]
+pub fn init(service: &'static str) -> Telemetry {
+    // One TLS provider for the process (rustls on ring: the OTLP client's https).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
     let json = fmt::layer()
@@ -14,14 +113,45 @@ pub fn init(service: &'static str) {
         .with_current_span(true)
         .with_span_list(false)
         .with_target(true);
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let (provider, problem) = if disabled {
+        (None, None)
+    } else {
+        let (provider, problem) = provider(service);
+        (Some(provider), problem)
+    };
+    let traces = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     if tracing_subscriber::registry()
         .with(filter)
         .with(json)
+        .with(traces)
         .try_init()
         .is_ok()
     {
-        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+        let exporting =
+            env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        tracing::info!(
+            service,
+            version = env!("CARGO_PKG_VERSION"),
+            traces = if disabled {
+                "off"
+            } else if exporting && problem.is_none() {
+                "exported over OTLP"
+            } else {
+                "propagated, not exported"
+            },
+            "starting"
+        );
+        if let Some(problem) = problem {
+            tracing::error!(
+                error = problem,
+                "cannot build the OTLP trace exporter; traces are not exported"
+            );
+        }
     }
+    Telemetry { provider }
 }
 
 /// Installs the subscriber of an operator command: plain text on stderr, `warn`
@@ -32,6 +162,77 @@ pub fn init_operator() {
         .with(filter)
         .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
         .try_init();
+}
+
+/// A W3C trace context read from a carrier (HTTP or AMQP headers, an outbox row).
+/// Both values are optional; an invalid `traceparent` gives an empty context.
+#[must_use]
+pub fn extract(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
+    struct Carrier<'a>(Option<&'a str>, Option<&'a str>);
+    impl Extractor for Carrier<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                "traceparent" => self.0,
+                "tracestate" => self.1,
+                _ => None,
+            }
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent", "tracestate"]
+        }
+    }
+    TraceContextPropagator::new().extract(&Carrier(traceparent, tracestate))
+}
+
+/// The span context of a carrier's `traceparent` (for links), if valid.
+#[must_use]
+pub fn remote_span(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<SpanContext> {
+    let context = extract(traceparent, tracestate);
+    let span = context.span().span_context().clone();
+    span.is_valid().then_some(span)
+}
+
+/// Links `span` to the carrier's context, if valid (a batch span to each of its
+/// messages' traces).
+pub fn link(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    if let Some(context) = remote_span(traceparent, tracestate) {
+        span.add_link(context);
+    }
+}
+
+/// Makes `span` a child of the carrier's context (when it has a valid one) and
+/// records the resulting `trace_id` and `span_id` on it for the logs. Call before
+/// the span is entered.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    let parent = extract(traceparent, tracestate);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    record_ids(span);
+}
+
+/// Records the span's OpenTelemetry ids in its `trace_id` and `span_id` fields
+/// (declared `tracing::field::Empty`), so that every log line inside carries them.
+pub fn record_ids(span: &tracing::Span) {
+    let context = span.context();
+    let otel = context.span();
+    let ids = otel.span_context();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
+}
+
+/// The W3C `traceparent` and `tracestate` of `span`, to hand on (an outbox row,
+/// AMQP headers). `None` when tracing is off.
+#[must_use]
+pub fn inject(span: &tracing::Span) -> (Option<String>, Option<String>) {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    (
+        carrier.remove("traceparent"),
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    )
 }
 
 /// Logs an error with its whole chain of causes, as one line.
@@ -53,4 +254,30 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_round_trips_and_garbage_is_ignored() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = remote_span(Some(tp), Some("k=v")).unwrap();
+        assert_eq!(
+            span.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(span.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(span.is_remote());
+        for bad in [
+            "",
+            "00-zz-00f067aa0ba902b7-01",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(remote_span(Some(bad), None).is_none(), "{bad}");
+        }
+        assert!(remote_span(None, None).is_none());
+    }
 }

@@ -66,23 +66,48 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let request_id = req
-                        .headers()
-                        .get(REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!(
-                        "http.request",
-                        http.request.method = %req.method(),
-                        url.path = %req.uri().path(),
-                        request_id,
-                    )
-                }))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(record_response),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         );
     // Outermost, so that timeouts are counted too.
     plumbing::metrics::instrument(router, common)
+}
+
+/// The server span of a request (OpenTelemetry HTTP semantic conventions),
+/// continuing the caller's trace when it sends a `traceparent`.
+fn request_span(req: &Request) -> tracing::Span {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{} {}", req.method(), route.unwrap_or("unmatched")),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = route,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        request_id = header(REQUEST_ID.as_str()).unwrap_or_default(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    plumbing::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+    span
+}
+
+fn record_response(response: &Response, _latency: Duration, span: &tracing::Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// Answers 503 when a request takes longer than the limit, so that a stalled

@@ -128,7 +128,10 @@ pub async fn get(
     Ok(Json(body).into_response())
 }
 
-/// The request id and W3C trace context to store with the event.
+/// The request id and W3C trace context to store with the event: the context of
+/// this request's span (a child of the caller's trace, if it sent one), so that
+/// the relay and the worker continue the same trace. With tracing turned off, the
+/// caller's own valid `traceparent` is passed on unchanged.
 fn request_context(headers: &HeaderMap) -> RequestContext {
     let text = |name: &str| {
         headers
@@ -136,16 +139,20 @@ fn request_context(headers: &HeaderMap) -> RequestContext {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let traceparent = text("traceparent").filter(|t| is_valid_traceparent(t));
+    let (traceparent, tracestate) = match plumbing::telemetry::inject(&tracing::Span::current()) {
+        (Some(traceparent), tracestate) => (Some(traceparent), tracestate),
+        (None, _) => {
+            let traceparent = text("traceparent").filter(|t| is_valid_traceparent(t));
+            let tracestate = traceparent.as_ref().and(text("tracestate"));
+            (traceparent, tracestate)
+        }
+    };
     RequestContext {
         request_id: headers
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(128).collect()),
-        tracestate: traceparent
-            .as_ref()
-            .and(text("tracestate"))
-            .map(|s| s.chars().take(512).collect()),
+        tracestate: tracestate.map(|s| s.chars().take(512).collect()),
         traceparent,
     }
 }

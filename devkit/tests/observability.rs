@@ -1,0 +1,497 @@
+//! Observability of the running pipeline (the three binaries as processes):
+//! one trace from the HTTP request to the invoice, received by an OTLP/HTTP
+//! collector in this test; the `/metrics` of each process after some orders; and
+//! the committed alert rules and dashboards naming only exported metrics.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, extract::State, routing::post};
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, KeyValue, any_value::Value as Any},
+    trace::v1::{Span, span::SpanKind},
+};
+use prost::Message as _;
+
+/// A span as received, with the service that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: Span,
+}
+
+impl Received {
+    fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    fn attribute(&self, key: &str) -> Option<String> {
+        attribute(&self.span.attributes, key)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(value: &AnyValue) -> String {
+    match &value.value {
+        Some(Any::StringValue(s)) => s.clone(),
+        Some(Any::IntValue(i)) => i.to_string(),
+        Some(Any::BoolValue(b)) => b.to_string(),
+        Some(Any::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .map(text)
+}
+
+/// An OTLP/HTTP trace receiver (protobuf) on a free port.
+async fn collector() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    async fn receive(State(spans): State<Arc<Mutex<Vec<Received>>>>, body: Bytes) -> &'static str {
+        let request = ExportTraceServiceRequest::decode(body).unwrap();
+        let mut spans = spans.lock().unwrap();
+        for resource in request.resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .and_then(|r| attribute(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        ""
+    }
+    let app = Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+struct Pipeline {
+    api: Service,
+    relay: Service,
+    worker: Service,
+    orders: TestDatabase,
+    invoices: TestDatabase,
+    _broker: TestBroker,
+}
+
+impl Pipeline {
+    async fn start(label: &str, extra: &[(&str, String)], worker_log: Option<&str>) -> Self {
+        let orders = TestDatabase::reserve(&format!("{label}_orders"));
+        let invoices = TestDatabase::reserve(&format!("{label}_invoices"));
+        let broker = TestBroker::new();
+        let env = |db: &TestDatabase, with_broker: bool| {
+            let mut env = vec![("DATABASE_URL", db.url.clone()), ("PORT", "0".to_owned())];
+            if with_broker {
+                env.push(("BROKER_URL", broker.url.clone()));
+                env.push(("BROKER_NAMESPACE", broker.namespace.clone()));
+            }
+            env.extend(extra.iter().cloned());
+            env
+        };
+        let api = Service::spawn("orders-api", &env(&orders, false), false).await;
+        let relay = Service::spawn("outbox-relay", &env(&orders, true), false).await;
+        let mut worker_env = env(&invoices, true);
+        if let Some(filter) = worker_log {
+            worker_env.push(("RUST_LOG", filter.to_owned()));
+        }
+        let worker = Service::spawn("invoices-worker", &worker_env, false).await;
+        Self {
+            api,
+            relay,
+            worker,
+            orders,
+            invoices,
+            _broker: broker,
+        }
+    }
+
+    async fn post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = devkit::http_client()
+            .post(format!("{}/orders", self.api.base_url()))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn wait_for_invoices(&self, n: i64) {
+        eventually(Duration::from_secs(30), "the invoices", || async {
+            (self.invoices.count("invoices").await == n).then_some(())
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        for service in [&self.api, &self.relay, &self.worker] {
+            service.terminate();
+        }
+        for mut service in [self.api, self.relay, self.worker] {
+            assert!(service.wait(Duration::from_secs(20)).await.success());
+        }
+    }
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn one_trace_runs_from_the_http_request_to_the_invoice() {
+    let (endpoint, received) = collector().await;
+    let pipeline = Pipeline::start(
+        "otel",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+        None,
+    )
+    .await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let res = pipeline
+        .post(r#"{"amount": 29.99}"#, &[("traceparent", &traceparent)])
+        .await;
+    assert_eq!(res.status(), 201);
+    pipeline.wait_for_invoices(1).await;
+
+    let find = |service: &'static str, name: String| {
+        let received = received.clone();
+        move || {
+            let found = received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.service == service && s.span.name == name)
+                .cloned();
+            async move { found }
+        }
+    };
+    let wait = Duration::from_secs(20);
+    // The API continues the caller's trace.
+    let http = eventually(
+        wait,
+        "the HTTP span",
+        find("orders-api", "POST /orders".into()),
+    )
+    .await;
+    assert_eq!(http.trace_id(), CLIENT_TRACE);
+    assert_eq!(hex(&http.span.parent_span_id), CLIENT_SPAN);
+    assert_eq!(http.span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        http.attribute("http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(http.attribute("http.route").as_deref(), Some("/orders"));
+    assert_eq!(
+        http.attribute("http.response.status_code").as_deref(),
+        Some("201")
+    );
+    let http_span = hex(&http.span.span_id);
+    let insert_order = eventually(
+        wait,
+        "the order's insert span",
+        find("orders-api", "INSERT orders".into()),
+    )
+    .await;
+    assert_eq!(insert_order.trace_id(), CLIENT_TRACE);
+    assert_eq!(hex(&insert_order.span.parent_span_id), http_span);
+    assert_eq!(insert_order.span.kind, SpanKind::Client as i32);
+    assert_eq!(
+        insert_order.attribute("db.system.name").as_deref(),
+        Some("postgresql")
+    );
+    assert_eq!(
+        insert_order.attribute("db.collection.name").as_deref(),
+        Some("orders")
+    );
+
+    // The relay's publish span, in its own trace, links to the request.
+    let exchange = pipeline._broker.topology.exchange.clone();
+    let publish = eventually(
+        wait,
+        "the publish span",
+        find("outbox-relay", format!("send {exchange}")),
+    )
+    .await;
+    assert_eq!(publish.span.kind, SpanKind::Producer as i32);
+    assert_eq!(
+        publish.attribute("messaging.system").as_deref(),
+        Some("rabbitmq")
+    );
+    assert_eq!(
+        publish.attribute("messaging.destination.name"),
+        Some(exchange)
+    );
+    assert_eq!(publish.attribute("outbox.confirmed").as_deref(), Some("1"));
+    assert!(
+        publish
+            .span
+            .links
+            .iter()
+            .any(|l| hex(&l.trace_id) == CLIENT_TRACE && hex(&l.span_id) == http_span),
+        "the publish span links to the request: {:?}",
+        publish.span.links
+    );
+
+    // The worker continues the request's trace from the message headers.
+    let queue = pipeline._broker.topology.order_created_queue.clone();
+    let process = eventually(
+        wait,
+        "the consume span",
+        find("invoices-worker", format!("process {queue}")),
+    )
+    .await;
+    assert_eq!(process.trace_id(), CLIENT_TRACE);
+    assert_eq!(hex(&process.span.parent_span_id), http_span);
+    assert_eq!(process.span.kind, SpanKind::Consumer as i32);
+    assert_eq!(
+        process.attribute("invoice.outcome").as_deref(),
+        Some("invoiced")
+    );
+    assert_eq!(
+        process.attribute("messaging.operation.type").as_deref(),
+        Some("process")
+    );
+    assert!(process.attribute("messaging.message.id").is_some());
+    let invoice = eventually(
+        wait,
+        "the invoice's insert span",
+        find("invoices-worker", "INSERT invoices".into()),
+    )
+    .await;
+    assert_eq!(invoice.trace_id(), CLIENT_TRACE);
+    assert_eq!(
+        hex(&invoice.span.parent_span_id),
+        hex(&process.span.span_id)
+    );
+    assert_eq!(
+        invoice.attribute("db.collection.name").as_deref(),
+        Some("invoices")
+    );
+
+    pipeline.stop().await;
+}
+
+/// The value of a sample line (`name{labels} value`) of a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.split(' ').next()?.parse().ok()
+    })
+}
+
+/// Every series name a scrape can have: each family's declared name with the
+/// suffixes of its type.
+fn exported_names(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split(' ');
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names
+}
+
+/// The metric names in a PromQL text: the tokens with one of the services'
+/// metric prefixes.
+fn metric_names(promql: &str) -> BTreeSet<String> {
+    const PREFIXES: [&str; 5] = [
+        "http_server_",
+        "db_pool_",
+        "orders_",
+        "outbox_",
+        "invoices_",
+    ];
+    promql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| PREFIXES.iter().any(|p| t.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
+    // No exporter: the trace context must travel anyway.
+    let pipeline = Pipeline::start("metrics", &[], Some("info,invoices_worker=debug")).await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    for i in 1..=4 {
+        let res = pipeline
+            .post(
+                &format!(r#"{{"amount": {i}.25}}"#),
+                &[("traceparent", &traceparent)],
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    for _ in 0..2 {
+        let res = pipeline
+            .post(r#"{"amount": 5}"#, &[("idempotency-key", "metrics-retry")])
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    let res = pipeline.post(r#"{"amount": -1}"#, &[]).await;
+    assert_eq!(res.status(), 422);
+    pipeline.wait_for_invoices(5).await;
+
+    let http = devkit::http_client();
+    let scrape = |service: &Service| {
+        let url = format!("{}/metrics", service.base_url());
+        let http = http.clone();
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap()
+        }
+    };
+    // The relay counts a batch after marking it; the worker after acking.
+    let relay = eventually(Duration::from_secs(10), "the relay's counts", || async {
+        let s = scrape(&pipeline.relay).await;
+        (sample(&s, "outbox_published_total") == Some(5.0)).then_some(s)
+    })
+    .await;
+    let api = scrape(&pipeline.api).await;
+    let worker = eventually(Duration::from_secs(10), "the worker's counts", || async {
+        let s = scrape(&pipeline.worker).await;
+        (sample(&s, "invoices_invoiced_total") == Some(5.0)).then_some(s)
+    })
+    .await;
+
+    assert_eq!(sample(&api, "orders_created_total"), Some(5.0));
+    assert_eq!(sample(&api, "orders_idempotent_replays_total"), Some(1.0));
+    let posts = |status: u16| {
+        sample(
+            &api,
+            &format!(
+                r#"http_server_requests_total{{route="/orders",method="POST",status="{status}"}}"#
+            ),
+        )
+    };
+    assert_eq!(posts(201), Some(6.0));
+    assert_eq!(posts(422), Some(1.0));
+    assert_eq!(
+        sample(
+            &api,
+            r#"http_server_request_duration_seconds_count{route="/orders",method="POST"}"#
+        ),
+        Some(7.0)
+    );
+    assert_eq!(sample(&api, "db_pool_max_connections"), Some(16.0));
+    assert!(sample(&api, r#"db_pool_connections{state="idle"}"#).unwrap() >= 1.0);
+
+    assert_eq!(sample(&relay, "outbox_backlog"), Some(0.0));
+    assert_eq!(sample(&relay, "outbox_broker_connected"), Some(1.0));
+    assert_eq!(
+        sample(&relay, "outbox_commit_to_confirm_seconds_count"),
+        Some(5.0)
+    );
+    assert!(sample(&relay, "outbox_confirm_seconds_count").unwrap() >= 1.0);
+
+    assert_eq!(sample(&worker, "invoices_consumed_total"), Some(5.0));
+    assert_eq!(sample(&worker, "invoices_duplicates_total"), Some(0.0));
+    assert_eq!(
+        sample(&worker, "invoices_order_to_invoice_seconds_count"),
+        Some(5.0)
+    );
+    assert_eq!(sample(&worker, "invoices_broker_connected"), Some(1.0));
+    let queue = &pipeline._broker.topology.order_created_queue;
+    assert!(
+        sample(
+            &worker,
+            &format!(r#"invoices_queue_messages{{queue="{queue}"}}"#)
+        )
+        .is_some(),
+        "queue depth exported"
+    );
+
+    // Without an exporter the request's trace still reached the worker: its log
+    // lines for these orders carry the caller's trace id.
+    let traced = pipeline
+        .worker
+        .logs()
+        .iter()
+        .filter(|l| l.contains("invoice stored") && l.contains(CLIENT_TRACE))
+        .count();
+    assert_eq!(traced, 4, "worker log lines carrying the trace id");
+    let stored: i64 = pipeline
+        .orders
+        .scalar(&format!(
+            "SELECT count(*) FROM outbox WHERE headers->>'traceparent' LIKE '00-{CLIENT_TRACE}-%'"
+        ))
+        .await;
+    assert_eq!(stored, 4);
+
+    // The alert rules and dashboards name only what the services export.
+    let exported: BTreeSet<String> = [&api, &relay, &worker]
+        .iter()
+        .flat_map(|s| exported_names(s))
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules = std::fs::read_to_string(root.join("docker/prometheus/alerts.yml")).unwrap();
+    let used = metric_names(&rules);
+    assert!(used.len() >= 8, "the rules use the metrics: {used:?}");
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "alert rules name metrics nobody exports: {unknown:?}"
+    );
+    for dashboard in ["application-overview.json", "pipeline-kpis.json"] {
+        let text = std::fs::read_to_string(root.join("docker/grafana/dashboards").join(dashboard))
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let panels = json["panels"].as_array().unwrap();
+        assert!(!panels.is_empty());
+        for panel in panels {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let used = metric_names(expr);
+                assert!(
+                    !used.is_empty() || expr.starts_with("up"),
+                    "{dashboard}: {expr}"
+                );
+                let unknown: Vec<_> = used.difference(&exported).collect();
+                assert!(
+                    unknown.is_empty(),
+                    "{dashboard} names unexported metrics: {unknown:?}"
+                );
+            }
+        }
+    }
+    pipeline.stop().await;
+}
