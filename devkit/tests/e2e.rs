@@ -46,6 +46,27 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         assert_eq!(res.status(), 200);
         assert_eq!(res.text().await.unwrap(), "OK");
     }
+    // The container health check: `<binary> healthcheck` probes its own /health.
+    let probe = |name: &str, port: u16| {
+        std::process::Command::new(devkit::process::binary_path(name))
+            .arg("healthcheck")
+            .env("PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    assert!(probe("orders-api", 3333).status.success());
+    assert!(probe("invoices-worker", 3334).status.success());
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = probe("outbox-relay", free);
+    assert!(!dead.status.success());
+    assert!(
+        String::from_utf8_lossy(&dead.stderr).contains("unhealthy"),
+        "{dead:?}"
+    );
 
     // Post orders concurrently, with amounts that exercise the exact conversion.
     let posts = (1..=40).map(|i| {

@@ -51,6 +51,9 @@ pub enum BaseCommand {
     Run,
     /// Create the database if needed, apply its migrations and exit.
     Migrate,
+    /// Exit 0 when the running service's `GET /health` on `PORT` answers 200
+    /// (a container health check that needs no curl in the image).
+    Healthcheck,
 }
 
 /// The command line of a binary that has only the base commands.
@@ -70,6 +73,9 @@ pub async fn main<S: Service>() -> ExitCode {
 
 /// Runs one of the base commands (for binaries with commands of their own).
 pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
+    if let BaseCommand::Healthcheck = command {
+        return healthcheck::<S>().await;
+    }
     let telemetry = crate::telemetry::init(S::NAME);
     let result = async {
         let config = S::load_config()?;
@@ -84,12 +90,32 @@ pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
                 let url = &S::service_config(&config).database_url;
                 crate::db::migrate_command(url, S::DATABASE).await?;
             }
+            BaseCommand::Healthcheck => unreachable!("handled above"),
         }
         Ok(())
     }
     .await;
     telemetry.shutdown().await;
     exit_code(S::NAME, result, false)
+}
+
+/// `<binary> healthcheck`: probes the service's own `/health`; quiet on success,
+/// the reason on stderr otherwise.
+async fn healthcheck<S: Service>() -> ExitCode {
+    let port = match S::load_config() {
+        Ok(config) => S::service_config(&config).port,
+        Err(e) => {
+            eprintln!("{}: {e}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::http::probe_health(port).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("{}: unhealthy: {reason}", S::NAME);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs an operator command (status, replay, …): logs go to stderr at `warn`

@@ -14,9 +14,27 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Every variable name [`var`] was asked for in this process (so that tests can
+/// check deployment files against what the services really read).
+static VARIABLES_READ: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The variable names read so far, and forgets them (for reading one service's
+/// configuration at a time).
+#[must_use]
+pub fn take_variables_read() -> std::collections::BTreeSet<String> {
+    VARIABLES_READ
+        .lock()
+        .map(|mut read| std::mem::take(&mut *read))
+        .unwrap_or_default()
+}
+
 /// The variable's value, or `None` when it is unset or empty.
 #[must_use]
 pub fn var(name: &str) -> Option<String> {
+    if let Ok(mut read) = VARIABLES_READ.lock() {
+        read.insert(name.to_owned());
+    }
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 

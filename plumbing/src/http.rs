@@ -58,6 +58,41 @@ pub async fn serve_alongside(
     served.context("HTTP server failed")
 }
 
+/// Asks `http://127.0.0.1:<port>/health` (within 3 s) and expects `200`.
+///
+/// # Errors
+/// Why the service is not healthy: not listening, timed out, or another status.
+pub async fn probe_health(port: u16) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if port == 0 {
+        return Err("PORT is 0 (a random port): nothing to probe".into());
+    }
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("cannot send the request: {e}"))?;
+        let mut head = [0_u8; 12];
+        stream
+            .read_exact(&mut head)
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        match &head {
+            b"HTTP/1.1 200" => Ok(()),
+            other => Err(format!(
+                "answered {:?}",
+                String::from_utf8_lossy(other).trim()
+            )),
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), probe)
+        .await
+        .map_err(|_| "no answer within 3 s".to_owned())?
+}
+
 /// `GET /health`: liveness, `200 text/plain OK` as long as the process serves HTTP.
 pub async fn health() -> Response {
     (

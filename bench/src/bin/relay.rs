@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // Spans on, as in the service binaries (the cost of tracing is measured too).
+    let _telemetry = plumbing::telemetry::init("bench");
     let events: usize = arg("--events", 100_000);
     let samples: usize = arg("--latency-samples", 300);
     let settings = RelaySettings {

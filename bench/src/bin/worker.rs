@@ -28,6 +28,8 @@ ON CONFLICT (order_id) DO NOTHING;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // Spans on, as in the service binaries (the cost of tracing is measured too).
+    let _telemetry = plumbing::telemetry::init("bench");
     let events: usize = arg("--events", 100_000);
     let single: usize = arg("--single", 20_000);
     let pgbench_seconds: u64 = arg("--pgbench-seconds", 10);
