@@ -1,0 +1,16 @@
+import { createStack } from "./src/stack";
+
+const { outputs } = createStack();
+
+export const albDnsName = outputs.albDnsName;
+export const url = outputs.url;
+export const clusterName = outputs.clusterName;
+export const ordersServiceName = outputs.ordersServiceName;
+export const workerServiceName = outputs.workerServiceName;
+export const ecrRepositoryUrls = outputs.ecrRepositoryUrls;
+/** One-off task definitions running `orders-api migrate` and `invoices-worker migrate`. */
+export const migrationTaskDefinitionArns = outputs.migrationTaskDefinitionArns;
+/** `aws ecs run-task …` command lines starting them. */
+export const migrationCommands = outputs.migrationCommands;
+export const dbAddress = outputs.dbAddress;
+export const brokerEndpoint = outputs.brokerEndpoint;

@@ -1,0 +1,44 @@
+/**
+ * Facts about the three binaries (see the repository's Dockerfile and README):
+ * one image per binary, the binary is the entrypoint, `migrate` and
+ * `healthcheck` are subcommands.
+ */
+
+export const API = "orders-api";
+export const RELAY = "outbox-relay";
+export const WORKER = "invoices-worker";
+export const BINARIES = [API, RELAY, WORKER] as const;
+export type Binary = (typeof BINARIES)[number];
+
+/** HTTP port (env PORT) of each binary: /health, /ready, /metrics. */
+export const PORTS: Record<Binary, number> = {
+    [API]: 3333,
+    [WORKER]: 3334,
+    [RELAY]: 3335,
+};
+
+/** What the ALB probes (orders-api answers 200 "OK"). */
+export const HEALTH_PATH = "/health";
+export const POSTGRES_PORT = 5432;
+export const AMQPS_PORT = 5671;
+
+/** The relay's longest wait for broker confirms (RELAY_CONFIRM_TIMEOUT). */
+export const RELAY_CONFIRM_TIMEOUT_SECONDS = 10;
+/**
+ * Seconds between SIGTERM and SIGKILL for the relay. A pipelined claim stays
+ * open for up to three confirm timeouts (publish, confirms, next batch's
+ * confirms), so drain needs up to ~30 s; 60 s leaves a margin (Fargate max 120).
+ */
+export const RELAY_STOP_TIMEOUT_SECONDS = 60;
+/** The API drains in-flight HTTP requests (the ALB deregisters it first). */
+export const API_STOP_TIMEOUT_SECONDS = 30;
+
+/** The queue the worker consumes (contracts::topology), after BROKER_NAMESPACE. */
+export function invoicesQueue(namespace: string): string {
+    return namespace ? `${namespace}.invoices.order-created` : "invoices.order-created";
+}
+
+/** Path of the Amazon RDS CA bundle in the images (Dockerfile). */
+export const RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem";
+
+export const healthcheckCommand = (binary: Binary): string[] => ["CMD", `/usr/local/bin/${binary}`, "healthcheck"];

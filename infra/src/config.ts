@@ -1,0 +1,93 @@
+import * as pulumi from "@pulumi/pulumi";
+
+/** Everything the program reads from the stack configuration (see README.md). */
+export interface Settings {
+    /** `${project}-${stack}`, lower-cased: prefix of physical names. */
+    prefix: string;
+    imageTag: string;
+    apiDesiredCount: number;
+    apiMaxCount: number;
+    workerDesiredCount: number;
+    workerMaxCount: number;
+    /** OTEL_EXPORTER_OTLP_ENDPOINT (plain); tracing is off when unset. */
+    otlpEndpoint?: string;
+    /** OTEL_EXPORTER_OTLP_HEADERS (secret), e.g. "x-honeycomb-team=…". */
+    otlpHeaders?: pulumi.Output<string>;
+    /** External databases (e.g. Neon): both or neither; RDS is created when neither. */
+    externalDatabases?: { orders: pulumi.Output<string>; invoices: pulumi.Output<string> };
+    /** External broker (amqps://…); Amazon MQ is created when unset. */
+    brokerUrl?: pulumi.Output<string>;
+    brokerNamespace: string;
+    dbInstanceClass: string;
+    dbDeletionProtection: boolean;
+    mqInstanceType: string;
+    mqDeploymentMode: "SINGLE_INSTANCE" | "CLUSTER_MULTI_AZ";
+    /** ACM certificate: adds an HTTPS listener and redirects HTTP to it. */
+    certificateArn?: string;
+    logRetentionDays: number;
+}
+
+export function loadSettings(): Settings {
+    const config = new pulumi.Config();
+    const int = (key: string, fallback: number, min = 0): number => {
+        const value = config.getNumber(key) ?? fallback;
+        if (!Number.isInteger(value) || value < min) {
+            throw new Error(`config ${key} must be an integer >= ${min}, got ${value}`);
+        }
+        return value;
+    };
+
+    const apiDesiredCount = int("apiDesiredCount", 2, 1);
+    const workerDesiredCount = int("workerDesiredCount", 1, 1);
+    const apiMaxCount = int("apiMaxCount", Math.max(6, apiDesiredCount), apiDesiredCount);
+    const workerMaxCount = int("workerMaxCount", Math.max(4, workerDesiredCount), workerDesiredCount);
+
+    const ordersDatabaseUrl = config.getSecret("ordersDatabaseUrl");
+    const invoicesDatabaseUrl = config.getSecret("invoicesDatabaseUrl");
+    if ((ordersDatabaseUrl === undefined) !== (invoicesDatabaseUrl === undefined)) {
+        throw new Error("set both ordersDatabaseUrl and invoicesDatabaseUrl (external databases) or neither (RDS)");
+    }
+
+    const mqDeploymentMode = config.get("mqDeploymentMode") ?? "SINGLE_INSTANCE";
+    if (mqDeploymentMode !== "SINGLE_INSTANCE" && mqDeploymentMode !== "CLUSTER_MULTI_AZ") {
+        throw new Error(`config mqDeploymentMode must be SINGLE_INSTANCE or CLUSTER_MULTI_AZ, got ${mqDeploymentMode}`);
+    }
+
+    const mqInstanceType = config.get("mqInstanceType") ?? "mq.t3.micro";
+    if (mqDeploymentMode === "CLUSTER_MULTI_AZ" && mqInstanceType === "mq.t3.micro") {
+        throw new Error("Amazon MQ: mq.t3.micro supports SINGLE_INSTANCE only; set mqInstanceType to e.g. mq.m5.large");
+    }
+
+    const brokerNamespace = config.get("brokerNamespace") ?? "";
+    if (!/^[A-Za-z0-9._-]{0,64}$/.test(brokerNamespace)) {
+        throw new Error("config brokerNamespace: at most 64 letters, digits, '.', '-' or '_'");
+    }
+
+    const otlpEndpoint = config.get("otlpEndpoint");
+    if (otlpEndpoint !== undefined) {
+        new URL(otlpEndpoint); // throws on a malformed URL
+    }
+
+    return {
+        prefix: `${pulumi.getProject()}-${pulumi.getStack()}`.toLowerCase(),
+        imageTag: config.get("imageTag") ?? "latest",
+        apiDesiredCount,
+        apiMaxCount,
+        workerDesiredCount,
+        workerMaxCount,
+        otlpEndpoint,
+        otlpHeaders: config.getSecret("otlpHeaders"),
+        externalDatabases:
+            ordersDatabaseUrl && invoicesDatabaseUrl
+                ? { orders: ordersDatabaseUrl, invoices: invoicesDatabaseUrl }
+                : undefined,
+        brokerUrl: config.getSecret("brokerUrl"),
+        brokerNamespace,
+        dbInstanceClass: config.get("dbInstanceClass") ?? "db.t4g.micro",
+        dbDeletionProtection: config.getBoolean("dbDeletionProtection") ?? false,
+        mqInstanceType,
+        mqDeploymentMode,
+        certificateArn: config.get("certificateArn"),
+        logRetentionDays: int("logRetentionDays", 30, 1),
+    };
+}

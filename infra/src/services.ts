@@ -1,0 +1,472 @@
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+
+import {
+    API,
+    API_STOP_TIMEOUT_SECONDS,
+    Binary,
+    BINARIES,
+    HEALTH_PATH,
+    invoicesQueue,
+    PORTS,
+    RELAY,
+    RELAY_CONFIRM_TIMEOUT_SECONDS,
+    RELAY_STOP_TIMEOUT_SECONDS,
+    WORKER,
+} from "./app";
+import { Settings } from "./config";
+import { container, ContainerDefinition } from "./containers";
+import { Data } from "./data";
+import { Network } from "./network";
+import { SecurityGroups } from "./security";
+
+export interface Services {
+    cluster: aws.ecs.Cluster;
+    repositories: Record<Binary, aws.ecr.Repository>;
+    logGroups: Record<Binary | "migrate", aws.cloudwatch.LogGroup>;
+    alb: aws.lb.LoadBalancer;
+    targetGroup: aws.lb.TargetGroup;
+    /** The listener forwarding to the target group (HTTPS when a certificate is set). */
+    listener: aws.lb.Listener;
+    /** Port 80: forwards, or redirects to HTTPS when a certificate is set. */
+    httpListener: aws.lb.Listener;
+    /** orders-api + outbox-relay sidecar. */
+    ordersTask: aws.ecs.TaskDefinition;
+    workerTask: aws.ecs.TaskDefinition;
+    ordersService: aws.ecs.Service;
+    workerService: aws.ecs.Service;
+    migrations: Record<"orders" | "invoices", aws.ecs.TaskDefinition>;
+    migrationCommands: Record<"orders" | "invoices", pulumi.Output<string>>;
+    executionRoles: Record<"orders" | "worker" | "migrate", { role: aws.iam.Role; secrets: aws.iam.RolePolicy }>;
+    scaling: {
+        api: { target: aws.appautoscaling.Target; policies: aws.appautoscaling.Policy[] };
+        worker: {
+            target: aws.appautoscaling.Target;
+            policies: aws.appautoscaling.Policy[];
+            alarms: aws.cloudwatch.MetricAlarm[];
+        };
+    };
+}
+
+const TASK_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
+
+/**
+ * An execution role (ECR pull, CloudWatch Logs) that may read exactly the given
+ * secrets (to inject them as environment variables) and nothing else.
+ */
+function executionRole(name: string, secretArns: pulumi.Input<string>[], tags: Record<string, string>) {
+    const role = new aws.iam.Role(`${name}-execution`, {
+        assumeRolePolicy: JSON.stringify({
+            Version: "2012-10-17",
+            Statement: [{ Effect: "Allow", Principal: { Service: "ecs-tasks.amazonaws.com" }, Action: "sts:AssumeRole" }],
+        }),
+        tags,
+    });
+    new aws.iam.RolePolicyAttachment(`${name}-execution`, { role: role.name, policyArn: TASK_EXECUTION_POLICY });
+    const secrets = new aws.iam.RolePolicy(`${name}-execution-secrets`, {
+        role: role.id,
+        policy: pulumi.jsonStringify({
+            Version: "2012-10-17",
+            Statement: [{ Effect: "Allow", Action: ["secretsmanager:GetSecretValue"], Resource: secretArns }],
+        }),
+    });
+    return { role, secrets };
+}
+
+/** The secrets of a set of containers, as the execution role needs them. */
+const secretArnsOf = (containers: ContainerDefinition[]) => [
+    ...new Set(containers.flatMap((c) => c.secrets.map((s) => s.valueFrom))),
+];
+
+export function createServices(s: Settings, net: Network, sgs: SecurityGroups, data: Data, tags: Record<string, string>): Services {
+    const region = aws.getRegionOutput().region;
+    const privateSubnetIds = net.privateSubnets.map((x) => x.id);
+
+    // ---- Images and logs -------------------------------------------------
+    const repositories = {} as Record<Binary, aws.ecr.Repository>;
+    for (const binary of BINARIES) {
+        const repo = new aws.ecr.Repository(binary, {
+            name: `${s.prefix}/${binary}`,
+            imageTagMutability: "MUTABLE", // imageTag defaults to "latest"
+            imageScanningConfiguration: { scanOnPush: true },
+            encryptionConfigurations: [{ encryptionType: "AES256" }],
+            tags,
+        });
+        new aws.ecr.LifecyclePolicy(binary, {
+            repository: repo.name,
+            policy: JSON.stringify({
+                rules: [
+                    {
+                        rulePriority: 1,
+                        description: "expire untagged images after 7 days",
+                        selection: { tagStatus: "untagged", countType: "sinceImagePushed", countUnit: "days", countNumber: 7 },
+                        action: { type: "expire" },
+                    },
+                    {
+                        rulePriority: 2,
+                        description: "keep the last 50 images",
+                        selection: { tagStatus: "any", countType: "imageCountMoreThan", countNumber: 50 },
+                        action: { type: "expire" },
+                    },
+                ],
+            }),
+        });
+        repositories[binary] = repo;
+    }
+    const image = (binary: Binary) => pulumi.interpolate`${repositories[binary].repositoryUrl}:${s.imageTag}`;
+
+    const logGroups = {} as Record<Binary | "migrate", aws.cloudwatch.LogGroup>;
+    for (const name of [...BINARIES, "migrate"] as const) {
+        logGroups[name] = new aws.cloudwatch.LogGroup(name, {
+            name: `/ecs/${s.prefix}/${name}`,
+            retentionInDays: s.logRetentionDays,
+            tags,
+        });
+    }
+
+    const cluster = new aws.ecs.Cluster("cluster", {
+        name: s.prefix,
+        settings: [{ name: "containerInsights", value: "enabled" }],
+        tags,
+    });
+
+    // ---- Secrets, by container ------------------------------------------
+    const otlp: Record<string, pulumi.Input<string>> = data.otlpHeaders
+        ? { OTEL_EXPORTER_OTLP_HEADERS: data.otlpHeaders.secret.arn }
+        : {};
+    const common = { region, otlpEndpoint: s.otlpEndpoint };
+
+    // ---- orders task: orders-api + outbox-relay sidecar -----------------
+    // Both essential: a dead relay must replace the task (orders would pile up
+    // in the outbox otherwise), and so must a dead API. The API starts after
+    // the relay (START, not HEALTHY: the relay needs no API, so its health
+    // must not delay the API), which reverses on shutdown: ECS stops the API
+    // first (no new outbox rows), then the relay, which has 60 s to finish the
+    // batch in flight.
+    const ordersContainers: ContainerDefinition[] = [
+        container({
+            ...common,
+            binary: API,
+            image: image(API),
+            essential: true,
+            service: true,
+            secrets: { DATABASE_URL: data.ordersDatabaseUrl.secret.arn, ...otlp },
+            dependsOn: [{ containerName: RELAY, condition: "START" }],
+            stopTimeout: API_STOP_TIMEOUT_SECONDS,
+            logGroup: logGroups[API].name,
+        }),
+        container({
+            ...common,
+            binary: RELAY,
+            image: image(RELAY),
+            essential: true,
+            service: true,
+            environment: {
+                RELAY_CONFIRM_TIMEOUT: `${RELAY_CONFIRM_TIMEOUT_SECONDS}s`,
+                ...(s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {}),
+            },
+            secrets: {
+                DATABASE_URL: data.ordersDatabaseUrl.secret.arn,
+                BROKER_URL: data.brokerUrl.secret.arn,
+                ...otlp,
+            },
+            stopTimeout: RELAY_STOP_TIMEOUT_SECONDS,
+            logGroup: logGroups[RELAY].name,
+        }),
+    ];
+    const workerContainers: ContainerDefinition[] = [
+        container({
+            ...common,
+            binary: WORKER,
+            image: image(WORKER),
+            essential: true,
+            service: true,
+            environment: s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {},
+            secrets: {
+                DATABASE_URL: data.invoicesDatabaseUrl.secret.arn,
+                BROKER_URL: data.brokerUrl.secret.arn,
+                ...otlp,
+            },
+            stopTimeout: 30,
+            logGroup: logGroups[WORKER].name,
+        }),
+    ];
+    const migrateContainers = {
+        orders: container({
+            ...common,
+            binary: API,
+            name: "orders-migrate",
+            image: image(API),
+            essential: true,
+            service: false,
+            command: ["migrate"],
+            secrets: { DATABASE_URL: data.ordersDatabaseUrl.secret.arn, ...otlp },
+            logGroup: logGroups.migrate.name,
+        }),
+        invoices: container({
+            ...common,
+            binary: WORKER,
+            name: "invoices-migrate",
+            image: image(WORKER),
+            essential: true,
+            service: false,
+            command: ["migrate"],
+            secrets: { DATABASE_URL: data.invoicesDatabaseUrl.secret.arn, ...otlp },
+            logGroup: logGroups.migrate.name,
+        }),
+    };
+
+    const executionRoles = {
+        orders: executionRole("orders", secretArnsOf(ordersContainers), tags),
+        worker: executionRole("worker", secretArnsOf(workerContainers), tags),
+        migrate: executionRole("migrate", secretArnsOf([migrateContainers.orders, migrateContainers.invoices]), tags),
+    };
+
+    const taskDefinition = (
+        name: string,
+        cpu: number,
+        memory: number,
+        role: aws.iam.Role,
+        containers: ContainerDefinition[],
+    ) =>
+        new aws.ecs.TaskDefinition(name, {
+            family: `${s.prefix}-${name}`,
+            requiresCompatibilities: ["FARGATE"],
+            networkMode: "awsvpc",
+            cpu: String(cpu),
+            memory: String(memory),
+            runtimePlatform: { operatingSystemFamily: "LINUX", cpuArchitecture: "X86_64" },
+            executionRoleArn: role.arn,
+            containerDefinitions: pulumi.jsonStringify(containers),
+            tags,
+        });
+
+    const ordersTask = taskDefinition("orders", 512, 1024, executionRoles.orders.role, ordersContainers);
+    const workerTask = taskDefinition("invoices-worker", 256, 512, executionRoles.worker.role, workerContainers);
+    const migrations = {
+        orders: taskDefinition("migrate-orders", 256, 512, executionRoles.migrate.role, [migrateContainers.orders]),
+        invoices: taskDefinition("migrate-invoices", 256, 512, executionRoles.migrate.role, [migrateContainers.invoices]),
+    };
+
+    // ---- ALB -------------------------------------------------------------
+    const alb = new aws.lb.LoadBalancer("alb", {
+        loadBalancerType: "application",
+        internal: false,
+        securityGroups: [sgs.alb.id],
+        subnets: net.publicSubnets.map((x) => x.id),
+        dropInvalidHeaderFields: true,
+        tags,
+    });
+    const targetGroup = new aws.lb.TargetGroup("api", {
+        vpcId: net.vpc.id,
+        targetType: "ip",
+        protocol: "HTTP",
+        port: PORTS[API],
+        deregistrationDelay: 30,
+        healthCheck: {
+            enabled: true,
+            path: HEALTH_PATH,
+            protocol: "HTTP",
+            port: "traffic-port",
+            matcher: "200",
+            interval: 15,
+            timeout: 5,
+            healthyThreshold: 2,
+            unhealthyThreshold: 3,
+        },
+        tags,
+    });
+    const forward = [{ type: "forward", targetGroupArn: targetGroup.arn }];
+    let listener: aws.lb.Listener;
+    let httpListener: aws.lb.Listener;
+    if (s.certificateArn) {
+        listener = new aws.lb.Listener("https", {
+            loadBalancerArn: alb.arn,
+            port: 443,
+            protocol: "HTTPS",
+            sslPolicy: "ELBSecurityPolicy-TLS13-1-2-2021-06",
+            certificateArn: s.certificateArn,
+            defaultActions: forward,
+            tags,
+        });
+        httpListener = new aws.lb.Listener("http", {
+            loadBalancerArn: alb.arn,
+            port: 80,
+            protocol: "HTTP",
+            defaultActions: [{ type: "redirect", redirect: { protocol: "HTTPS", port: "443", statusCode: "HTTP_301" } }],
+            tags,
+        });
+    } else {
+        listener = httpListener = new aws.lb.Listener("http", {
+            loadBalancerArn: alb.arn,
+            port: 80,
+            protocol: "HTTP",
+            defaultActions: forward,
+            tags,
+        });
+    }
+
+    // ---- Services ----------------------------------------------------------
+    const secretVersions = [data.ordersDatabaseUrl, data.invoicesDatabaseUrl, data.brokerUrl, data.otlpHeaders]
+        .filter((x) => x !== undefined)
+        .map((x) => x.version);
+    const service = (
+        name: string,
+        task: aws.ecs.TaskDefinition,
+        desiredCount: number,
+        sg: aws.ec2.SecurityGroup,
+        dependsOn: pulumi.Resource[],
+        extra: Partial<aws.ecs.ServiceArgs> = {},
+    ) =>
+        new aws.ecs.Service(
+            name,
+            {
+                name,
+                cluster: cluster.arn,
+                taskDefinition: task.arn,
+                desiredCount,
+                launchType: "FARGATE",
+                platformVersion: "LATEST",
+                networkConfiguration: { subnets: privateSubnetIds, securityGroups: [sg.id], assignPublicIp: false },
+                deploymentCircuitBreaker: { enable: true, rollback: true },
+                deploymentMinimumHealthyPercent: 100,
+                deploymentMaximumPercent: 200,
+                propagateTags: "SERVICE",
+                enableEcsManagedTags: true,
+                tags,
+                ...extra,
+            },
+            // Auto scaling owns desiredCount once the service exists.
+            { dependsOn: [...secretVersions, ...dependsOn], ignoreChanges: ["desiredCount"] },
+        );
+
+    const ordersService = service(
+        "orders",
+        ordersTask,
+        s.apiDesiredCount,
+        sgs.api,
+        [listener, httpListener, executionRoles.orders.secrets],
+        {
+            loadBalancers: [{ targetGroupArn: targetGroup.arn, containerName: API, containerPort: PORTS[API] }],
+            healthCheckGracePeriodSeconds: 60,
+        },
+    );
+    const workerService = service("invoices-worker", workerTask, s.workerDesiredCount, sgs.worker, [
+        executionRoles.worker.secrets,
+    ]);
+
+    // ---- Auto scaling ----------------------------------------------------
+    const scalingTarget = (name: string, svc: aws.ecs.Service, min: number, max: number) =>
+        new aws.appautoscaling.Target(name, {
+            serviceNamespace: "ecs",
+            scalableDimension: "ecs:service:DesiredCount",
+            resourceId: pulumi.interpolate`service/${cluster.name}/${svc.name}`,
+            minCapacity: min,
+            maxCapacity: max,
+        });
+    const cpuPolicy = (name: string, target: aws.appautoscaling.Target, targetValue: number) =>
+        new aws.appautoscaling.Policy(name, {
+            policyType: "TargetTrackingScaling",
+            serviceNamespace: target.serviceNamespace,
+            scalableDimension: target.scalableDimension,
+            resourceId: target.resourceId,
+            targetTrackingScalingPolicyConfiguration: {
+                predefinedMetricSpecification: { predefinedMetricType: "ECSServiceAverageCPUUtilization" },
+                targetValue,
+                scaleInCooldown: 120,
+                scaleOutCooldown: 60,
+            },
+        });
+
+    const apiTarget = scalingTarget("orders", ordersService, s.apiDesiredCount, s.apiMaxCount);
+    const apiPolicies = [cpuPolicy("orders-cpu", apiTarget, 60)];
+
+    const workerTarget = scalingTarget("invoices-worker", workerService, s.workerDesiredCount, s.workerMaxCount);
+    const workerPolicies: aws.appautoscaling.Policy[] = [];
+    const workerAlarms: aws.cloudwatch.MetricAlarm[] = [];
+    if (data.broker) {
+        // Queue depth of invoices.order-created (Amazon MQ publishes it per minute).
+        const step = (name: string, adjustments: aws.types.input.appautoscaling.PolicyStepScalingPolicyConfigurationStepAdjustment[]) =>
+            new aws.appautoscaling.Policy(name, {
+                policyType: "StepScaling",
+                serviceNamespace: workerTarget.serviceNamespace,
+                scalableDimension: workerTarget.scalableDimension,
+                resourceId: workerTarget.resourceId,
+                stepScalingPolicyConfiguration: {
+                    adjustmentType: "ChangeInCapacity",
+                    cooldown: 60,
+                    metricAggregationType: "Maximum",
+                    stepAdjustments: adjustments,
+                },
+            });
+        const scaleOut = step("invoices-worker-queue-out", [
+            { metricIntervalLowerBound: "0", metricIntervalUpperBound: "900", scalingAdjustment: 1 },
+            { metricIntervalLowerBound: "900", scalingAdjustment: 2 },
+        ]);
+        const scaleIn = step("invoices-worker-queue-in", [{ metricIntervalUpperBound: "0", scalingAdjustment: -1 }]);
+        const queueDepth = {
+            namespace: "AWS/AmazonMQ",
+            metricName: "MessageCount",
+            dimensions: {
+                Broker: data.broker.brokerName,
+                VirtualHost: "/",
+                Queue: invoicesQueue(s.brokerNamespace),
+            },
+            statistic: "Maximum",
+            period: 60,
+        };
+        workerAlarms.push(
+            new aws.cloudwatch.MetricAlarm("invoices-worker-queue-high", {
+                ...queueDepth,
+                alarmDescription: "invoices.order-created backlog: add invoices-worker tasks",
+                comparisonOperator: "GreaterThanThreshold",
+                threshold: 100,
+                evaluationPeriods: 2,
+                treatMissingData: "notBreaching",
+                alarmActions: [scaleOut.arn],
+                tags,
+            }),
+            new aws.cloudwatch.MetricAlarm("invoices-worker-queue-low", {
+                ...queueDepth,
+                alarmDescription: "invoices.order-created drained: remove invoices-worker tasks",
+                comparisonOperator: "LessThanThreshold",
+                threshold: 10,
+                evaluationPeriods: 10,
+                treatMissingData: "notBreaching",
+                alarmActions: [scaleIn.arn],
+                tags,
+            }),
+        );
+        workerPolicies.push(scaleOut, scaleIn);
+    } else {
+        // External broker: no queue metric in CloudWatch, scale on CPU.
+        workerPolicies.push(cpuPolicy("invoices-worker-cpu", workerTarget, 70));
+    }
+
+    // ---- One-off migrations -------------------------------------------------
+    const runTask = (task: aws.ecs.TaskDefinition) =>
+        pulumi.interpolate`aws ecs run-task --region ${region} --cluster ${cluster.name} --launch-type FARGATE --task-definition ${task.arn} --network-configuration 'awsvpcConfiguration={subnets=[${pulumi
+            .all(privateSubnetIds)
+            .apply((ids) => ids.join(","))}],securityGroups=[${sgs.migrate.id}],assignPublicIp=DISABLED}' --started-by pulumi-migrate --query 'tasks[0].taskArn' --output text`;
+
+    return {
+        cluster,
+        repositories,
+        logGroups,
+        alb,
+        targetGroup,
+        listener,
+        httpListener,
+        ordersTask,
+        workerTask,
+        ordersService,
+        workerService,
+        migrations,
+        migrationCommands: { orders: runTask(migrations.orders), invoices: runTask(migrations.invoices) },
+        executionRoles,
+        scaling: {
+            api: { target: apiTarget, policies: apiPolicies },
+            worker: { target: workerTarget, policies: workerPolicies, alarms: workerAlarms },
+        },
+    };
+}

@@ -1,0 +1,57 @@
+import * as pulumi from "@pulumi/pulumi";
+
+import { loadSettings, Settings } from "./config";
+import { createData, Data } from "./data";
+import { createNetwork, Network } from "./network";
+import { createSecurityGroups, SecurityGroups, urlPort } from "./security";
+import { createServices, Services } from "./services";
+
+export interface Stack {
+    settings: Settings;
+    network: Network;
+    securityGroups: SecurityGroups;
+    data: Data;
+    services: Services;
+    outputs: Record<string, pulumi.Input<unknown>>;
+}
+
+/** The whole system; index.ts exports its outputs, the tests inspect the rest. */
+export function createStack(): Stack {
+    const settings = loadSettings();
+    const tags = { project: pulumi.getProject(), stack: pulumi.getStack(), "managed-by": "pulumi" };
+
+    const network = createNetwork(settings.prefix, tags);
+    const securityGroups = createSecurityGroups({
+        vpcId: network.vpc.id,
+        prefix: settings.prefix,
+        tags,
+        https: settings.certificateArn !== undefined,
+        rds: settings.externalDatabases === undefined,
+        amazonMq: settings.brokerUrl === undefined,
+        otlpPort: settings.otlpEndpoint ? urlPort(settings.otlpEndpoint) : undefined,
+    });
+    const data = createData(settings, network, securityGroups, tags);
+    const services = createServices(settings, network, securityGroups, data, tags);
+
+    const scheme = settings.certificateArn ? "https" : "http";
+    const outputs: Record<string, pulumi.Input<unknown>> = {
+        albDnsName: services.alb.dnsName,
+        url: pulumi.interpolate`${scheme}://${services.alb.dnsName}`,
+        clusterName: services.cluster.name,
+        ordersServiceName: services.ordersService.name,
+        workerServiceName: services.workerService.name,
+        ecrRepositoryUrls: {
+            "orders-api": services.repositories["orders-api"].repositoryUrl,
+            "outbox-relay": services.repositories["outbox-relay"].repositoryUrl,
+            "invoices-worker": services.repositories["invoices-worker"].repositoryUrl,
+        },
+        migrationTaskDefinitionArns: {
+            orders: services.migrations.orders.arn,
+            invoices: services.migrations.invoices.arn,
+        },
+        migrationCommands: services.migrationCommands,
+        dbAddress: data.db?.address,
+        brokerEndpoint: data.broker?.instances[0].endpoints[0],
+    };
+    return { settings, network, securityGroups, data, services, outputs };
+}

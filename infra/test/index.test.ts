@@ -1,0 +1,18 @@
+/** The entry point the Pulumi CLI runs: it builds the stack and exports its outputs. */
+import assert from "node:assert/strict";
+import { it } from "node:test";
+
+import { REGION, run, setup, value } from "./harness";
+
+setup({ "aws:region": REGION });
+
+it("index.ts exports the stack outputs", async () => {
+    const index = await run(() => require("../index") as Record<string, unknown>);
+    for (const name of ["albDnsName", "url", "clusterName", "ecrRepositoryUrls", "migrationTaskDefinitionArns", "migrationCommands"]) {
+        assert.ok(name in index, `missing output ${name}`);
+    }
+    assert.equal(await value(index.url as string), `http://alb-1234567890.${REGION}.elb.amazonaws.com`);
+    // Defaults: RDS and Amazon MQ, tracing off (no endpoint configured).
+    assert.match((await value(index.dbAddress as string)) ?? "", /\.rds\.amazonaws\.com$/);
+    assert.match((await value(index.brokerEndpoint as string)) ?? "", /^amqps:\/\/.+:5671$/);
+});

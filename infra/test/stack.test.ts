@@ -1,0 +1,521 @@
+/**
+ * The default stack: RDS PostgreSQL, Amazon MQ for RabbitMQ, OTLP endpoint and
+ * headers configured, a broker namespace, a pinned image tag.
+ */
+import assert from "node:assert/strict";
+import { before, describe, it } from "node:test";
+
+import * as pulumi from "@pulumi/pulumi";
+
+import { StoredSecret } from "../src/data";
+import { createStack, Stack } from "../src/stack";
+import { containersOf, envOf, ofType, one, options, REGION, resources, run, secretsOf, setup, T, value } from "./harness";
+
+setup(
+    {
+        "aws:region": REGION,
+        imageTag: "v1.2.3",
+        apiDesiredCount: "2",
+        apiMaxCount: "8",
+        workerDesiredCount: "1",
+        workerMaxCount: "5",
+        otlpEndpoint: "https://otlp.example.com",
+        otlpHeaders: "x-api-key=s3cr3t",
+        brokerNamespace: "prod",
+        logRetentionDays: "14",
+    },
+    ["otlpHeaders"],
+);
+
+const ORDERS = "orders-pipeline-test-orders";
+const WORKER = "orders-pipeline-test-invoices-worker";
+const MIGRATE_ORDERS = "orders-pipeline-test-migrate-orders";
+const MIGRATE_INVOICES = "orders-pipeline-test-migrate-invoices";
+const SECRET_ARN = /^arn:aws:secretsmanager:[a-z0-9-]+:\d{12}:secret:/;
+
+let stack: Stack;
+let arns: { ordersDb: string; invoicesDb: string; broker: string; otlpHeaders: string };
+const sgId = (name: string) => one(T.sg, name).id;
+
+before(async () => {
+    stack = await run(createStack);
+    arns = {
+        ordersDb: one(T.secret, "orders-database-url").state.arn,
+        invoicesDb: one(T.secret, "invoices-database-url").state.arn,
+        broker: one(T.secret, "broker-url").state.arn,
+        otlpHeaders: one(T.secret, "otlp-headers").state.arn,
+    };
+});
+
+describe("network", () => {
+    it("spans two AZs with a public and a private subnet in each", () => {
+        const subnets = ofType(T.subnet);
+        const pub = subnets.filter((s) => s.inputs.tags.tier === "public");
+        const priv = subnets.filter((s) => s.inputs.tags.tier === "private");
+        assert.equal(subnets.length, 4);
+        assert.equal(pub.length, 2);
+        assert.equal(priv.length, 2);
+        const azs = (xs: typeof subnets) => new Set(xs.map((s) => s.inputs.availabilityZone));
+        assert.deepEqual(azs(pub), new Set([`${REGION}a`, `${REGION}b`]));
+        assert.deepEqual(azs(priv), new Set([`${REGION}a`, `${REGION}b`]));
+        assert.ok(pub.every((s) => s.inputs.mapPublicIpOnLaunch === true));
+        assert.ok(priv.every((s) => s.inputs.mapPublicIpOnLaunch === false));
+    });
+
+    it("routes public subnets through the internet gateway and private ones through NAT", () => {
+        const publicRt = one(T.routeTable, "public");
+        const privateRt = one(T.routeTable, "private");
+        assert.equal(publicRt.inputs.routes[0].gatewayId, "igw_id");
+        assert.equal(privateRt.inputs.routes[0].natGatewayId, "nat_id");
+        assert.equal(one(T.natGateway, "nat").inputs.subnetId, "public-0_id");
+        const assoc = ofType(T.routeTableAssociation);
+        for (const i of [0, 1]) {
+            assert.ok(assoc.some((a) => a.inputs.subnetId === `public-${i}_id` && a.inputs.routeTableId === "public_id"));
+            assert.ok(assoc.some((a) => a.inputs.subnetId === `private-${i}_id` && a.inputs.routeTableId === "private_id"));
+        }
+    });
+});
+
+describe("orders task (orders-api + outbox-relay sidecar)", () => {
+    it("has exactly the two containers orders-api and outbox-relay, both essential", () => {
+        const containers = containersOf(ORDERS);
+        assert.deepEqual(containers.map((c) => c.name).sort(), ["orders-api", "outbox-relay"]);
+        for (const c of containers) {
+            assert.equal(c.essential, true, `${c.name} must be essential`);
+        }
+    });
+
+    it("is a Fargate awsvpc task run by the orders service", () => {
+        const td = ofType(T.taskDefinition).find((r) => r.inputs.family === ORDERS)!;
+        assert.deepEqual(td.inputs.requiresCompatibilities, ["FARGATE"]);
+        assert.equal(td.inputs.networkMode, "awsvpc");
+        assert.equal(one(T.service, "orders").inputs.taskDefinition, td.state.arn);
+    });
+
+    it("gives the relay a stopTimeout long enough to drain its batch", () => {
+        const relay = containersOf(ORDERS).find((c) => c.name === "outbox-relay");
+        assert.ok(relay, "outbox-relay sidecar missing from the orders task");
+        const confirm = Number.parseInt(envOf(relay).RELAY_CONFIRM_TIMEOUT, 10);
+        assert.equal(confirm, 10);
+        assert.ok(relay.stopTimeout >= 30, `relay stopTimeout ${relay.stopTimeout} < 30`);
+        assert.ok(relay.stopTimeout >= 3 * confirm, "stopTimeout must cover three confirm timeouts");
+        assert.ok(relay.stopTimeout <= 120, "Fargate caps stopTimeout at 120 s");
+    });
+
+    it("health-checks both containers with `<binary> healthcheck`", () => {
+        for (const c of containersOf(ORDERS)) {
+            assert.deepEqual(c.healthCheck?.command, ["CMD", `/usr/local/bin/${c.name}`, "healthcheck"], c.name);
+            assert.ok(c.healthCheck.startPeriod > 0);
+        }
+    });
+
+    it("starts the API after the relay, so that the API stops first and the relay drains last", () => {
+        const [api, relay] = ["orders-api", "outbox-relay"].map((n) => containersOf(ORDERS).find((c) => c.name === n));
+        assert.deepEqual(api.dependsOn, [{ containerName: "outbox-relay", condition: "START" }]);
+        assert.equal(relay.dependsOn, undefined, "the relay needs nothing from the API");
+    });
+
+    it("listens on the binaries' ports and sets PORT accordingly", () => {
+        const containers = containersOf(ORDERS);
+        const ports = Object.fromEntries(containers.map((c) => [c.name, c.portMappings.map((p: any) => p.containerPort)]));
+        assert.deepEqual(ports, { "orders-api": [3333], "outbox-relay": [3335] });
+        for (const c of containers) {
+            assert.equal(envOf(c).PORT, String(c.portMappings[0].containerPort));
+        }
+    });
+
+    it("uses the images pushed to ECR with the configured tag", () => {
+        for (const c of containersOf(ORDERS)) {
+            assert.equal(c.image, `123456789012.dkr.ecr.${REGION}.amazonaws.com/orders-pipeline-test/${c.name}:v1.2.3`);
+        }
+    });
+});
+
+describe("secrets", () => {
+    it("are Secrets Manager secrets holding the URLs", async () => {
+        const value = (name: string) => one(T.secretVersion, name).inputs.secretString as string;
+        const rds = one(T.rds, "db").state.address;
+        assert.equal(
+            value("orders-database-url"),
+            `postgres://pipeline:Mockdbpassword0123456789abcdef@${rds}:5432/orders?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem`,
+        );
+        assert.match(value("invoices-database-url"), new RegExp(`^postgres://pipeline:[^@]+@${rds}:5432/invoices\\?sslmode=verify-full&`));
+        assert.equal(
+            value("broker-url"),
+            `amqps://pipeline:Mockmqpassword0123456789abcdef@b-1234-abcd.mq.${REGION}.amazonaws.com:5671/%2f`,
+        );
+        assert.equal(value("otlp-headers"), "x-api-key=s3cr3t");
+        for (const name of ["orders-database-url", "invoices-database-url", "broker-url", "otlp-headers"]) {
+            assert.equal(one(T.secretVersion, name).inputs.secretId, `${name}_id`);
+        }
+    });
+
+    it("are injected into every container: DATABASE_URL, BROKER_URL where needed, OTLP headers", () => {
+        const expected: Record<string, Record<string, string>> = {
+            "orders-api": { DATABASE_URL: arns.ordersDb, OTEL_EXPORTER_OTLP_HEADERS: arns.otlpHeaders },
+            "outbox-relay": { DATABASE_URL: arns.ordersDb, BROKER_URL: arns.broker, OTEL_EXPORTER_OTLP_HEADERS: arns.otlpHeaders },
+            "invoices-worker": { DATABASE_URL: arns.invoicesDb, BROKER_URL: arns.broker, OTEL_EXPORTER_OTLP_HEADERS: arns.otlpHeaders },
+        };
+        const containers = [...containersOf(ORDERS), ...containersOf(WORKER)];
+        assert.equal(containers.length, 3);
+        for (const c of containers) {
+            assert.deepEqual(secretsOf(c), expected[c.name], `secrets of ${c.name}`);
+            for (const s of c.secrets) {
+                assert.match(s.valueFrom, SECRET_ARN);
+            }
+        }
+    });
+
+    it("never appear as plain environment variables", () => {
+        for (const family of [ORDERS, WORKER, MIGRATE_ORDERS, MIGRATE_INVOICES]) {
+            for (const c of containersOf(family)) {
+                const env = envOf(c);
+                for (const name of ["DATABASE_URL", "BROKER_URL", "OTEL_EXPORTER_OTLP_HEADERS"]) {
+                    assert.ok(!(name in env), `${c.name}: ${name} in plain environment`);
+                }
+                assert.ok(!JSON.stringify(c).includes("Mock"), `${c.name}: a password leaked into the task definition`);
+            }
+        }
+    });
+
+    it("are readable by each task's execution role, and nothing else is", () => {
+        for (const [family, role] of [
+            [ORDERS, "orders"],
+            [WORKER, "worker"],
+            [MIGRATE_ORDERS, "migrate"],
+            [MIGRATE_INVOICES, "migrate"],
+        ]) {
+            const td = ofType(T.taskDefinition).find((r) => r.inputs.family === family)!;
+            assert.equal(td.inputs.executionRoleArn, one(T.role, `${role}-execution`).state.arn);
+            const policy = JSON.parse(one(T.rolePolicy, `${role}-execution-secrets`).inputs.policy);
+            assert.equal(policy.Statement.length, 1);
+            const [statement] = policy.Statement;
+            assert.equal(statement.Effect, "Allow");
+            assert.deepEqual(statement.Action, ["secretsmanager:GetSecretValue"]);
+            const granted = new Set<string>(statement.Resource);
+            const used = new Set(containersOf(family).flatMap((c) => c.secrets.map((s: any) => s.valueFrom)));
+            for (const arn of used) {
+                assert.ok(granted.has(arn), `${role} execution role cannot read ${arn}`);
+            }
+            if (role !== "migrate") {
+                assert.deepEqual(granted, used, `${role} execution role reads more than its task needs`);
+            }
+            assert.ok([...granted].every((arn) => SECRET_ARN.test(arn)));
+        }
+        const migrate = JSON.parse(one(T.rolePolicy, "migrate-execution-secrets").inputs.policy);
+        assert.ok(!migrate.Statement[0].Resource.includes(arns.broker), "migrations need no broker");
+        for (const role of ["orders", "worker", "migrate"]) {
+            const attachment = one(T.rolePolicyAttachment, `${role}-execution`);
+            assert.equal(attachment.inputs.policyArn, "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy");
+        }
+    });
+});
+
+describe("environment", () => {
+    it("sends traces to the configured OTLP endpoint under each binary's name", () => {
+        for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
+            const env = envOf(c);
+            assert.equal(env.OTEL_EXPORTER_OTLP_ENDPOINT, "https://otlp.example.com", c.name);
+            assert.equal(env.OTEL_SERVICE_NAME, c.name);
+            assert.equal(env.MIGRATE_ON_START, "false", c.name);
+            assert.equal(env.RUST_LOG, "info");
+        }
+    });
+
+    it("passes BROKER_NAMESPACE to the relay and the worker", () => {
+        for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
+            assert.equal(envOf(c).BROKER_NAMESPACE, c.name === "orders-api" ? undefined : "prod", c.name);
+        }
+    });
+});
+
+describe("services", () => {
+    it("start only once the secret values and the execution roles' permissions exist", () => {
+        for (const [svc, role] of [
+            ["orders", "orders"],
+            ["invoices-worker", "worker"],
+        ]) {
+            const deps = (options.get(`${T.service}::${svc}`)?.dependsOn ?? []) as pulumi.Resource[];
+            for (const needed of [
+                ...Object.values(stack.data)
+                    .filter((d): d is StoredSecret => d !== undefined && "version" in d)
+                    .map((d) => d.version),
+                stack.services.executionRoles[role as "orders" | "worker"].secrets,
+            ]) {
+                assert.ok(deps.includes(needed), `${svc} does not wait for ${needed.constructor.name}`);
+            }
+        }
+    });
+});
+
+describe("invoices-worker service", () => {
+    it("runs one essential, health-checked container on port 3334 without a load balancer", () => {
+        const [c, ...rest] = containersOf(WORKER);
+        assert.equal(rest.length, 0);
+        assert.equal(c.name, "invoices-worker");
+        assert.equal(c.essential, true);
+        assert.deepEqual(c.healthCheck.command, ["CMD", "/usr/local/bin/invoices-worker", "healthcheck"]);
+        assert.equal(envOf(c).PORT, "3334");
+        const svc = one(T.service, "invoices-worker");
+        assert.equal(svc.inputs.loadBalancers, undefined);
+        assert.equal(svc.inputs.taskDefinition, `arn:aws:ecs:${REGION}:123456789012:task-definition/${WORKER}:1`);
+    });
+});
+
+describe("load balancer", () => {
+    it("is internet-facing in the public subnets", () => {
+        const alb = one(T.loadBalancer, "alb");
+        assert.equal(alb.inputs.internal, false);
+        assert.equal(alb.inputs.loadBalancerType, "application");
+        assert.deepEqual(alb.inputs.subnets, ["public-0_id", "public-1_id"]);
+        assert.deepEqual(alb.inputs.securityGroups, [sgId("alb")]);
+    });
+
+    it("health-checks GET /health on the API's port over HTTP", () => {
+        const tg = one(T.targetGroup, "api");
+        assert.equal(tg.inputs.healthCheck.path, "/health");
+        assert.equal(tg.inputs.healthCheck.protocol, "HTTP");
+        assert.equal(tg.inputs.healthCheck.port, "traffic-port");
+        assert.equal(tg.inputs.healthCheck.matcher, "200");
+        assert.equal(tg.inputs.port, 3333);
+        assert.equal(tg.inputs.protocol, "HTTP");
+        assert.equal(tg.inputs.targetType, "ip");
+    });
+
+    it("listens on 80 and forwards to the target group", () => {
+        const listeners = ofType(T.listener);
+        assert.equal(listeners.length, 1);
+        const [l] = listeners;
+        assert.equal(l.inputs.port, 80);
+        assert.equal(l.inputs.protocol, "HTTP");
+        assert.equal(l.inputs.loadBalancerArn, one(T.loadBalancer, "alb").state.arn);
+        assert.deepEqual(l.inputs.defaultActions, [{ type: "forward", targetGroupArn: one(T.targetGroup, "api").state.arn }]);
+    });
+
+    it("registers the orders-api container of the orders service", () => {
+        const svc = one(T.service, "orders");
+        assert.deepEqual(svc.inputs.loadBalancers, [
+            { targetGroupArn: one(T.targetGroup, "api").state.arn, containerName: "orders-api", containerPort: 3333 },
+        ]);
+    });
+});
+
+describe("security groups", () => {
+    const rules = (type: string, group: string) => ofType(type).filter((r) => r.inputs.securityGroupId === sgId(group));
+
+    it("ALB: 80 from the internet only, out to the API only", () => {
+        const ins = rules(T.ingress, "alb");
+        assert.deepEqual(ins.map((r) => [r.inputs.fromPort, r.inputs.toPort, r.inputs.cidrIpv4]), [[80, 80, "0.0.0.0/0"]]);
+        const outs = rules(T.egress, "alb");
+        assert.deepEqual(outs.map((r) => [r.inputs.toPort, r.inputs.referencedSecurityGroupId]), [[3333, sgId("api")]]);
+    });
+
+    it("API: 3333 from the ALB security group only", () => {
+        const ins = rules(T.ingress, "api");
+        assert.equal(ins.length, 1);
+        const [r] = ins;
+        assert.equal(r.inputs.fromPort, 3333);
+        assert.equal(r.inputs.toPort, 3333);
+        assert.equal(r.inputs.ipProtocol, "tcp");
+        assert.equal(r.inputs.referencedSecurityGroupId, sgId("alb"));
+        assert.equal(r.inputs.cidrIpv4, undefined);
+    });
+
+    it("worker and migration tasks: no inbound at all", () => {
+        assert.deepEqual(rules(T.ingress, "worker"), []);
+        assert.deepEqual(rules(T.ingress, "migrate"), []);
+    });
+
+    it("database: 5432 from the API, worker and migration groups only", () => {
+        const ins = rules(T.ingress, "db");
+        assert.ok(ins.length > 0);
+        for (const r of ins) {
+            assert.equal(r.inputs.fromPort, 5432);
+            assert.equal(r.inputs.toPort, 5432);
+            assert.equal(r.inputs.cidrIpv4, undefined);
+        }
+        assert.deepEqual(
+            new Set(ins.map((r) => r.inputs.referencedSecurityGroupId)),
+            new Set([sgId("api"), sgId("worker"), sgId("migrate")]),
+        );
+    });
+
+    it("broker: 5671 from the API (relay) and worker groups only", () => {
+        const ins = rules(T.ingress, "mq");
+        for (const r of ins) {
+            assert.equal(r.inputs.fromPort, 5671);
+            assert.equal(r.inputs.toPort, 5671);
+            assert.equal(r.inputs.cidrIpv4, undefined);
+        }
+        assert.deepEqual(new Set(ins.map((r) => r.inputs.referencedSecurityGroupId)), new Set([sgId("api"), sgId("worker")]));
+    });
+
+    it("tasks reach the database and broker through their groups, the rest over HTTPS", () => {
+        const outs = (g: string) => rules(T.egress, g).map((r) => `${r.inputs.toPort}>${r.inputs.referencedSecurityGroupId ?? r.inputs.cidrIpv4}`);
+        assert.deepEqual(new Set(outs("api")), new Set(["443>0.0.0.0/0", `5432>${sgId("db")}`, `5671>${sgId("mq")}`]));
+        assert.deepEqual(new Set(outs("worker")), new Set(["443>0.0.0.0/0", `5432>${sgId("db")}`, `5671>${sgId("mq")}`]));
+        assert.deepEqual(new Set(outs("migrate")), new Set(["443>0.0.0.0/0", `5432>${sgId("db")}`]));
+    });
+
+    it("services run in the private subnets without public IPs, each with its group", () => {
+        for (const [svc, sg] of [
+            ["orders", "api"],
+            ["invoices-worker", "worker"],
+        ]) {
+            const net = one(T.service, svc).inputs.networkConfiguration;
+            assert.deepEqual(net.subnets, ["private-0_id", "private-1_id"]);
+            assert.equal(net.assignPublicIp, false);
+            assert.deepEqual(net.securityGroups, [sgId(sg)]);
+        }
+    });
+});
+
+describe("data stores", () => {
+    it("RDS PostgreSQL: encrypted, private, behind its security group", () => {
+        const db = one(T.rds, "db");
+        assert.equal(db.inputs.engine, "postgres");
+        assert.equal(db.inputs.storageEncrypted, true);
+        assert.equal(db.inputs.publiclyAccessible, false);
+        assert.deepEqual(db.inputs.vpcSecurityGroupIds, [sgId("db")]);
+        assert.deepEqual(one(T.dbSubnetGroup, "db").inputs.subnetIds, ["private-0_id", "private-1_id"]);
+    });
+
+    it("Amazon MQ for RabbitMQ: private, behind its security group", () => {
+        const mq = one(T.broker, "broker");
+        assert.equal(mq.inputs.engineType, "RabbitMQ");
+        assert.equal(mq.inputs.publiclyAccessible, false);
+        assert.deepEqual(mq.inputs.securityGroups, [sgId("mq")]);
+        assert.deepEqual(mq.inputs.subnetIds, ["private-0_id"]);
+    });
+});
+
+describe("auto scaling", () => {
+    const target = (name: string) => one(T.scalingTarget, name);
+    const policiesOf = (name: string) =>
+        ofType(T.scalingPolicy).filter((p) => p.inputs.resourceId === target(name).inputs.resourceId);
+
+    it("scales the orders service on CPU between the configured bounds", () => {
+        const t = target("orders");
+        assert.equal(t.inputs.resourceId, "service/orders-pipeline-test/orders");
+        assert.equal(t.inputs.scalableDimension, "ecs:service:DesiredCount");
+        assert.equal(t.inputs.minCapacity, 2);
+        assert.equal(t.inputs.maxCapacity, 8);
+        const [p, ...rest] = policiesOf("orders");
+        assert.equal(rest.length, 0);
+        assert.equal(p.inputs.policyType, "TargetTrackingScaling");
+        assert.equal(
+            p.inputs.targetTrackingScalingPolicyConfiguration.predefinedMetricSpecification.predefinedMetricType,
+            "ECSServiceAverageCPUUtilization",
+        );
+    });
+
+    it("scales the worker on the depth of its queue", () => {
+        const t = target("invoices-worker");
+        assert.equal(t.inputs.resourceId, "service/orders-pipeline-test/invoices-worker");
+        assert.equal(t.inputs.minCapacity, 1);
+        assert.equal(t.inputs.maxCapacity, 5);
+        const policies = policiesOf("invoices-worker");
+        assert.equal(policies.length, 2);
+        const alarms = ofType(T.alarm);
+        assert.equal(alarms.length, 2);
+        for (const a of alarms) {
+            assert.equal(a.inputs.namespace, "AWS/AmazonMQ");
+            assert.equal(a.inputs.metricName, "MessageCount");
+            assert.deepEqual(a.inputs.dimensions, {
+                Broker: "orders-pipeline-test-broker",
+                VirtualHost: "/",
+                Queue: "prod.invoices.order-created",
+            });
+            const [action] = a.inputs.alarmActions;
+            assert.ok(policies.some((p) => p.state.arn === action), `${a.name} triggers no worker policy`);
+        }
+        const adjustments = (alarm: string) => {
+            const action = one(T.alarm, alarm).inputs.alarmActions[0];
+            const policy = policies.find((p) => p.state.arn === action)!;
+            return policy.inputs.stepScalingPolicyConfiguration.stepAdjustments.map((s: any) => s.scalingAdjustment);
+        };
+        assert.ok(adjustments("invoices-worker-queue-high").every((n: number) => n > 0));
+        assert.ok(adjustments("invoices-worker-queue-low").every((n: number) => n < 0));
+    });
+
+    it("leaves desiredCount to auto scaling once the services exist", async () => {
+        assert.equal(await value(stack.services.ordersService.desiredCount), 2);
+        for (const svc of ["orders", "invoices-worker"]) {
+            assert.deepEqual(options.get(`${T.service}::${svc}`)?.ignoreChanges, ["desiredCount"], svc);
+        }
+    });
+});
+
+describe("images and logs", () => {
+    it("has a scanned ECR repository per image", () => {
+        const repos = ofType(T.ecr);
+        assert.deepEqual(repos.map((r) => r.inputs.name).sort(), [
+            "orders-pipeline-test/invoices-worker",
+            "orders-pipeline-test/orders-api",
+            "orders-pipeline-test/outbox-relay",
+        ]);
+        assert.ok(repos.every((r) => r.inputs.imageScanningConfiguration.scanOnPush === true));
+    });
+
+    it("sends every container's output to its own CloudWatch log group", () => {
+        const groups = new Map(ofType(T.logGroup).map((g) => [g.inputs.name, g]));
+        for (const family of [ORDERS, WORKER, MIGRATE_ORDERS, MIGRATE_INVOICES]) {
+            for (const c of containersOf(family)) {
+                assert.equal(c.logConfiguration.logDriver, "awslogs");
+                const name = c.logConfiguration.options["awslogs-group"];
+                assert.ok(groups.has(name), `${c.name} logs to ${name}, which is not created`);
+                assert.equal(groups.get(name)!.inputs.retentionInDays, 14);
+                assert.equal(c.logConfiguration.options["awslogs-region"], REGION);
+            }
+        }
+        for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
+            assert.equal(c.logConfiguration.options["awslogs-group"], `/ecs/orders-pipeline-test/${c.name}`);
+        }
+    });
+});
+
+describe("migrations", () => {
+    it("are one-off tasks running `<binary> migrate` against each database", () => {
+        const cases = [
+            [MIGRATE_ORDERS, "orders-api", arns.ordersDb],
+            [MIGRATE_INVOICES, "invoices-worker", arns.invoicesDb],
+        ];
+        for (const [family, binary, dbSecret] of cases) {
+            const [c, ...rest] = containersOf(family);
+            assert.equal(rest.length, 0);
+            assert.deepEqual(c.command, ["migrate"]);
+            assert.equal(c.essential, true);
+            assert.match(c.image, new RegExp(`/orders-pipeline-test/${binary}:v1\\.2\\.3$`));
+            assert.equal(secretsOf(c).DATABASE_URL, dbSecret);
+            assert.equal(c.healthCheck, undefined);
+            const arn = `arn:aws:ecs:${REGION}:123456789012:task-definition/${family}:1`;
+            assert.ok(!ofType(T.service).some((s) => s.inputs.taskDefinition === arn), "a migration is not a service");
+        }
+    });
+
+    it("export their ARNs and the run-task command lines", async () => {
+        const outputs = stack.outputs;
+        const taskArns = (await value(outputs.migrationTaskDefinitionArns)) as Record<string, string>;
+        assert.equal(taskArns.orders, `arn:aws:ecs:${REGION}:123456789012:task-definition/${MIGRATE_ORDERS}:1`);
+        const commands = (await value(outputs.migrationCommands)) as Record<string, string>;
+        for (const key of ["orders", "invoices"]) {
+            const cmd = commands[key];
+            assert.ok(cmd.startsWith("aws ecs run-task "), cmd);
+            assert.ok(cmd.includes(`--task-definition ${taskArns[key]}`), cmd);
+            assert.ok(cmd.includes("--cluster orders-pipeline-test"), cmd);
+            assert.ok(cmd.includes("subnets=[private-0_id,private-1_id]"), cmd);
+            assert.ok(cmd.includes(`securityGroups=[${sgId("migrate")}]`), cmd);
+            assert.ok(cmd.includes("assignPublicIp=DISABLED"), cmd);
+        }
+    });
+});
+
+describe("outputs", () => {
+    it("expose the URL, cluster and repositories", async () => {
+        assert.equal(await value(stack.outputs.url), `http://alb-1234567890.${REGION}.elb.amazonaws.com`);
+        assert.equal(await value(stack.outputs.clusterName), "orders-pipeline-test");
+        const repos = (await value(stack.outputs.ecrRepositoryUrls)) as Record<string, string>;
+        assert.deepEqual(Object.keys(repos).sort(), ["invoices-worker", "orders-api", "outbox-relay"]);
+        assert.ok(resources.length > 50);
+    });
+});
