@@ -24,6 +24,17 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a server the test
+/// starts itself, or for a port where nothing listens).
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A short random suffix for database and namespace names.
 #[must_use]
 pub fn unique_suffix() -> String {

@@ -56,12 +56,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     };
     assert!(probe("orders-api", 3333).status.success());
     assert!(probe("invoices-worker", 3334).status.success());
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = probe("outbox-relay", free);
+    let dead = probe("outbox-relay", devkit::free_port());
     assert!(!dead.status.success());
     assert!(
         String::from_utf8_lossy(&dead.stderr).contains("unhealthy"),

@@ -6,22 +6,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service, unique_suffix};
+use devkit::{
+    broker::TestBroker, db::TestDatabase, eventually, free_port, process::Service, unique_suffix,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Writes the test CA (`ca.pem`), another CA (`other-ca.pem`) and the server's
 /// certificate and key (`server.crt`, `server.key`, mode 600) into `dir`.

@@ -72,27 +72,47 @@ fn resource(service: &'static str) -> Resource {
     }
 }
 
-/// A provider that always gives spans real ids (so that the context propagates),
-/// with an OTLP/HTTP batch exporter when an endpoint is configured.
-fn provider(service: &'static str) -> (SdkTracerProvider, Option<String>) {
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(resource(service))
-        .with_max_links_per_span(MAX_LINKS_PER_SPAN);
-    let mut problem = None;
-    if env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
-        // The crate defaults to JSON when both encodings are built in; the
-        // specification's default is protobuf. An explicit variable wins.
-        if !env_set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && !env_set("OTEL_EXPORTER_OTLP_PROTOCOL")
-        {
-            exporter = exporter.with_protocol(Protocol::HttpBinary);
-        }
-        match exporter.build() {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => problem = Some(e.to_string()),
+/// What happens to finished spans.
+enum Export {
+    /// `OTEL_SDK_DISABLED=true`: no spans at all.
+    Disabled,
+    /// No endpoint configured: spans propagate their context, nothing is sent.
+    None,
+    /// Sent over OTLP/HTTP.
+    Otlp,
+    /// An endpoint is configured but the exporter could not be built (why).
+    Failed(String),
+}
+
+impl Export {
+    fn describe(&self) -> &'static str {
+        match self {
+            Export::Disabled => "off",
+            Export::Otlp => "exported over OTLP",
+            Export::None | Export::Failed(_) => "propagated, not exported",
         }
     }
-    (builder.build(), problem)
+}
+
+/// A provider that always gives spans real ids (so that the context propagates),
+/// with an OTLP/HTTP batch exporter when an endpoint is configured.
+fn provider(service: &'static str) -> (SdkTracerProvider, Export) {
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource(service))
+        .with_max_links_per_span(MAX_LINKS_PER_SPAN);
+    if !env_set("OTEL_EXPORTER_OTLP_ENDPOINT") && !env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return (builder.build(), Export::None);
+    }
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    // The crate defaults to JSON when both encodings are built in; the
+    // specification's default is protobuf. An explicit variable wins.
+    if !env_set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") && !env_set("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        exporter = exporter.with_protocol(Protocol::HttpBinary);
+    }
+    match exporter.build() {
+        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), Export::Otlp),
+        Err(e) => (builder.build(), Export::Failed(e.to_string())),
+    }
 }
 
 /// Installs the global subscriber (JSON logs, and traces unless
@@ -114,11 +134,11 @@ pub fn init(service: &'static str) -> Telemetry {
         .with_span_list(false)
         .with_target(true);
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    let (provider, problem) = if disabled {
-        (None, None)
+    let (provider, export) = if disabled {
+        (None, Export::Disabled)
     } else {
-        let (provider, problem) = provider(service);
-        (Some(provider), problem)
+        let (provider, export) = provider(service);
+        (Some(provider), export)
     };
     let traces = provider
         .as_ref()
@@ -130,21 +150,13 @@ pub fn init(service: &'static str) -> Telemetry {
         .try_init()
         .is_ok()
     {
-        let exporting =
-            env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         tracing::info!(
             service,
             version = env!("CARGO_PKG_VERSION"),
-            traces = if disabled {
-                "off"
-            } else if exporting && problem.is_none() {
-                "exported over OTLP"
-            } else {
-                "propagated, not exported"
-            },
+            traces = export.describe(),
             "starting"
         );
-        if let Some(problem) = problem {
+        if let Export::Failed(problem) = export {
             tracing::error!(
                 error = problem,
                 "cannot build the OTLP trace exporter; traces are not exported"
