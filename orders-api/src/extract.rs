@@ -2,6 +2,11 @@
 //! 415 for a non-JSON content type, 413 for an oversized body, 400 for broken JSON,
 //! 422 for JSON of the wrong shape.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU8, Ordering},
+};
+
 use axum::{
     body::Bytes,
     extract::{FromRequest, Request},
@@ -10,6 +15,28 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+
+/// Whether a request's body is still on its way: the timeout middleware puts one
+/// in every request and the body extractor updates it, so that a request that
+/// times out while its body trickles in is the client's fault (408), not the
+/// server's (503).
+#[derive(Debug, Clone, Default)]
+pub struct BodyProgress(Arc<AtomicU8>);
+
+impl BodyProgress {
+    const RECEIVING: u8 = 1;
+    const RECEIVED: u8 = 2;
+
+    /// Whether the handler is still waiting for the body.
+    #[must_use]
+    pub fn receiving(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::RECEIVING
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::SeqCst);
+    }
+}
 
 /// A request body deserialized from JSON.
 #[derive(Debug)]
@@ -24,7 +51,15 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_json_content_type(req.headers().get(header::CONTENT_TYPE))?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let progress = req.extensions().get::<BodyProgress>().cloned();
+        if let Some(progress) = &progress {
+            progress.set(BodyProgress::RECEIVING);
+        }
+        let bytes = Bytes::from_request(req, state).await;
+        if let Some(progress) = &progress {
+            progress.set(BodyProgress::RECEIVED);
+        }
+        let bytes = bytes.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge
             } else {

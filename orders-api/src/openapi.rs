@@ -91,6 +91,7 @@ struct Problem {
         (status = 201, description = "Created (or replayed for a repeated Idempotency-Key)", body = Order,
             headers(("location" = String, description = "/orders/{id}"), ("idempotent-replayed" = String, description = "`true` on a replayed response"))),
         (status = 400, description = "Not JSON, or an invalid Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within the request timeout (a slow client)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Wrong shape, invalid amount or currency, or a reused Idempotency-Key", body = Problem, content_type = "application/problem+json"),

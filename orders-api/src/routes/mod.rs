@@ -20,7 +20,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::error::ApiError;
+use crate::{error::ApiError, extract::BodyProgress};
 
 /// Header carrying the request id (generated when the client sends none).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -34,6 +34,8 @@ pub struct AppState {
     pub default_currency: Arc<str>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<crate::metrics::ApiMetrics>,
+    /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT` (fault suite only; see the config).
+    pub unsafe_reply_before_commit: bool,
 }
 
 /// Limits applied to every request.
@@ -110,11 +112,18 @@ fn record_response(response: &Response, _latency: Duration, span: &tracing::Span
     }
 }
 
-/// Answers 503 when a request takes longer than the limit, so that a stalled
-/// database cannot hold a connection (or graceful shutdown) forever.
-async fn with_timeout(req: Request, next: Next, timeout: Duration) -> Response {
+/// Answers a request that takes longer than the limit, so that neither a stalled
+/// database nor a slow client can hold a connection (or graceful shutdown)
+/// forever: 408 while the body is still arriving, 503 otherwise.
+async fn with_timeout(mut req: Request, next: Next, timeout: Duration) -> Response {
+    let progress = BodyProgress::default();
+    req.extensions_mut().insert(progress.clone());
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
+        Err(_) if progress.receiving() => ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {timeout:?}"
+        ))
+        .into_response(),
         Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out after {timeout:?}"))
             .into_response(),
     }
