@@ -180,6 +180,14 @@ pub enum DecodeError {
     /// A content type other than JSON.
     #[error("content type {0:?} is not application/json")]
     ContentType(String),
+    /// A body larger than any event: not parsed at all.
+    #[error("body of {size} bytes exceeds the {limit}-byte limit for events")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// [`MAX_BODY_BYTES`].
+        limit: usize,
+    },
     /// A body that is not the JSON of the announced event.
     #[error("body is not a valid {event_type} v{version}: {reason}")]
     Body {
@@ -197,7 +205,7 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every value [`DecodeError::code`] can return (for metrics that start at 0).
-    pub const CODES: [&'static str; 9] = [
+    pub const CODES: [&'static str; 10] = [
         "missing-message-id",
         "invalid-message-id",
         "missing-type",
@@ -205,6 +213,7 @@ impl DecodeError {
         "invalid-schema-version",
         "unsupported-version",
         "wrong-content-type",
+        "oversized",
         "malformed-body",
         "invalid-event",
     ];
@@ -223,6 +232,7 @@ impl DecodeError {
             }
             DecodeError::UnsupportedVersion { .. } => "unsupported-version",
             DecodeError::ContentType(_) => "wrong-content-type",
+            DecodeError::TooLarge { .. } => "oversized",
             DecodeError::Body { .. } => "malformed-body",
             DecodeError::Invalid(_) => "invalid-event",
         }
@@ -259,6 +269,12 @@ impl InboundMessage<'_> {
                 return Err(DecodeError::ContentType(truncate(ct)));
             }
         }
+        if self.body.len() > MAX_BODY_BYTES {
+            return Err(DecodeError::TooLarge {
+                size: self.body.len(),
+                limit: MAX_BODY_BYTES,
+            });
+        }
         let event = match (event_type, version) {
             (EventType::OrderCreated, OrderCreatedV1::SCHEMA_VERSION) => {
                 let e: OrderCreatedV1 =
@@ -280,6 +296,10 @@ impl InboundMessage<'_> {
         Ok(Decoded { message_id, event })
     }
 }
+
+/// The largest body a consumer parses: events are a few hundred bytes, so
+/// anything near this is garbage or an attack, dead-lettered unread.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Bounds strings copied from untrusted messages into error text.
 fn truncate(s: &str) -> String {
@@ -307,6 +327,7 @@ mod tests {
                 version: 9,
             },
             E::ContentType(String::new()),
+            E::TooLarge { size: 0, limit: 0 },
             E::Body {
                 event_type: "OrderCreated",
                 version: 1,
@@ -385,6 +406,11 @@ mod tests {
     #[test]
     fn every_broken_envelope_has_its_reason() {
         let body = SAMPLE_JSON.as_bytes();
+        let oversized = SAMPLE_JSON.replace(
+            '{',
+            &format!("{{\"pad\":\"{}\",", "x".repeat(MAX_BODY_BYTES)),
+        );
+        let oversized = oversized.as_bytes();
         let cases: Vec<(InboundMessage<'_>, &str)> = vec![
             (
                 InboundMessage {
@@ -443,6 +469,7 @@ mod tests {
                 "wrong-content-type",
             ),
             (message(b"\xff\x00garbage"), "malformed-body"),
+            (message(oversized), "oversized"),
             (message(br#"{"order_id":"x"}"#), "malformed-body"),
             (message(b"[]"), "malformed-body"),
         ];
@@ -481,5 +508,158 @@ mod tests {
             ..message(b"{}")
         };
         assert!(m.decode().unwrap_err().to_string().len() < 200);
+    }
+}
+
+/// Fuzzing the decoder: whatever a stranger puts on the queue, it answers with
+/// an event or a reason, never a panic, and never turns garbage into an event.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::*;
+
+    const MESSAGE_ID: &str = "0190f3a6-0000-7000-8000-000000000001";
+
+    fn envelope(body: &[u8]) -> InboundMessage<'_> {
+        InboundMessage {
+            message_id: Some(MESSAGE_ID),
+            event_type: Some("OrderCreated"),
+            schema_version: Some(Ok(1)),
+            content_type: Some("application/json"),
+            body,
+        }
+    }
+
+    fn valid_event() -> impl Strategy<Value = OrderCreatedV1> {
+        (
+            any::<u128>(),
+            1..=MAX_AMOUNT_CENTS,
+            "[A-Z]{3}",
+            // 2000-01-01 .. 2100-01-01, microsecond precision.
+            946_684_800_000_000_i64..4_102_444_800_000_000,
+        )
+            .prop_map(|(id, amount_cents, currency, micros)| OrderCreatedV1 {
+                order_id: Uuid::from_u128(id),
+                amount_cents,
+                currency,
+                created_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                    .unwrap(),
+            })
+    }
+
+    /// Bodies near the real thing: valid JSON with values of every type in the
+    /// event's fields, plus arbitrary extra fields.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("order_id".to_owned()),
+                        Just("amount_cents".to_owned()),
+                        Just("currency".to_owned()),
+                        Just("created_at".to_owned()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn every_valid_event_decodes_to_itself(event in valid_event()) {
+            let body = serde_json::to_vec(&event).unwrap();
+            let decoded = envelope(&body).decode().unwrap();
+            prop_assert_eq!(decoded.event, Event::OrderCreatedV1(event));
+        }
+
+        #[test]
+        fn random_bytes_are_refused_with_a_reason(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let err = envelope(&body).decode().unwrap_err();
+            prop_assert!(["malformed-body", "invalid-event"].contains(&err.code()), "{err}");
+            prop_assert!(err.reason().len() < 400, "unbounded reason: {}", err.reason());
+        }
+
+        #[test]
+        fn json_of_the_wrong_shape_never_becomes_an_event(value in json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            match envelope(&body).decode() {
+                // Only a body carrying all four fields with valid values decodes,
+                // and then to exactly those values.
+                Ok(decoded) => {
+                    let Event::OrderCreatedV1(e) = decoded.event;
+                    prop_assert_eq!(value["amount_cents"].as_i64(), Some(e.amount_cents));
+                    prop_assert_eq!(value["currency"].as_str(), Some(e.currency.as_str()));
+                }
+                Err(err) => prop_assert!(
+                    ["malformed-body", "invalid-event"].contains(&err.code()),
+                    "{err}"
+                ),
+            }
+        }
+
+        #[test]
+        fn a_truncated_or_corrupted_event_is_refused(
+            event in valid_event(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let body = serde_json::to_vec(&event).unwrap();
+            let truncated = &body[..cut.index(body.len())];
+            prop_assert!(envelope(truncated).decode().is_err());
+            let mut corrupted = body.clone();
+            let at = flip.index(corrupted.len());
+            corrupted[at] = byte;
+            // A changed byte either breaks the event or still decodes to a valid
+            // one; it never panics.
+            if let Ok(decoded) = envelope(&corrupted).decode() {
+                let Event::OrderCreatedV1(e) = decoded.event;
+                prop_assert!(e.validate().is_ok());
+            }
+        }
+
+        #[test]
+        fn any_envelope_is_decoded_or_refused_with_a_known_code(
+            message_id in prop::option::of(".{0,40}"),
+            event_type in prop::option::of(prop_oneof![Just("OrderCreated".to_owned()), ".{0,20}"]),
+            version in prop::option::of(prop_oneof![any::<i64>().prop_map(Ok), ".{0,10}".prop_map(Err)]),
+            content_type in prop::option::of(prop_oneof![Just("application/json".to_owned()), ".{0,30}"]),
+        ) {
+            let body = serde_json::to_vec(&OrderCreatedV1 {
+                order_id: Uuid::nil(),
+                amount_cents: 1,
+                currency: "BRL".into(),
+                created_at: OffsetDateTime::UNIX_EPOCH,
+            })
+            .unwrap();
+            let message = InboundMessage {
+                message_id: message_id.as_deref(),
+                event_type: event_type.as_deref(),
+                schema_version: version.as_ref().map(|v| v.as_ref().map(|n| *n).map_err(String::as_str)),
+                content_type: content_type.as_deref(),
+                body: &body,
+            };
+            if let Err(err) = message.decode() {
+                prop_assert!(DecodeError::CODES.contains(&err.code()));
+                prop_assert!(err.reason().len() < 600, "unbounded reason: {}", err.reason());
+            }
+        }
     }
 }
