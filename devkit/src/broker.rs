@@ -93,6 +93,28 @@ impl TestBroker {
     /// Publishes raw bytes to the exchange with routing key `order.created`, with
     /// confirms, as a stranger (or a buggy producer) might.
     pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        self.publish_to(
+            &self.topology.exchange,
+            contracts::EventType::OrderCreated.routing_key(),
+            body,
+            properties,
+        )
+        .await;
+    }
+
+    /// Publishes raw bytes straight to `queue` through the default exchange, as a
+    /// stranger who knows the queue's name might, bypassing the topology.
+    pub async fn publish_to_queue(&self, queue: &str, body: &[u8], properties: BasicProperties) {
+        self.publish_to("", queue, body, properties).await;
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         let channel = self.channel().await;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -100,8 +122,8 @@ impl TestBroker {
             .unwrap();
         let confirm = channel
             .basic_publish(
-                short_string(&self.topology.exchange),
-                contracts::EventType::OrderCreated.routing_key().into(),
+                short_string(exchange),
+                short_string(routing_key),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()

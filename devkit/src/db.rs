@@ -57,14 +57,7 @@ impl TestDatabase {
     /// The URL of this database through another address (e.g. a proxy).
     #[must_use]
     pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
-        let server = server_url();
-        // Keep scheme and credentials, swap host:port.
-        let prefix_end = server
-            .find('@')
-            .map(|i| i + 1)
-            .or_else(|| server.find("://").map(|i| i + 3))
-            .unwrap_or(0);
-        format!("{}{addr}/{}", &server[..prefix_end], self.name)
+        crate::faults::swap_host(&self.url, addr)
     }
 
     /// A dedicated session to the database.

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod db;
+pub mod faults;
 pub mod messages;
 pub mod process;
 pub mod proxy;

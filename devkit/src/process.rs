@@ -35,6 +35,40 @@ pub fn binary_path(name: &str) -> PathBuf {
     path
 }
 
+/// Builds the three services with the same profile as the running launcher
+/// (`cargo pipeline`, `cargo faults`), so that [`binary_path`] finds them.
+///
+/// # Errors
+/// When cargo cannot be run or the build fails.
+pub fn build_services() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    // Drop what `cargo run` added to our environment (package variables, library
+    // path): build scripts that watch the environment would otherwise see a change
+    // and rebuild their crates.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+            || key == "LD_LIBRARY_PATH"
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command.arg("build").arg("--quiet");
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    // The same package selection as `cargo pipeline` (devkit depends on the
+    // services), so features resolve identically and nothing is rebuilt.
+    command.args(["-p", "devkit"]);
+    for service in ["orders-api", "outbox-relay", "invoices-worker"] {
+        command.args(["-p", service]);
+    }
+    let status = command.status()?;
+    anyhow::ensure!(status.success(), "building the services failed ({status})");
+    Ok(())
+}
+
 /// A running service process; killed when dropped.
 pub struct Service {
     /// Binary name.
@@ -112,6 +146,12 @@ impl Service {
         format!("http://127.0.0.1:{}", self.addr.port())
     }
 
+    /// Its process id (while it runs).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Everything it printed so far.
     #[must_use]
     pub fn logs(&self) -> Vec<String> {
@@ -137,10 +177,17 @@ impl Service {
     /// # Panics
     /// When it does not exit within `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.exited_within(timeout)
+            .await
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.name))
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
         tokio::time::timeout(timeout, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
-            .unwrap()
+            .ok()
+            .map(Result::unwrap)
     }
 }
 

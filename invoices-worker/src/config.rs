@@ -20,7 +20,8 @@ pub struct Config {
     /// `BROKER_URL` and `BROKER_NAMESPACE`.
     pub broker: BrokerConfig,
     /// `WORKER_PREFETCH` (default 200), `WORKER_BATCH_SIZE` (default 100),
-    /// `WORKER_MAX_ATTEMPTS` (default 20), `WORKER_DRAIN_TIMEOUT` (default 10s).
+    /// `WORKER_MAX_ATTEMPTS` (default 20), `WORKER_DRAIN_TIMEOUT` (default 10s);
+    /// `WORKER_UNSAFE_ACK_BEFORE_COMMIT` breaks the guarantee for the fault suite.
     pub worker: WorkerSettings,
     /// `DEDUPE_RETENTION`: how long message ids are remembered; at least the
     /// outbox's replay window plus a margin (default 8d).
@@ -51,6 +52,10 @@ impl Config {
                 batch_size: parse_or("WORKER_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
                 max_attempts: parse_or("WORKER_MAX_ATTEMPTS", d.max_attempts)?.max(1),
                 drain_timeout: duration_or("WORKER_DRAIN_TIMEOUT", d.drain_timeout)?,
+                unsafe_ack_before_commit: parse_or(
+                    "WORKER_UNSAFE_ACK_BEFORE_COMMIT",
+                    d.unsafe_ack_before_commit,
+                )?,
             },
             dedupe_retention: duration_or("DEDUPE_RETENTION", Duration::from_secs(8 * 86_400))?,
             purge_interval: duration_or("DEDUPE_PURGE_INTERVAL", Duration::from_secs(3_600))?

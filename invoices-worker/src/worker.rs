@@ -30,6 +30,9 @@ use crate::{
     store::{self, Handled, StoreError},
 };
 
+/// Beyond the drain timeout, how long stopping may wait for the broker.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// How the worker consumes.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
@@ -43,6 +46,10 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     /// On shutdown, how long to keep handling deliveries already received.
     pub drain_timeout: Duration,
+    /// BREAKS THE GUARANTEE, for the fault suite only: acknowledge each batch on
+    /// receipt, store it once, drop it on error (the naive at-most-once consumer).
+    /// The fault suite runs with it to show that its checker reports the loss.
+    pub unsafe_ack_before_commit: bool,
 }
 
 impl Default for WorkerSettings {
@@ -52,6 +59,7 @@ impl Default for WorkerSettings {
             batch_size: 100,
             max_attempts: 20,
             drain_timeout: Duration::from_secs(10),
+            unsafe_ack_before_commit: false,
         }
     }
 }
@@ -106,10 +114,30 @@ impl Worker {
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker
     /// connection fails.
     pub async fn run(self, shutdown: CancellationToken) {
+        if self.settings.unsafe_ack_before_commit {
+            tracing::error!(
+                "WORKER_UNSAFE_ACK_BEFORE_COMMIT is set: messages are acknowledged before their \
+                 invoices are stored and CAN BE LOST; this mode exists for the fault suite only"
+            );
+        }
         let mut delays = plumbing::backoff::reconnect_delays();
         while !shutdown.is_cancelled() {
             let mut connected = false;
-            let result = self.session(&shutdown, &mut connected).await;
+            // Once shutdown starts, a session gets the drain timeout plus a margin
+            // to finish: a broker that stops answering (a half-open connection)
+            // must not keep the process alive. Whatever it still held unacked is
+            // redelivered by the broker.
+            let give_up = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(self.settings.drain_timeout + STOP_MARGIN).await;
+            };
+            let result = tokio::select! {
+                result = self.session(&shutdown, &mut connected) => result,
+                () = give_up => {
+                    tracing::warn!("the broker did not let the session end in time; stopping without it");
+                    Ok(())
+                }
+            };
             self.metrics.broker_connected.set(0);
             match result {
                 Ok(()) => break,
@@ -286,6 +314,9 @@ impl Worker {
         if good.is_empty() {
             return Ok(true);
         }
+        if self.settings.unsafe_ack_before_commit {
+            return self.store_acked_first(&good, &repeated).await;
+        }
         // One statement stores the whole batch: each message's trace gets its
         // database span, covering that statement.
         let inserts: Vec<tracing::Span> = spans
@@ -327,17 +358,37 @@ impl Worker {
         self.metrics.duplicates.inc_by(repeated.len() as u64);
         // Everything up to the batch's last tag is settled now (dead-lettered ones
         // were acked or rejected one by one): one ack covers the rest.
-        let last = good
-            .iter()
-            .map(|(d, _)| d)
-            .chain(&repeated)
-            .max_by_key(|d| d.delivery_tag);
-        if let Some(last) = last {
-            last.ack(BasicAckOptions { multiple: true }).await?;
-        }
+        ack_all(&good, &repeated).await?;
         self.metrics
             .handle_seconds
             .observe(started.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
+    /// The deliberately broken handling of `WORKER_UNSAFE_ACK_BEFORE_COMMIT`: ack
+    /// the batch first, then try to store it once; on a crash or an error the
+    /// batch is gone. The fault suite uses it to prove its checker sees losses.
+    async fn store_acked_first(
+        &self,
+        good: &[(Delivery, Decoded)],
+        repeated: &[Delivery],
+    ) -> Result<bool, lapin::Error> {
+        ack_all(good, repeated).await?;
+        let events = events_of(good);
+        match store::record_invoices(&self.pool, &events).await {
+            Ok(outcomes) => {
+                for handled in outcomes {
+                    let counter = match handled {
+                        Handled::Invoiced { .. } => &self.metrics.invoiced,
+                        Handled::Duplicate | Handled::AlreadyInvoiced => &self.metrics.duplicates,
+                    };
+                    counter.inc();
+                }
+            }
+            Err(e) => {
+                tracing::error!(batch = good.len(), error = %e, "invoices not stored; the batch was acknowledged already and is dropped");
+            }
+        }
         Ok(true)
     }
 
@@ -378,13 +429,7 @@ impl Worker {
         dead_letters: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<Stored, lapin::Error> {
-        let events: Vec<(uuid::Uuid, &contracts::OrderCreatedV1)> = good
-            .iter()
-            .map(|(_, d)| {
-                let Event::OrderCreatedV1(e) = &d.event;
-                (d.message_id, e)
-            })
-            .collect();
+        let events = events_of(good);
         let mut delays = plumbing::backoff::reconnect_delays();
         let mut attempt = 0;
         loop {
@@ -595,4 +640,27 @@ impl Drop for QueueDepth {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The events of decoded deliveries, with their message ids.
+fn events_of(good: &[(Delivery, Decoded)]) -> Vec<(uuid::Uuid, &contracts::OrderCreatedV1)> {
+    good.iter()
+        .map(|(_, d)| {
+            let Event::OrderCreatedV1(e) = &d.event;
+            (d.message_id, e)
+        })
+        .collect()
+}
+
+/// One `multiple` ack up to the highest delivery tag among `good` and `repeated`.
+async fn ack_all(good: &[(Delivery, Decoded)], repeated: &[Delivery]) -> Result<(), lapin::Error> {
+    let last = good
+        .iter()
+        .map(|(d, _)| d)
+        .chain(repeated)
+        .max_by_key(|d| d.delivery_tag);
+    if let Some(last) = last {
+        last.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(())
 }

@@ -189,11 +189,32 @@ async fn malformed_messages_are_dead_lettered_with_a_reason() {
             "invalid-event",
         ),
     ];
-    let expected: Vec<&str> = bad.iter().map(|(_, _, code)| *code).collect();
+    let mut expected: Vec<&str> = bad.iter().map(|(_, _, code)| *code).collect();
+    let oversized = {
+        let mut event = serde_json::to_value(&good).unwrap();
+        event["padding"] = "x".repeat(2 * contracts::event::MAX_BODY_BYTES).into();
+        serde_json::to_vec(&event).unwrap()
+    };
 
     for (payload, props, _) in bad {
         f.broker.publish_raw(&payload, props).await;
     }
+    f.broker.publish_raw(&oversized, properties(&id())).await;
+    expected.push("oversized");
+    // A stranger who knows the queue's name publishes to it directly.
+    let queue = f.broker.topology.order_created_queue.clone();
+    f.broker
+        .publish_to_queue(&queue, "{\"amount\": \"💸\"}".as_bytes(), properties(&id()))
+        .await;
+    expected.push("malformed-body");
+    f.broker
+        .publish_to_queue(
+            &queue,
+            &[0xde, 0xad, 0xbe, 0xef],
+            BasicProperties::default(),
+        )
+        .await;
+    expected.push("missing-message-id");
     f.broker.publish_raw(&valid, properties(&id())).await;
 
     eventually(
@@ -219,7 +240,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason() {
         vec![(good.order_id, 4200)],
         "no invoice from a bad message"
     );
-    assert_eq!(f.stats.dead_lettered_total(), 10);
+    assert_eq!(f.stats.dead_lettered_total(), 13);
     f.stop().await;
 }
 

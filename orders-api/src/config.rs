@@ -25,6 +25,11 @@ pub struct Config {
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` is remembered
     /// (default 24h); expired keys are purged hourly by one API replica.
     pub idempotency_key_ttl: Duration,
+    /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT`: BREAKS THE GUARANTEE, for the fault
+    /// suite only (default false). Answers 201 at once and writes the order 200 ms
+    /// later, ignoring a failed write (idempotency keys are ignored too): the fault suite
+    /// runs with it to show that its checker reports the 201s that were lost.
+    pub unsafe_reply_before_commit: bool,
 }
 
 impl Config {
@@ -43,6 +48,7 @@ impl Config {
             max_body_bytes: parse_or("MAX_BODY_BYTES", 64 * 1024)?,
             default_currency: var_or("DEFAULT_CURRENCY", "BRL"),
             idempotency_key_ttl: duration_or("IDEMPOTENCY_KEY_TTL", Duration::from_secs(86_400))?,
+            unsafe_reply_before_commit: parse_or("ORDERS_UNSAFE_REPLY_BEFORE_COMMIT", false)?,
         })
     }
 }

@@ -64,7 +64,14 @@ impl plumbing::cli::Service for Application {
             pool: pool.clone(),
             default_currency: Arc::from(config.default_currency.as_str()),
             metrics: Arc::new(crate::metrics::ApiMetrics::new()),
+            unsafe_reply_before_commit: config.unsafe_reply_before_commit,
         };
+        if config.unsafe_reply_before_commit {
+            tracing::error!(
+                "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT is set: orders are answered 201 before they are \
+                 committed and CAN BE LOST; this mode exists for the fault suite only"
+            );
+        }
         let router = routes::router(
             state,
             Limits {

@@ -89,6 +89,23 @@ pub async fn create_order(
     Ok(order)
 }
 
+/// The deliberately broken creation of `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT`: the
+/// order is returned at once and written 200 ms later in the background (a
+/// write-behind buffer); a failed write is only logged, and a process that stops
+/// meanwhile never writes it. For the fault suite's checker, never for use.
+#[must_use]
+pub fn create_order_unsafely(pool: &Pool, new: &NewOrder, context: &RequestContext) -> Order {
+    let (order, event) = prepare(new, context);
+    let (pool, written) = (pool.clone(), order.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Err(e) = insert(&pool, &written, &event, None).await {
+            tracing::error!(order_id = %written.id, error = %e, "order answered 201 but not stored");
+        }
+    });
+    order
+}
+
 /// Creates an order with its event once per idempotency key.
 ///
 /// # Errors

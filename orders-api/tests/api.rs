@@ -37,6 +37,7 @@ impl TestApp {
             max_body_bytes: 64 * 1024,
             default_currency: "BRL".into(),
             idempotency_key_ttl: Duration::from_secs(86_400),
+            unsafe_reply_before_commit: false,
         };
         let shutdown = CancellationToken::new();
         let app = Application::build(&config, &shutdown).await.unwrap();
@@ -623,4 +624,103 @@ async fn the_committed_openapi_document_is_what_the_server_serves() {
             "POST /orders {status} is not described"
         );
     }
+}
+
+/// Sends `head` and then `body` byte by byte, `gap` apart, on a raw connection;
+/// returns the status line and the body of the answer.
+async fn trickle(addr: &str, head: &str, body: &[u8], gap: Duration) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for byte in body {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break; // the server answered and closed: fine
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
+    let app = TestApp::spawn().await;
+    // Unicode where ASCII is expected, invalid UTF-8, a byte-order mark.
+    let unicode: Vec<(Vec<u8>, u16, &str)> = vec![
+        (r#"{"amount": "２９.９９"}"#.into(), 422, "invalid_amount"),
+        (r#"{"amount": "٢٩"}"#.into(), 422, "invalid_amount"),
+        (
+            r#"{"amount": 1, "currency": "BRŁ"}"#.into(),
+            422,
+            "invalid_currency",
+        ),
+        (r#"{"amöunt": 1}"#.into(), 422, "invalid_body"),
+        (r#"{"amount": "1\u0000"}"#.into(), 422, "invalid_amount"),
+        (
+            b"{\"amount\": \"\xff\xfe\"}".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        ("\u{feff}{\"amount\": 1}".into(), 400, "malformed_json"),
+        (r#"{"amount": 1e308}"#.into(), 422, "invalid_amount"),
+        (r#"{"amount": -0}"#.into(), 422, "invalid_amount"),
+        (
+            r#"{"amount": 18446744073709551616}"#.into(),
+            422,
+            "invalid_amount",
+        ),
+    ];
+    for (body, status, code) in unicode {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let (got, _, problem) = app.post_raw(Some("application/json"), body).await;
+        assert_eq!(got.as_u16(), status, "{shown}: {problem}");
+        assert_eq!(problem["code"], code, "{shown}: {problem}");
+    }
+
+    // Slow clients: a body trickling in slower than the request timeout (5 s
+    // here) gets 408, while other clients are served meanwhile.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let body = br#"{"amount": 12.34}"#;
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, head) = (addr.clone(), head.clone());
+            tokio::spawn(
+                async move { trickle(&addr, &head, body, Duration::from_millis(400)).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = app
+        .http
+        .get(format!("{}/health", app.base))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status(),
+        200,
+        "health while slow clients hold connections"
+    );
+    for task in slow {
+        let (status, body) = task.await.unwrap();
+        assert!(status.contains(" 408 "), "{status}: {body}");
+        assert!(body.contains("request_timeout"), "{body}");
+    }
+    assert_eq!(app.rows().await, (0, 0), "a rejected request wrote rows");
+    let (status, _, order) = app.post(r#"{"amount": 12.34}"#).await;
+    assert_eq!(status, 201, "the server still creates orders: {order}");
+    assert_eq!(app.rows().await, (1, 1));
 }

@@ -35,6 +35,12 @@ pub struct RelaySettings {
     pub purge_interval: Duration,
     /// `RELAY_PURGE_BATCH`: rows deleted per statement by the purge (default 1000).
     pub purge_batch: i64,
+    /// `RELAY_UNSAFE_MARK_BEFORE_PUBLISH`: BREAKS THE GUARANTEE, for the fault
+    /// suite only (default false). Marks each batch published before publishing
+    /// it and ignores the broker's answer: the naive at-most-once relay, which
+    /// loses events when it dies or the broker fails in between. The fault suite
+    /// runs with it to show that its checker reports the loss.
+    pub unsafe_mark_before_publish: bool,
 }
 
 impl Default for RelaySettings {
@@ -48,6 +54,7 @@ impl Default for RelaySettings {
             retention: Duration::from_secs(7 * 86_400),
             purge_interval: Duration::from_secs(3_600),
             purge_batch: 1_000,
+            unsafe_mark_before_publish: false,
         }
     }
 }
@@ -92,6 +99,10 @@ impl Config {
                 purge_interval: duration_or("RELAY_PURGE_INTERVAL", d.purge_interval)?
                     .max(Duration::from_secs(1)),
                 purge_batch: parse_or("RELAY_PURGE_BATCH", d.purge_batch)?.clamp(1, 100_000),
+                unsafe_mark_before_publish: parse_or(
+                    "RELAY_UNSAFE_MARK_BEFORE_PUBLISH",
+                    d.unsafe_mark_before_publish,
+                )?,
             },
         };
         config.relay.validate()?;

@@ -168,6 +168,9 @@ impl Relay {
     /// # Errors
     /// As [`Relay::run_once`].
     pub async fn drain(&mut self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
+        if self.settings.unsafe_mark_before_publish {
+            return self.drain_marking_first(shutdown).await;
+        }
         self.ensure_publisher().await?;
         let mut report = BatchReport::default();
         let mut batch = self.claim().await?;
@@ -235,6 +238,39 @@ impl Relay {
             };
             previous = Some(current);
         }
+    }
+
+    /// The deliberately broken drain of `RELAY_UNSAFE_MARK_BEFORE_PUBLISH`: each
+    /// batch is marked published (committed) first, then published, and whatever
+    /// the broker answers is ignored. A crash or a broker failure between the two
+    /// loses the batch: the fault suite uses it to prove its checker sees losses.
+    async fn drain_marking_first(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, RelayError> {
+        let mut published = 0;
+        while !shutdown.is_cancelled() {
+            let claim = self.claim().await?;
+            if claim.rows.is_empty() {
+                break;
+            }
+            let rows = claim.rows.clone();
+            let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+            self.metrics.in_flight.dec_by(rows.len() as i64);
+            claim.finish(&ids, &[], self.settings.max_attempts).await?;
+            self.metrics.published.inc_by(rows.len() as u64);
+            published += rows.len();
+            let timeout = self.settings.confirm_timeout;
+            let outcomes = self
+                .ensure_publisher()
+                .await?
+                .publish_batch(&rows, timeout, &[])
+                .await;
+            if outcomes.iter().any(|o| matches!(o, Outcome::Lost(_))) {
+                self.disconnect().await;
+            }
+        }
+        Ok(published)
     }
 
     /// Stops a drain that failed: writes down the batch whose confirms are in and
@@ -333,6 +369,12 @@ impl Relay {
     /// (exponential, jittered) while the database or broker is down. A batch in
     /// flight is finished — published, confirmed, marked — before returning.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.settings.unsafe_mark_before_publish {
+            tracing::error!(
+                "RELAY_UNSAFE_MARK_BEFORE_PUBLISH is set: events are marked published before the \
+                 broker has them and CAN BE LOST; this mode exists for the fault suite only"
+            );
+        }
         let wake = Arc::new(Notify::new());
         let mut listener: Option<Listener> = None;
         let mut delays = plumbing::backoff::reconnect_delays();

@@ -386,24 +386,6 @@ async fn three_relays_keep_per_aggregate_order_without_duplicates() {
     assert_per_aggregate_order(&rows, &got, false);
 }
 
-/// A counter of the relay's `/metrics`.
-async fn counter(http: &reqwest::Client, relay: &Service, name: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{}/metrics", relay.base_url()))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     const ROWS: i64 = 5_000;
@@ -437,12 +419,11 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     .await;
     // Kill the victim while it holds a claim (claimed more than it has marked), if
     // that can be caught within a few seconds.
-    let http = devkit::http_client();
     let hunt = Instant::now();
     let mut holding = None;
     while hunt.elapsed() < Duration::from_secs(5) {
-        let claimed = counter(&http, &victim, "outbox_claimed_total").await;
-        let published = counter(&http, &victim, "outbox_published_total").await;
+        let claimed = devkit::faults::metric(&victim.base_url(), "outbox_claimed_total").await;
+        let published = devkit::faults::metric(&victim.base_url(), "outbox_published_total").await;
         if let (Some(c), Some(p)) = (claimed, published) {
             if c > p {
                 holding = Some(c - p);

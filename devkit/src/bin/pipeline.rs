@@ -12,7 +12,6 @@ use devkit::process::Service;
 
 const ORDERS_DB: &str = "postgres://postgres@127.0.0.1:5432/orders";
 const INVOICES_DB: &str = "postgres://postgres@127.0.0.1:5432/invoices";
-const SERVICES: [&str; 3] = ["orders-api", "outbox-relay", "invoices-worker"];
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,7 +27,7 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     // Installed first, so that an early Ctrl-C still stops the services cleanly.
     let stop = plumbing::shutdown::on_signal();
-    build_services()?;
+    devkit::process::build_services()?;
     let orders_db = std::env::var("ORDERS_DATABASE_URL").unwrap_or_else(|_| ORDERS_DB.into());
     let invoices_db = std::env::var("INVOICES_DATABASE_URL").unwrap_or_else(|_| INVOICES_DB.into());
     check_reachable(&orders_db).await?;
@@ -55,36 +54,6 @@ async fn run() -> anyhow::Result<()> {
         let status = service.wait(Duration::from_secs(30)).await;
         println!("{} stopped ({status})", service.name);
     }
-    Ok(())
-}
-
-/// Builds the services with the same profile as this launcher.
-fn build_services() -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    // Drop what `cargo run` added to our environment (package variables, library
-    // path): build scripts that watch the environment would otherwise see a change
-    // and rebuild their crates.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
-            || key == "LD_LIBRARY_PATH"
-        {
-            command.env_remove(key.as_ref());
-        }
-    }
-    command.arg("build").arg("--quiet");
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
-    // The same package selection as `cargo pipeline` (devkit depends on the
-    // services), so features resolve identically and nothing is rebuilt.
-    command.args(["-p", "devkit"]);
-    for service in SERVICES {
-        command.args(["-p", service]);
-    }
-    let status = command.status()?;
-    anyhow::ensure!(status.success(), "building the services failed ({status})");
     Ok(())
 }
 

@@ -34,6 +34,11 @@ pub async fn create(
         }
     })?;
     let context = request_context(&headers);
+    if state.unsafe_reply_before_commit {
+        let order = store::create_order_unsafely(&state.pool, &new, &context);
+        state.metrics.created.inc();
+        return created(&order);
+    }
     let Some(key) = idempotency_key(&headers, &new)? else {
         let order = store::create_order(&state.pool, &new, &context).await?;
         state.metrics.created.inc();
