@@ -1,9 +1,139 @@
-//! Shared pieces of the benchmarks: timing, percentiles, the printed table and
-//! the JSON summary.
+//! The benchmark suite (`cargo bench -p bench`): every figure beside its baseline
+//! measured in the same run, printed as a table and written as JSON. The parts:
+//! [`api`] (wrk against `POST /orders` beside pgbench running the same
+//! transaction), [`relay`], [`worker`], and [`e2e`] (open-loop load through the
+//! three release binaries, with peak memory).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::time::Duration;
+pub mod api;
+pub mod e2e;
+pub mod relay;
+pub mod worker;
+
+use std::{fmt::Write as _, process::Command, time::Duration};
+
+/// How big the runs are.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// `--quick`: tiny runs that only prove the suite works (CI).
+    pub quick: bool,
+}
+
+impl Scale {
+    /// `quick` when quick, `full` otherwise.
+    #[must_use]
+    pub fn pick<T>(self, full: T, quick: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was measured.
+    pub measurement: String,
+    /// The figure.
+    pub value: String,
+    /// Its baseline from the same run.
+    pub baseline: String,
+    /// Figure against baseline, or against the target.
+    pub ratio: String,
+    /// The target, and whether it was met.
+    pub target: String,
+}
+
+impl Row {
+    /// A row.
+    pub fn new(
+        measurement: impl Into<String>,
+        value: impl Into<String>,
+        baseline: impl Into<String>,
+        ratio: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
+        Self {
+            measurement: measurement.into(),
+            value: value.into(),
+            baseline: baseline.into(),
+            ratio: ratio.into(),
+            target: target.into(),
+        }
+    }
+}
+
+/// One part's results: rows for the table, a JSON object for the summary.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// Its name (`api`, `relay`, …).
+    pub name: &'static str,
+    /// Table rows.
+    pub rows: Vec<Row>,
+    /// Machine-readable figures.
+    pub json: serde_json::Value,
+}
+
+/// The sections as one Markdown table.
+#[must_use]
+pub fn table(sections: &[Section]) -> String {
+    let mut out = String::from(
+        "| part | measurement | value | baseline (same run) | ratio | target |\n|---|---|---:|---:|---:|---|\n",
+    );
+    for section in sections {
+        for row in &section.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                section.name, row.measurement, row.value, row.baseline, row.ratio, row.target
+            );
+        }
+    }
+    out
+}
+
+/// `met` or `MISSED`, for the target column.
+#[must_use]
+pub fn verdict(target: &str, met: bool) -> String {
+    format!("{target}: {}", if met { "met" } else { "MISSED" })
+}
+
+/// Milliseconds with two decimals.
+#[must_use]
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Runs pgbench with `script` on `url` (`clients` clients, `seconds` long,
+/// prepared statements); returns transactions per second.
+///
+/// # Panics
+/// When pgbench is missing or fails.
+#[must_use]
+pub fn pgbench(url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
+    let path = std::env::temp_dir().join(format!("bench-{}.sql", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, script).unwrap();
+    let threads = clients.min(2);
+    let output = Command::new("pgbench")
+        .args(["-n", "-M", "prepared"])
+        .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
+        .args(["-T", &seconds.to_string(), "-f"])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .expect("pgbench is not installed (Debian: postgresql-client)");
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
+}
 
 /// The `p`-th percentile (0–100) of `samples` (sorted in place).
 #[must_use]
@@ -27,23 +157,6 @@ pub fn rate(count: usize, elapsed: Duration) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let count = count as f64;
     count / elapsed.as_secs_f64()
-}
-
-/// A value of `--name` from the command line, or `default`.
-#[must_use]
-pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Whether `--name` is on the command line.
-#[must_use]
-pub fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
 }
 
 /// Publishes `n` persistent messages made by `message` (body, properties) to

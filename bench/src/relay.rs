@@ -1,14 +1,9 @@
-//! Relay benchmark: drain rate of an outbox backlog beside the raw confirmed-publish
-//! rate of a minimal lapin publisher (same message size, persistence, queue type and
+//! Relay: drain rate of an outbox backlog beside the raw confirmed-publish rate of
+//! a minimal lapin publisher (same message size, persistence, queue type and
 //! window), measured in the same run; then commit→consume latency of an idle relay.
-//!
-//! `cargo run --release -p bench --bin relay -- [--events 100000] [--latency-samples 300]`
-
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
 
-use bench::{arg, percentile, rate};
 use devkit::{broker::TestBroker, db::TestDatabase};
 use orders_api::{
     domain::{Amount, NewOrder},
@@ -18,16 +13,13 @@ use outbox_relay::{config::RelaySettings, relay::Relay};
 use plumbing::db::Database;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    // Spans on, as in the service binaries (the cost of tracing is measured too).
-    let _telemetry = plumbing::telemetry::init("bench");
-    let events: usize = arg("--events", 100_000);
-    let samples: usize = arg("--latency-samples", 300);
-    let settings = RelaySettings {
-        batch_size: arg("--batch", RelaySettings::default().batch_size),
-        ..RelaySettings::default()
-    };
+use crate::{Row, Scale, Section, ms, percentile, rate, verdict};
+
+/// Runs the relay benchmark.
+pub async fn run(scale: Scale) -> Section {
+    let events: usize = scale.pick(100_000, 5_000);
+    let samples: usize = scale.pick(300, 20);
+    let settings = RelaySettings::default();
     let window = usize::try_from(settings.batch_size).unwrap();
 
     let db = TestDatabase::migrated("bench_relay", Database::Orders).await;
@@ -39,15 +31,11 @@ async fn main() {
     let (payload, headers) = sample_event(&db).await;
     // The relay sends the stored JSON text as it is; so does the baseline.
     let body = payload_text(&db, &payload).await.into_bytes();
-    println!(
-        "message body: {} bytes, persistent, quorum queue, window {window}",
-        body.len()
-    );
 
-    // 1. Baseline: a minimal confirmed publisher.
-    // Warm up the broker and the queue, then measure the baseline before and after
-    // the relay (background work of the broker after a purge, checkpoints of the
-    // database: the two runs bracket whatever the machine was doing).
+    // 1. Baseline: a minimal confirmed publisher. Warm up the broker and the
+    // queue, then measure the baseline before and after the relay (background
+    // work of the broker after a purge, checkpoints of the database: the two runs
+    // bracket whatever the machine was doing).
     raw_publish(&broker, &body, &headers, events / 10, window).await;
     broker.purge(&queue).await;
     let raw_before = raw_publish(&broker, &body, &headers, events, window).await;
@@ -85,41 +73,47 @@ async fn main() {
     let p50 = percentile(&mut latencies, 50.0);
     let p99 = percentile(&mut latencies, 99.0);
 
-    println!();
-    println!("| measurement | value |");
-    println!("|---|---|");
-    println!(
-        "| raw lapin confirmed publish ({events} msgs, window {window}), mean of before/after | {raw:.0} msg/s ({raw_before:.0} / {raw_after:.0}) |"
-    );
-    println!("| relay drain of {events}-event backlog | {drain:.0} events/s |");
-    println!("| ratio relay / raw | {:.1} % |", 100.0 * drain / raw);
-    println!(
-        "| idle relay commit→consume p50 | {:.2} ms |",
-        p50.as_secs_f64() * 1e3
-    );
-    println!(
-        "| idle relay commit→consume p99 | {:.2} ms |",
-        p99.as_secs_f64() * 1e3
-    );
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "relay",
+    let ratio = drain / raw;
+    Section {
+        name: "relay",
+        rows: vec![
+            Row::new(
+                format!(
+                    "drain of a {events}-event backlog ({} B bodies, window {window})",
+                    body.len()
+                ),
+                format!("{drain:.0} events/s"),
+                format!(
+                    "raw lapin confirmed publish {raw:.0} msg/s ({raw_before:.0} before / {raw_after:.0} after)"
+                ),
+                format!("{:.1} %", 100.0 * ratio),
+                verdict("≥ 70 % of raw", ratio >= 0.7),
+            ),
+            Row::new(
+                format!("idle relay commit→consume ({samples} orders)"),
+                format!("p50 {:.2} ms, p99 {:.2} ms", ms(p50), ms(p99)),
+                "",
+                "",
+                "",
+            ),
+        ],
+        json: serde_json::json!({
             "events": events,
+            "body_bytes": body.len(),
             "window": window,
             "raw_publish_per_s": raw.round(),
             "raw_publish_before_per_s": raw_before.round(),
             "raw_publish_after_per_s": raw_after.round(),
             "relay_drain_per_s": drain.round(),
-            "ratio": (drain / raw * 1000.0).round() / 1000.0,
-            "commit_to_consume_p50_ms": p50.as_secs_f64() * 1e3,
-            "commit_to_consume_p99_ms": p99.as_secs_f64() * 1e3,
-        })
-    );
+            "ratio": (ratio * 1000.0).round() / 1000.0,
+            "commit_to_consume_p50_ms": ms(p50),
+            "commit_to_consume_p99_ms": ms(p99),
+        }),
+    }
 }
 
 /// The payload and headers the API would store for one order.
-async fn sample_event(db: &TestDatabase) -> (serde_json::Value, serde_json::Value) {
+pub(crate) async fn sample_event(db: &TestDatabase) -> (serde_json::Value, serde_json::Value) {
     orders_api::store::create_order(
         &db.pool(),
         &NewOrder {
@@ -145,7 +139,7 @@ async fn sample_event(db: &TestDatabase) -> (serde_json::Value, serde_json::Valu
 }
 
 /// The text PostgreSQL renders for a `jsonb` payload (what the relay publishes).
-async fn payload_text(db: &TestDatabase, payload: &serde_json::Value) -> String {
+pub(crate) async fn payload_text(db: &TestDatabase, payload: &serde_json::Value) -> String {
     db.client()
         .await
         .query_one("SELECT $1::jsonb::text", &[payload])
@@ -191,7 +185,7 @@ async fn raw_publish(
         .map(|(k, v)| (k.as_str(), v.as_str().unwrap().to_owned()))
         .collect();
     let started = Instant::now();
-    bench::publish_confirmed(broker, n, window, || {
+    crate::publish_confirmed(broker, n, window, || {
         let properties = plumbing::broker::Outbound {
             message_id: uuid::Uuid::now_v7(),
             event_type: "OrderCreated",
