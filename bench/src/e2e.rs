@@ -27,8 +27,10 @@ struct Step {
     post_p99: Duration,
     invoice_p50: Duration,
     invoice_p99: Duration,
-    max_backlog: i64,
-    end_backlog: i64,
+    /// Most unpublished outbox rows and most queued messages seen.
+    max_backlog: (i64, i64),
+    /// The same when the load stopped.
+    end_backlog: (i64, i64),
     drained: bool,
 }
 
@@ -39,7 +41,7 @@ impl Step {
         self.achieved >= 0.95 * self.target
             && self.failures == 0
             && self.drained
-            && self.end_backlog as f64 <= self.target
+            && (self.end_backlog.0 + self.end_backlog.1) as f64 <= self.target
     }
 
     fn json(&self) -> serde_json::Value {
@@ -51,8 +53,10 @@ impl Step {
             "post_p99_ms": ms(self.post_p99),
             "post_to_invoice_p50_ms": ms(self.invoice_p50),
             "post_to_invoice_p99_ms": ms(self.invoice_p99),
-            "max_backlog": self.max_backlog,
-            "backlog_at_end": self.end_backlog,
+            "max_unpublished": self.max_backlog.0,
+            "max_queued": self.max_backlog.1,
+            "unpublished_at_end": self.end_backlog.0,
+            "queued_at_end": self.end_backlog.1,
             "sustained": self.sustained(),
         })
     }
@@ -99,17 +103,26 @@ impl Pipeline {
         }
     }
 
-    /// Outbox rows not yet published plus messages waiting in the queue.
-    async fn backlog(&self) -> i64 {
+    /// Outbox rows not yet published, and messages waiting in the queue.
+    async fn backlog(&self) -> (i64, i64) {
         let unpublished = self.orders.unpublished().await;
         let queued = self
             .broker
             .ready_count(&self.broker.topology.order_created_queue)
             .await;
-        unpublished + i64::from(queued)
+        (unpublished, i64::from(queued))
+    }
+
+    /// Waits (up to a minute) until an earlier step's backlog is gone.
+    async fn wait_for_empty_backlog(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.backlog().await != (0, 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     async fn step(&self, rate: f64, seconds: u64) -> Step {
+        self.wait_for_empty_backlog().await;
         let invoices = self.invoices.client().await;
         let from = OffsetDateTime::now_utc();
         let started = Instant::now();
@@ -119,9 +132,10 @@ impl Pipeline {
             Duration::from_secs(seconds),
             Client::Plain,
         );
-        let mut max_backlog = 0;
+        let mut max_backlog = (0, 0);
         while !load.is_finished() {
-            max_backlog = max_backlog.max(self.backlog().await);
+            let (unpublished, queued) = self.backlog().await;
+            max_backlog = (max_backlog.0.max(unpublished), max_backlog.1.max(queued));
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let end_backlog = self.backlog().await;
@@ -201,7 +215,7 @@ fn row(step: &Step, seconds: u64, target: String) -> Row {
     Row::new(
         format!("open loop, {:.0} orders/s for {seconds} s", step.target),
         format!(
-            "{:.0}/s answered{}; POST p50 {:.2} / p99 {:.2} ms; POST→invoice p50 {:.2} / p99 {:.2} ms; backlog max {}, at end {}{}",
+            "{:.0}/s answered{}; POST p50 {:.2} / p99 {:.2} ms; POST→invoice p50 {:.2} / p99 {:.2} ms; most unpublished / queued {} / {}, at the end {} / {}{}",
             step.achieved,
             if step.failures > 0 {
                 format!(" ({} failed)", step.failures)
@@ -212,8 +226,10 @@ fn row(step: &Step, seconds: u64, target: String) -> Row {
             ms(step.post_p99),
             ms(step.invoice_p50),
             ms(step.invoice_p99),
-            step.max_backlog,
-            step.end_backlog,
+            step.max_backlog.0,
+            step.max_backlog.1,
+            step.end_backlog.0,
+            step.end_backlog.1,
             if step.drained { "" } else { "; NOT DRAINED" }
         ),
         "",

@@ -383,7 +383,11 @@ impl Cluster {
 
         let mut violations = std::mem::take(&mut self.incidents);
         if !quiet {
-            violations.push(format!("not quiet after {:.0?} (limit {limit:?})", quiesce));
+            violations.push(if quiesce < limit {
+                format!("invoices stopped coming after {quiesce:.0?}, before all orders had one")
+            } else {
+                format!("not quiet within {limit:?}")
+            });
         }
         let stored: HashMap<Uuid, i64> = orders
             .query("SELECT id, amount_cents FROM orders", &[])
@@ -958,20 +962,20 @@ impl Scenario {
             Scenario::TwoRelaysOneKilled => {
                 // Relay 0 runs throughout; relay 1 dies mid-drain again and
                 // again, and stays dead for a while each time.
-                c.relay_db.set_latency(Duration::from_millis(2));
+                c.relay_db.set_latency(Duration::from_millis(5));
                 c.relay_broker.set_latency(Duration::from_millis(5));
                 let mut kills = 0;
-                while before_end(3) {
-                    sleep(Duration::from_millis(400 + jitter.below(800))).await;
+                while before_end(2) {
+                    sleep(Duration::from_millis(200 + jitter.below(300))).await;
                     c.kill(Role::Relay, 1).await;
                     kills += 1;
-                    sleep(Duration::from_millis(500)).await;
+                    sleep(Duration::from_millis(300)).await;
                     c.restart(Role::Relay, 1).await;
                 }
                 format!("{kills} SIGKILLs of one of two")
             }
             Scenario::WorkerKilled => {
-                c.worker_db.set_latency(Duration::from_millis(2));
+                c.worker_db.set_latency(Duration::from_millis(10));
                 let mut kills = 0;
                 while before_end(2) {
                     sleep(Duration::from_millis(500 + jitter.below(1000))).await;
@@ -985,10 +989,14 @@ impl Scenario {
                 sleep(Duration::from_secs(2)).await;
                 c.worker_db.stall();
                 sleep(Duration::from_secs(2)).await;
+                // Transactions hanging mid-flight are reset; new connections work.
+                c.worker_db.restore();
+                c.worker_db.reset();
+                sleep(Duration::from_secs(1)).await;
                 c.worker_db.cut();
                 sleep(Duration::from_secs(4)).await;
                 c.worker_db.restore();
-                "stall 2 s, cut 4 s".to_owned()
+                "stall 2 s, reset, cut 4 s".to_owned()
             }
             Scenario::OrdersDatabaseCut => {
                 sleep(Duration::from_secs(2)).await;

@@ -46,8 +46,9 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     /// On shutdown, how long to keep handling deliveries already received.
     pub drain_timeout: Duration,
-    /// BREAKS THE GUARANTEE, for the fault suite only: acknowledge each batch on
-    /// receipt, store it once, drop it on error (the naive at-most-once consumer).
+    /// BREAKS THE GUARANTEE, for the fault suite only: consume in auto-ack mode
+    /// (acknowledged on receipt), store each batch once, drop it on error (the
+    /// naive at-most-once consumer).
     /// The fault suite runs with it to show that its checker reports the loss.
     pub unsafe_ack_before_commit: bool,
 }
@@ -179,7 +180,12 @@ impl Worker {
             .basic_consume(
                 short_string(&self.topology.order_created_queue),
                 short_string(&tag),
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    // The broken mode consumes in auto-ack mode: the broker
+                    // forgets each message as soon as it has sent it.
+                    no_ack: self.settings.unsafe_ack_before_commit,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -315,7 +321,7 @@ impl Worker {
             return Ok(true);
         }
         if self.settings.unsafe_ack_before_commit {
-            return self.store_acked_first(&good, &repeated).await;
+            return self.store_acked_first(&good).await;
         }
         // One statement stores the whole batch: each message's trace gets its
         // database span, covering that statement.
@@ -365,15 +371,11 @@ impl Worker {
         Ok(true)
     }
 
-    /// The deliberately broken handling of `WORKER_UNSAFE_ACK_BEFORE_COMMIT`: ack
-    /// the batch first, then try to store it once; on a crash or an error the
-    /// batch is gone. The fault suite uses it to prove its checker sees losses.
-    async fn store_acked_first(
-        &self,
-        good: &[(Delivery, Decoded)],
-        repeated: &[Delivery],
-    ) -> Result<bool, lapin::Error> {
-        ack_all(good, repeated).await?;
+    /// The deliberately broken handling of `WORKER_UNSAFE_ACK_BEFORE_COMMIT`: the
+    /// deliveries were acknowledged on receipt (auto-ack); store the batch once.
+    /// Whatever a crash or an error catches in hand is gone. The fault suite uses
+    /// it to prove its checker sees losses.
+    async fn store_acked_first(&self, good: &[(Delivery, Decoded)]) -> Result<bool, lapin::Error> {
         let events = events_of(good);
         match store::record_invoices(&self.pool, &events).await {
             Ok(outcomes) => {
