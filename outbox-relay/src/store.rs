@@ -161,13 +161,21 @@ pub async fn claim_batch(pool: &Pool, limit: i64, max_idle: Duration) -> Result<
         client: Some(client),
         rows: Vec::new(),
     };
-    // One round trip for both; SET LOCAL ends with the transaction. The server's
-    // setting is an int of milliseconds: at most about 24 days.
+    // One round trip for all three; SET LOCAL ends with the transaction. The
+    // server's setting is an int of milliseconds: at most about 24 days.
+    //
+    // The claim is planned afresh each time. Otherwise, after five executions
+    // the server may settle on a generic plan made while the outbox was nearly
+    // empty, and keep it when a backlog builds up (a burst, a broker outage): a
+    // plan that checks each candidate against every unpublished row. Measured
+    // with 15,000 rows waiting: 1.77 s per claim with that plan, 27 ms planned
+    // afresh (1–2 ms once the table is analyzed). Planning costs about 0.3 ms.
     let max_idle_ms = max_idle.as_millis().clamp(1, i32::MAX as u128);
     claim
         .client()?
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {max_idle_ms}"
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {max_idle_ms}; \
+             SET LOCAL plan_cache_mode = force_custom_plan"
         ))
         .await?;
     let rows = claim.client()?.query(&statement, &[&limit]).await?;
