@@ -103,6 +103,57 @@ pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
+/// Whole-machine CPU time from `/proc/stat`, to tell a CPU-bound run from one
+/// that waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    busy: u64,
+    total: u64,
+    at: std::time::Instant,
+}
+
+impl Cpu {
+    /// The counters now.
+    #[must_use]
+    pub fn now() -> Self {
+        let (busy, total) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<u64> = stat
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal …
+                let idle = fields.get(3)? + fields.get(4)?;
+                let total: u64 = fields.iter().take(8).sum();
+                Some((total - idle, total))
+            })
+            .unwrap_or_default();
+        Self {
+            busy,
+            total,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// CPU seconds used by the whole machine since `self`, and the share of
+    /// all cores that was.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn since(self) -> (f64, f64) {
+        let later = Self::now();
+        let busy = later.busy.saturating_sub(self.busy) as f64;
+        let total = later.total.saturating_sub(self.total).max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        // The counters are in clock ticks of all cores together.
+        let seconds = self.at.elapsed().as_secs_f64() * cores * busy / total;
+        (seconds, busy / total)
+    }
+}
+
 /// Runs pgbench with `script` on `url` (`clients` clients, `seconds` long,
 /// prepared statements); returns transactions per second.
 ///

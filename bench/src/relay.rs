@@ -38,7 +38,9 @@ pub async fn run(scale: Scale) -> Section {
     // bracket whatever the machine was doing).
     raw_publish(&broker, &body, &headers, events / 10, window).await;
     broker.purge(&queue).await;
+    let cpu = crate::Cpu::now();
     let raw_before = raw_publish(&broker, &body, &headers, events, window).await;
+    let raw_cpu = cpu.since();
     broker.purge(&queue).await;
 
     // 2. The relay draining a backlog of the same size.
@@ -53,11 +55,13 @@ pub async fn run(scale: Scale) -> Section {
     relay.ensure_publisher().await.unwrap();
     let shutdown = CancellationToken::new();
     let started = Instant::now();
+    let cpu = crate::Cpu::now();
     let mut published = 0;
     while published < events {
         published += relay.drain(&shutdown).await.unwrap();
     }
     let drain = rate(published, started.elapsed());
+    let relay_cpu = cpu.since();
     assert_eq!(
         broker.ready_count(&queue).await as usize,
         events,
@@ -74,6 +78,9 @@ pub async fn run(scale: Scale) -> Section {
     let p99 = percentile(&mut latencies, 99.0);
 
     let ratio = drain / raw;
+    // Whole-machine CPU per message: what PostgreSQL's claims and marks add.
+    #[allow(clippy::cast_precision_loss)]
+    let per_thousand = |(busy, _): (f64, f64)| busy * 1e3 / events as f64 * 1e3;
     Section {
         name: "relay",
         rows: vec![
@@ -88,6 +95,24 @@ pub async fn run(scale: Scale) -> Section {
                 ),
                 format!("{:.1} %", 100.0 * ratio),
                 verdict("≥ 70 % of raw", ratio >= 0.7),
+            ),
+            Row::new(
+                "whole machine while publishing: CPU busy, CPU ms per 1,000 events",
+                format!(
+                    "relay {:.0} % busy, {:.0} ms",
+                    relay_cpu.1 * 100.0,
+                    per_thousand(relay_cpu)
+                ),
+                format!(
+                    "raw {:.0} % busy, {:.0} ms",
+                    raw_cpu.1 * 100.0,
+                    per_thousand(raw_cpu)
+                ),
+                format!(
+                    "{:.2}× the CPU",
+                    per_thousand(relay_cpu) / per_thousand(raw_cpu)
+                ),
+                "",
             ),
             Row::new(
                 format!("idle relay commit→consume ({samples} orders)"),
@@ -106,6 +131,10 @@ pub async fn run(scale: Scale) -> Section {
             "raw_publish_after_per_s": raw_after.round(),
             "relay_drain_per_s": drain.round(),
             "ratio": (ratio * 1000.0).round() / 1000.0,
+            "cpu_busy_raw": (raw_cpu.1 * 100.0).round() / 100.0,
+            "cpu_busy_relay": (relay_cpu.1 * 100.0).round() / 100.0,
+            "cpu_ms_per_1000_raw": per_thousand(raw_cpu).round(),
+            "cpu_ms_per_1000_relay": per_thousand(relay_cpu).round(),
             "commit_to_consume_p50_ms": ms(p50),
             "commit_to_consume_p99_ms": ms(p99),
         }),
