@@ -355,7 +355,8 @@ mod tests {
     const SAMPLE_JSON: &str = r#"{"order_id":"0190f3a6-7c3e-7b4a-9d2e-3f1a2b3c4d5e","amount_cents":2999,"currency":"BRL","created_at":"2026-11-27T12:34:56.789Z"}"#;
     const MESSAGE_ID: &str = "0190f3a6-0000-7000-8000-000000000001";
 
-    fn message(body: &[u8]) -> InboundMessage<'_> {
+    /// A valid envelope around `body`.
+    pub(super) fn message(body: &[u8]) -> InboundMessage<'_> {
         InboundMessage {
             message_id: Some(MESSAGE_ID),
             event_type: Some("OrderCreated"),
@@ -519,19 +520,7 @@ mod fuzz {
     use time::OffsetDateTime;
     use uuid::Uuid;
 
-    use super::*;
-
-    const MESSAGE_ID: &str = "0190f3a6-0000-7000-8000-000000000001";
-
-    fn envelope(body: &[u8]) -> InboundMessage<'_> {
-        InboundMessage {
-            message_id: Some(MESSAGE_ID),
-            event_type: Some("OrderCreated"),
-            schema_version: Some(Ok(1)),
-            content_type: Some("application/json"),
-            body,
-        }
-    }
+    use super::{tests::message as envelope, *};
 
     fn valid_event() -> impl Strategy<Value = OrderCreatedV1> {
         (

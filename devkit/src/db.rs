@@ -57,7 +57,7 @@ impl TestDatabase {
     /// The URL of this database through another address (e.g. a proxy).
     #[must_use]
     pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
-        crate::faults::swap_host(&self.url, addr)
+        crate::swap_host(&self.url, addr)
     }
 
     /// A dedicated session to the database.

@@ -12,7 +12,6 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,7 +24,10 @@ use plumbing::{broker::short_string, db::Database};
 use tokio::{sync::Semaphore, task::JoinSet};
 use uuid::Uuid;
 
-use crate::{broker::TestBroker, db::TestDatabase, process::Service, proxy::TcpProxy};
+use crate::{
+    Jitter, broker::TestBroker, db::TestDatabase, process::Service, proxy::TcpProxy, server_addr,
+    swap_host,
+};
 
 /// A client request that takes longer than this counts as hung.
 pub const HANG: Duration = Duration::from_secs(15);
@@ -33,24 +35,6 @@ pub const HANG: Duration = Duration::from_secs(15);
 /// With the outbox published and the queue empty, an invoice count that has not
 /// moved for this long will not move again (longer than any retry backoff).
 const STALLED: Duration = Duration::from_secs(20);
-
-/// Where the address (`host:port`, after scheme and credentials) is in `url`.
-fn address_span(url: &str) -> std::ops::Range<usize> {
-    let start = url
-        .find('@')
-        .map(|i| i + 1)
-        .or_else(|| url.find("://").map(|i| i + 3))
-        .unwrap_or(0);
-    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    start..end
-}
-
-/// `url` with its address (`host:port`) replaced by `addr`.
-#[must_use]
-pub fn swap_host(url: &str, addr: SocketAddr) -> String {
-    let span = address_span(url);
-    format!("{}{addr}{}", &url[..span.start], &url[span.end..])
-}
 
 /// One of the pipeline's processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,16 +483,6 @@ impl Cluster {
 /// Whether to print the services' output (`FAULTS_ECHO=1`, for debugging).
 fn echo() -> bool {
     std::env::var_os("FAULTS_ECHO").is_some()
-}
-
-/// `host:port` of a server URL (`default_port` when it names none).
-fn server_addr(url: &str, default_port: u16) -> String {
-    let host = &url[address_span(url)];
-    if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:{default_port}")
-    }
 }
 
 /// The value of an unlabelled metric on a service's `/metrics`.
@@ -1044,45 +1018,5 @@ impl Scenario {
                 "3 SIGTERMs".to_owned()
             }
         }
-    }
-}
-
-/// A small deterministic generator for fault timing.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn swaps_the_address_of_a_url() {
-        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        assert_eq!(
-            swap_host("amqp://guest:guest@127.0.0.1:5672/%2f", addr),
-            "amqp://guest:guest@127.0.0.1:4000/%2f"
-        );
-        assert_eq!(
-            swap_host("postgres://postgres@127.0.0.1:5432/db", addr),
-            "postgres://postgres@127.0.0.1:4000/db"
-        );
-        assert_eq!(
-            swap_host("postgres://localhost", addr),
-            "postgres://127.0.0.1:4000"
-        );
-        assert_eq!(server_addr("amqp://g:g@rabbit/%2f", 5672), "rabbit:5672");
     }
 }

@@ -14,7 +14,7 @@ pub mod process;
 pub mod proxy;
 pub mod worker;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 /// An HTTP client for tests. (reqwest is built with rustls but no bundled crypto
 /// provider, for the services' OTLP exporter: this installs ring first, as the
@@ -78,4 +78,76 @@ where
         }
     });
     let _ = handle.join();
+}
+
+/// Where the address (`host:port`, after scheme and credentials) is in `url`.
+fn address_span(url: &str) -> std::ops::Range<usize> {
+    let start = url
+        .find('@')
+        .map(|i| i + 1)
+        .or_else(|| url.find("://").map(|i| i + 3))
+        .unwrap_or(0);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    start..end
+}
+
+/// `url` with its address (`host:port`) replaced by `addr`.
+#[must_use]
+pub fn swap_host(url: &str, addr: SocketAddr) -> String {
+    let span = address_span(url);
+    format!("{}{addr}{}", &url[..span.start], &url[span.end..])
+}
+
+/// `host:port` of a server URL (`default_port` when it names none).
+#[must_use]
+pub fn server_addr(url: &str, default_port: u16) -> String {
+    let host = &url[address_span(url)];
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    }
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*), enough for sleeps and
+/// fault timing.
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// A sequence from `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next value, below `bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_the_address_of_a_url() {
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            swap_host("amqp://guest:guest@127.0.0.1:5672/%2f", addr),
+            "amqp://guest:guest@127.0.0.1:4000/%2f"
+        );
+        assert_eq!(
+            swap_host("postgres://postgres@127.0.0.1:5432/db", addr),
+            "postgres://postgres@127.0.0.1:4000/db"
+        );
+        assert_eq!(
+            swap_host("postgres://localhost", addr),
+            "postgres://127.0.0.1:4000"
+        );
+        assert_eq!(server_addr("amqp://g:g@rabbit/%2f", 5672), "rabbit:5672");
+    }
 }

@@ -213,22 +213,6 @@ fn assert_per_aggregate_order(rows: &[(Uuid, Uuid)], received: &[Uuid], allow_du
     }
 }
 
-/// A deterministic pseudo-random sequence (xorshift64*), enough for sleeps.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_committed_out_of_order_are_all_published() {
     const WRITERS: u64 = 8;
@@ -255,7 +239,7 @@ async fn rows_committed_out_of_order_are_all_published() {
         let commits = commits.clone();
         writers.push(tokio::spawn(async move {
             let aggregate = Uuid::new_v4();
-            let mut jitter = Jitter::new(writer + 1);
+            let mut jitter = devkit::Jitter::new(writer + 1);
             let mut rows = Vec::new();
             for _ in 0..PER_WRITER {
                 let message_id = Uuid::new_v4();

@@ -68,17 +68,7 @@ async fn check_reachable(database_url: &str) -> anyhow::Result<()> {
         );
     }
     let broker = plumbing::config::var_or("BROKER_URL", plumbing::config::DEFAULT_BROKER_URL);
-    let broker_host = broker
-        .split('@')
-        .next_back()
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5672")
-        .to_owned();
-    let broker_host = if broker_host.contains(':') {
-        broker_host
-    } else {
-        format!("{broker_host}:5672")
-    };
+    let broker_host = devkit::server_addr(&broker, 5672);
     if tokio::net::TcpStream::connect(&broker_host).await.is_err() {
         anyhow::bail!(
             "RabbitMQ is not reachable at {broker_host}. Start it (Debian: `apt-get install \
