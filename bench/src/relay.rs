@@ -214,18 +214,19 @@ async fn raw_publish(
         .map(|(k, v)| (k.as_str(), v.as_str().unwrap().to_owned()))
         .collect();
     let started = Instant::now();
-    crate::publish_confirmed(broker, n, window, || {
-        let properties = plumbing::broker::Outbound {
-            message_id: uuid::Uuid::now_v7(),
-            event_type: "OrderCreated",
-            schema_version: 1,
-            timestamp: 1_800_000_000,
-            headers: extra.clone(),
-        }
-        .properties();
-        (body.to_vec(), properties)
-    })
-    .await;
+    broker
+        .publish_many(n, window, || {
+            let properties = plumbing::broker::Outbound {
+                message_id: uuid::Uuid::now_v7(),
+                event_type: "OrderCreated",
+                schema_version: 1,
+                timestamp: 1_800_000_000,
+                headers: extra.clone(),
+            }
+            .properties();
+            (body.to_vec(), properties)
+        })
+        .await;
     rate(n, started.elapsed())
 }
 

@@ -108,12 +108,13 @@ async fn drain(broker: &TestBroker, n: usize, settings: WorkerSettings) -> f64 {
 
 /// Publishes `n` distinct `OrderCreated` events to the queue, 500 unconfirmed at most.
 async fn queue_events(broker: &TestBroker, n: usize) {
-    crate::publish_confirmed(broker, n, 500, || {
-        let id = uuid::Uuid::now_v7().to_string();
-        (
-            devkit::messages::body(&devkit::messages::order_created(2999)),
-            devkit::messages::properties(&id),
-        )
-    })
-    .await;
+    broker
+        .publish_many(n, 500, || {
+            let id = uuid::Uuid::now_v7().to_string();
+            (
+                devkit::messages::body(&devkit::messages::order_created(2999)),
+                devkit::messages::properties(&id),
+            )
+        })
+        .await;
 }

@@ -102,6 +102,55 @@ impl TestBroker {
         .await;
     }
 
+    /// Publishes `n` persistent messages made by `message` (body, properties) to
+    /// the exchange with routing key `order.created` and `mandatory`, at most
+    /// `window` unconfirmed, the publishes of a window driven together (as the relay
+    /// does). Panics unless every message is acked and routed.
+    pub async fn publish_many(
+        &self,
+        n: usize,
+        window: usize,
+        mut message: impl FnMut() -> (Vec<u8>, lapin::BasicProperties),
+    ) {
+        let channel = self.channel().await;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let exchange = short_string(&self.topology.exchange);
+        let mut sent = 0;
+        while sent < n {
+            let chunk = window.min(n - sent);
+            let messages: Vec<_> = (0..chunk).map(|_| message()).collect();
+            let publishes = messages.into_iter().map(|(body, properties)| {
+                let (channel, exchange) = (&channel, exchange.clone());
+                async move {
+                    channel
+                        .basic_publish(
+                            exchange,
+                            "order.created".into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            properties,
+                        )
+                        .await
+                }
+            });
+            let confirms: Vec<_> = futures::future::join_all(publishes)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            for c in futures::future::join_all(confirms).await {
+                assert_eq!(c.unwrap(), lapin::Confirmation::Ack(None));
+            }
+            sent += chunk;
+        }
+    }
+
     /// Publishes raw bytes straight to `queue` through the default exchange, as a
     /// stranger who knows the queue's name might, bypassing the topology.
     pub async fn publish_to_queue(&self, queue: &str, body: &[u8], properties: BasicProperties) {
