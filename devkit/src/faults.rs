@@ -35,6 +35,8 @@ pub const HANG: Duration = Duration::from_secs(15);
 /// With the outbox published and the queue empty, an invoice count that has not
 /// moved for this long will not move again (longer than any retry backoff).
 const STALLED: Duration = Duration::from_secs(20);
+/// How many of its last log lines each process shows when a scenario fails.
+const LOG_TAIL: usize = 30;
 
 /// One of the pipeline's processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +273,16 @@ impl Cluster {
         }
     }
 
+    /// Prints the last lines each running process logged, for a scenario that
+    /// did not settle (its processes are about to be stopped).
+    fn print_log_tails(&self, scenario: &str) {
+        for service in self.slots.iter().filter_map(|s| s.service.as_ref()) {
+            let logs = service.logs();
+            let tail = logs[logs.len().saturating_sub(LOG_TAIL)..].join("\n");
+            eprintln!("{scenario}: the last lines of {}:\n{tail}", service.name);
+        }
+    }
+
     /// Starts the `nth` process of `role` again, on its port.
     pub async fn restart(&mut self, role: Role, nth: usize) {
         let index = self.slot_index(role, nth);
@@ -354,6 +366,9 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let quiesce = started.elapsed();
+        if !quiet {
+            self.print_log_tails(scenario);
+        }
         // Stop in pipeline order, the worker last; a message a worker held
         // unacknowledged goes back to the queue when it stops.
         for index in 0..self.slots.len() {
