@@ -23,6 +23,17 @@ impl RunningWorker {
     /// Starts a worker on `db_url` (small pool, short pool wait) consuming from
     /// `broker`'s namespace, and waits until it consumes.
     pub async fn start(db_url: &str, broker: &TestBroker, settings: WorkerSettings) -> Self {
+        Self::start_via(db_url, &broker.url, broker, settings).await
+    }
+
+    /// [`Self::start`], reaching the broker at `broker_url` (e.g. through a
+    /// fault proxy) instead of `broker.url`.
+    pub async fn start_via(
+        db_url: &str,
+        broker_url: &str,
+        broker: &TestBroker,
+        settings: WorkerSettings,
+    ) -> Self {
         let pool = plumbing::db::pool(
             plumbing::db::parse_url(db_url).unwrap(),
             PoolOptions {
@@ -31,7 +42,12 @@ impl RunningWorker {
             },
         )
         .unwrap();
-        let worker = Worker::new(pool, broker.url.clone(), broker.topology.clone(), settings);
+        let worker = Worker::new(
+            pool,
+            broker_url.to_owned(),
+            broker.topology.clone(),
+            settings,
+        );
         let metrics = worker.metrics();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));

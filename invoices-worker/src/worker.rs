@@ -166,6 +166,7 @@ impl Worker {
         connected: &mut bool,
     ) -> Result<(), SessionError> {
         let connection = broker::connect(&self.broker_url, "invoices-worker").await?;
+        let lost = broker::lost(&connection);
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.topology).await?;
         channel
@@ -198,6 +199,29 @@ impl Worker {
         );
         tracing::info!(queue = %self.topology.order_created_queue, prefetch = self.settings.prefetch, batch = self.settings.batch_size, "consuming");
 
+        // The consuming ends when the connection does, whatever it was waiting
+        // for: what it held unacknowledged is redelivered, and the store is
+        // idempotent.
+        tokio::select! {
+            result = self.consume(&channel, &mut consumer, &tag, &dead_letters, shutdown) => result?,
+            error = lost => return Err(error.into()),
+        }
+        let _ = channel.close(200, "worker stopping".into()).await;
+        let _ = dead_letters.close(200, "worker stopping".into()).await;
+        let _ = connection.close(200, "worker stopping".into()).await;
+        Ok(())
+    }
+
+    /// Handles batches until `shutdown`, then cancels the consumer and finishes
+    /// the deliveries already received (within the drain timeout).
+    async fn consume(
+        &self,
+        channel: &Channel,
+        consumer: &mut Consumer,
+        tag: &str,
+        dead_letters: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
         // Whether every delivery so far was acked or rejected. Once a batch is left
         // unsettled (shutdown during a database outage), no later batch may be
         // acked: its `multiple` ack would cover the unsettled deliveries too.
@@ -212,8 +236,8 @@ impl Worker {
                     None => return Err(SessionError::Cancelled),
                 },
             };
-            let batch = self.take_ready(&mut consumer, first)?;
-            if !self.handle_batch(batch, &dead_letters, shutdown).await? {
+            let batch = self.take_ready(consumer, first)?;
+            if !self.handle_batch(batch, dead_letters, shutdown).await? {
                 all_settled = false;
                 break;
             }
@@ -222,7 +246,7 @@ impl Worker {
         // Stop the flow, then finish what the broker already handed us, so that a
         // rolling restart does not bounce prefetched messages back to the queue.
         channel
-            .basic_cancel(short_string(&tag), BasicCancelOptions::default())
+            .basic_cancel(short_string(tag), BasicCancelOptions::default())
             .await?;
         let drain = async {
             if !all_settled {
@@ -232,10 +256,10 @@ impl Worker {
                 let Some(Ok(first)) = consumer.next().await else {
                     break;
                 };
-                let Ok(batch) = self.take_ready(&mut consumer, first) else {
+                let Ok(batch) = self.take_ready(consumer, first) else {
                     break;
                 };
-                match self.handle_batch(batch, &dead_letters, shutdown).await {
+                match self.handle_batch(batch, dead_letters, shutdown).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
@@ -251,9 +275,6 @@ impl Worker {
         {
             tracing::warn!("drain timed out; unacknowledged deliveries return to the queue");
         }
-        let _ = channel.close(200, "worker stopping".into()).await;
-        let _ = dead_letters.close(200, "worker stopping".into()).await;
-        let _ = connection.close(200, "worker stopping".into()).await;
         Ok(())
     }
 

@@ -6,11 +6,13 @@ use std::{sync::Arc, time::Duration};
 
 use contracts::{OrderCreatedV1, headers};
 use devkit::{
+    Jitter,
     broker::TestBroker,
     db::TestDatabase,
     eventually,
     messages::{body, order_created as event, properties},
     proxy::TcpProxy,
+    server_addr, swap_host,
     worker::RunningWorker,
 };
 use invoices_worker::{metrics::WorkerMetrics, worker::WorkerSettings};
@@ -284,4 +286,94 @@ async fn a_database_outage_is_retried_not_dead_lettered() {
         0
     );
     f.stop().await;
+}
+
+/// lapin can leave an ack pending for ever when the connection breaks under it
+/// (seen in the fault suite: a worker stuck after a network cut, the queue
+/// growing). The worker must notice the broken connection and reconnect anyway.
+#[tokio::test]
+async fn broker_connections_broken_mid_batch_are_reconnected() {
+    const CUTS: usize = 12;
+    let db = TestDatabase::migrated("worker", Database::Invoices).await;
+    let broker = Arc::new(TestBroker::new());
+    broker.declare().await;
+    let proxy = TcpProxy::start(&server_addr(&broker.url, 5672)).await;
+    let worker = RunningWorker::start_via(
+        &db.url,
+        &swap_host(&broker.url, proxy.addr),
+        &broker,
+        WorkerSettings::default(),
+    )
+    .await;
+
+    // A steady trickle, so that small batches are always being stored and
+    // acknowledged, while the connection is cut again and again.
+    let publishing = tokio_util::sync::CancellationToken::new();
+    let publisher = tokio::spawn({
+        let (broker, publishing) = (broker.clone(), publishing.clone());
+        async move {
+            let mut sent = 0;
+            while !publishing.is_cancelled() {
+                broker
+                    .publish_many(5, 5, || {
+                        let id = Uuid::now_v7().to_string();
+                        (body(&event(1234)), properties(&id))
+                    })
+                    .await;
+                sent += 5;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        }
+    });
+    let mut jitter = Jitter::new(7);
+    for _ in 0..CUTS {
+        tokio::time::sleep(Duration::from_millis(100 + jitter.below(200))).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(50 + jitter.below(100))).await;
+        proxy.restore();
+    }
+    publishing.cancel();
+    let sent = publisher.await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "every message invoiced after the cuts",
+        || async { (db.count("invoices").await == sent).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the queue to empty", || async {
+        (broker
+            .ready_count(&broker.topology.order_created_queue)
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
+
+/// The guard the worker's session selects on: a connection cut with nothing in
+/// flight is reported at once, with the cause.
+#[tokio::test]
+async fn a_cut_connection_is_reported_as_lost() {
+    let broker = TestBroker::new();
+    let proxy = TcpProxy::start(&server_addr(&broker.url, 5672)).await;
+    let connection = plumbing::broker::connect(&swap_host(&broker.url, proxy.addr), "test")
+        .await
+        .unwrap();
+    let mut lost = std::pin::pin!(plumbing::broker::lost(&connection));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut lost)
+            .await
+            .is_err(),
+        "a healthy connection is not lost"
+    );
+    proxy.cut();
+    let error = tokio::time::timeout(Duration::from_secs(5), lost)
+        .await
+        .expect("the cut is reported within 5 s");
+    assert!(
+        error.to_string().to_lowercase().contains("io"),
+        "the cause is the broken socket: {error}"
+    );
 }

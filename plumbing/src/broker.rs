@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use contracts::{InboundMessage, Topology, headers, topology::DELIVERY_LIMIT};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
@@ -35,6 +37,29 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
         .await
         .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))?
         .map_err(BrokerError::from)
+}
+
+/// Resolves with the error once `connection` fails: the socket broke, the broker
+/// closed it, or heartbeats stopped. It sees the failures after the call, so
+/// call it right after connecting (one watcher per connection: lapin hands each
+/// event to one listener).
+///
+/// A session selects on it beside its work. lapin does not settle every pending
+/// operation when the connection dies (an ack's future can stay pending for
+/// ever), so a session that only awaited its own operations could hang with
+/// the connection gone instead of reconnecting.
+pub fn lost(connection: &Connection) -> impl Future<Output = lapin::Error> + Send + 'static {
+    let mut events = connection.events_listener();
+    async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(error) = event {
+                return error;
+            }
+        }
+        // The event stream ends only with the connection itself, which the
+        // session owns: it is ending anyway.
+        std::future::pending().await
+    }
 }
 
 /// Declares every exchange, queue and binding of the pipeline. Idempotent: the relay
