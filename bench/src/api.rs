@@ -12,7 +12,7 @@ use devkit::{
 };
 use plumbing::db::Database;
 
-use crate::{Row, Scale, Section, ms, percentile, verdict};
+use crate::{Cpu, Row, Scale, Section, ms, percentile, process_cpu, verdict};
 
 /// wrk's request hook for `POST /orders`: a unique amount per request.
 const WRK_POST: &str = r#"
@@ -122,6 +122,16 @@ RETURNING pg_notify('{}', '');
     )
 }
 
+/// CPU µs per order or transaction, and the machine's busy share.
+#[derive(Debug, Clone, Copy, Default)]
+struct Costs {
+    api: f64,
+    machine: f64,
+    busy: f64,
+    pgbench_machine: f64,
+    pgbench_busy: f64,
+}
+
 /// Runs the API benchmark.
 pub async fn run(scale: Scale) -> Section {
     let concurrencies: Vec<usize> = scale.pick(vec![1, 4, 16, 64], vec![4]);
@@ -148,12 +158,29 @@ pub async fn run(scale: Scale) -> Section {
     let mut rows = Vec::new();
     let mut runs = Vec::new();
     let mut best = (0.0_f64, 0.0_f64, 0_usize);
+    // CPU µs per order at the best concurrency: the API's own, the whole
+    // machine's; the whole machine's per pgbench transaction.
+    let mut best_cpu = Costs::default();
     for &c in &concurrencies {
+        let (machine, own) = (Cpu::now(), process_cpu(api.pid()));
         let http = wrk(&orders, c, seconds, true);
+        let (http_machine, http_busy) = machine.since();
+        let api_cpu = process_cpu(api.pid()) - own;
+        let machine = Cpu::now();
         let pg = crate::pgbench(&db.url, &script, c, seconds);
+        let (pg_machine, pg_busy) = machine.since();
         let ratio = http.rate / pg;
+        let per = |cpu: f64, rate: f64| 1e6 * cpu / (rate * seconds as f64).max(1.0);
+        let costs = Costs {
+            api: per(api_cpu, http.rate),
+            machine: per(http_machine, http.rate),
+            busy: http_busy,
+            pgbench_machine: per(pg_machine, pg),
+            pgbench_busy: pg_busy,
+        };
         if http.rate > best.0 {
             best = (http.rate, pg, c);
+            best_cpu = costs;
         }
         rows.push(Row::new(
             format!("POST /orders, {c} connections, {seconds} s (wrk)"),
@@ -182,6 +209,13 @@ pub async fn run(scale: Scale) -> Section {
             "failures": http.failures,
             "pgbench_tps": pg.round(),
             "ratio": (ratio * 1000.0).round() / 1000.0,
+            "cpu_us_per_order": {
+                "api": costs.api.round(),
+                "machine": costs.machine.round(),
+                "machine_busy": (costs.busy * 100.0).round() / 100.0,
+                "pgbench_machine": costs.pgbench_machine.round(),
+                "pgbench_machine_busy": (costs.pgbench_busy * 100.0).round() / 100.0,
+            },
         }));
     }
     let (best_rate, best_pg, best_c) = best;
@@ -198,9 +232,29 @@ pub async fn run(scale: Scale) -> Section {
         format!("{:.1} %", 100.0 * best_ratio),
         verdict("≥ 75 % of pgbench", best_ratio >= 0.75),
     ));
+    rows.push(Row::new(
+        format!("CPU per order at {best_c} connections: the API's own, the whole machine's (busy)"),
+        format!(
+            "API {:.0} µs, machine {:.0} µs ({:.0} % busy)",
+            best_cpu.api,
+            best_cpu.machine,
+            100.0 * best_cpu.busy
+        ),
+        format!(
+            "pgbench: machine {:.0} µs per transaction ({:.0} % busy)",
+            best_cpu.pgbench_machine,
+            100.0 * best_cpu.pgbench_busy
+        ),
+        format!(
+            "{:.2}× the CPU",
+            best_cpu.machine / best_cpu.pgbench_machine.max(1.0)
+        ),
+        "",
+    ));
     // Latency at half of pgbench's best rate, open loop (a fixed rate, as real
     // clients arrive, unlike wrk's closed loop).
     let half = (best_pgbench / 2.0).round();
+    let (machine, own, generator) = (Cpu::now(), process_cpu(api.pid()), process_cpu(None));
     let mut open = drive(
         api.base_url(),
         half,
@@ -210,11 +264,25 @@ pub async fn run(scale: Scale) -> Section {
     .await
     .unwrap();
     let answered = open.latencies.len();
+    let (open_machine, open_busy) = machine.since();
+    let open_api = process_cpu(api.pid()) - own;
+    let open_generator = process_cpu(None) - generator;
+    #[allow(clippy::cast_precision_loss)]
+    let per_answer = |cpu: f64| 1e6 * cpu / (answered.max(1) as f64);
     let (p50, p99) = (
         percentile(&mut open.latencies, 50.0),
         percentile(&mut open.latencies, 99.0),
     );
     let open_rate = crate::rate(answered, Duration::from_secs(seconds));
+    // The database's own latency for the same transaction at the same rate,
+    // with as many clients as the API has pooled connections: what the API's
+    // p99 cannot beat on this machine.
+    let pooled = plumbing::db::PoolOptions::default().max_size;
+    let mut pg_open = crate::pgbench_latencies(&db.url, &script, pooled, seconds, half);
+    let (pg_p50, pg_p99) = (
+        percentile(&mut pg_open, 50.0),
+        percentile(&mut pg_open, 99.0),
+    );
     rows.push(Row::new(
         format!("POST /orders, open loop at half of pgbench's best ({half:.0}/s), {seconds} s"),
         format!(
@@ -222,9 +290,26 @@ pub async fn run(scale: Scale) -> Section {
             ms(p50),
             ms(p99)
         ),
-        "",
-        "",
+        format!(
+            "pgbench, same transaction at {half:.0}/s ({pooled} clients): p50 {:.2} / p99 {:.2} ms",
+            ms(pg_p50),
+            ms(pg_p99)
+        ),
+        format!("p99 {:.1}×", ms(p99) / ms(pg_p99).max(0.001)),
         verdict("p99 ≤ 20 ms", p99 <= Duration::from_millis(20)),
+    ));
+    rows.push(Row::new(
+        "CPU per order in the open loop: the load generator's (in this process), the API's, the whole machine's (busy)",
+        format!(
+            "generator {:.0} µs, API {:.0} µs, machine {:.0} µs ({:.0} % busy)",
+            per_answer(open_generator),
+            per_answer(open_api),
+            per_answer(open_machine),
+            100.0 * open_busy
+        ),
+        "",
+        "",
+        "",
     ));
     let health = wrk(&format!("{}/health", api.base_url()), 64, seconds, false);
     rows.push(Row::new(
@@ -256,6 +341,14 @@ pub async fn run(scale: Scale) -> Section {
                 "answered_per_s": open_rate.round(),
                 "p50_ms": ms(p50),
                 "p99_ms": ms(p99),
+                "pgbench_p50_ms": ms(pg_p50),
+                "pgbench_p99_ms": ms(pg_p99),
+                "cpu_us_per_order": {
+                    "generator": per_answer(open_generator).round(),
+                    "api": per_answer(open_api).round(),
+                    "machine": per_answer(open_machine).round(),
+                    "machine_busy": (open_busy * 100.0).round() / 100.0,
+                },
             },
             "health_req_per_s": health.rate.round(),
             "health_p99_ms": health.p99,

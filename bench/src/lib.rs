@@ -154,6 +154,32 @@ impl Cpu {
     }
 }
 
+/// CPU seconds (user and system) a process has used so far: `pid`, or this
+/// process when `None`. 0 when it cannot be read.
+#[must_use]
+pub fn process_cpu(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count from the last ')'.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11) // fields 14 and 15: utime, stime
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or_default();
+    // /proc reports clock ticks of USER_HZ, 100 on Linux.
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = ticks as f64 / 100.0;
+    seconds
+}
+
 /// Runs pgbench with `script` on `url` (`clients` clients, `seconds` long,
 /// prepared statements); returns transactions per second.
 ///
@@ -161,29 +187,80 @@ impl Cpu {
 /// When pgbench is missing or fails.
 #[must_use]
 pub fn pgbench(url: &str, script: &str, clients: usize, seconds: u64) -> f64 {
+    let text = run_pgbench(url, script, clients, seconds, &[]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
+}
+
+/// Runs pgbench with `script` open loop: transactions start on a schedule of
+/// `rate` per second (`--rate`), spread over `clients` clients. Returns each
+/// transaction's latency from its transaction log, counted from its scheduled
+/// start (pgbench's rule under `--rate`): waiting for a free client counts, as
+/// it does for a request waiting for the API's pool.
+///
+/// # Panics
+/// When pgbench is missing or fails.
+#[must_use]
+pub fn pgbench_latencies(
+    url: &str,
+    script: &str,
+    clients: usize,
+    seconds: u64,
+    rate: f64,
+) -> Vec<Duration> {
+    let dir = std::env::temp_dir().join(format!("bench-log-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = dir.join("tx");
+    let _ = run_pgbench(
+        url,
+        script,
+        clients,
+        seconds,
+        &[
+            format!("--rate={rate}"),
+            "--log".into(),
+            format!("--log-prefix={}", prefix.display()),
+        ],
+    );
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        // client_id transaction_no time script_no time_epoch time_us [lag]
+        latencies.extend(log.lines().filter_map(|line| {
+            let micros: u64 = line.split_whitespace().nth(2)?.parse().ok()?;
+            Some(Duration::from_micros(micros))
+        }));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies
+}
+
+/// pgbench's standard output, after it succeeded.
+fn run_pgbench(url: &str, script: &str, clients: usize, seconds: u64, extra: &[String]) -> String {
     let path = std::env::temp_dir().join(format!("bench-{}.sql", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, script).unwrap();
     let threads = clients.min(2);
     let output = Command::new("pgbench")
         .args(["-n", "-M", "prepared"])
         .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
-        .args(["-T", &seconds.to_string(), "-f"])
+        .args(["-T", &seconds.to_string()])
+        .args(extra)
+        .arg("-f")
         .arg(&path)
         .arg(url)
         .output()
         .expect("pgbench is not installed (Debian: postgresql-client)");
     let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "pgbench failed: {text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
+    text
 }
 
 /// The `p`-th percentile (0–100) of `samples` (sorted in place).
