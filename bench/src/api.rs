@@ -5,14 +5,10 @@
 
 use std::{process::Command, time::Duration};
 
-use devkit::{
-    db::TestDatabase,
-    faults::{Client, drive},
-    process::Service,
-};
+use devkit::{db::TestDatabase, process::Service};
 use plumbing::db::Database;
 
-use crate::{Cpu, Row, Scale, Section, ms, percentile, process_cpu, verdict};
+use crate::{Cpu, Row, Scale, Section, load::open_loop, ms, percentile, process_cpu, verdict};
 
 /// wrk's request hook for `POST /orders`: a unique amount per request.
 const WRK_POST: &str = r#"
@@ -254,12 +250,15 @@ pub async fn run(scale: Scale) -> Section {
     // Latency at half of pgbench's best rate, open loop (a fixed rate, as real
     // clients arrive, unlike wrk's closed loop).
     let half = (best_pgbench / 2.0).round();
+    // As many connections as pgbench's clients below have, four times over: a
+    // request waits for one only when the API is that far behind.
+    let pooled = plumbing::db::PoolOptions::default().max_size;
     let (machine, own, generator) = (Cpu::now(), process_cpu(api.pid()), process_cpu(None));
-    let mut open = drive(
-        api.base_url(),
+    let mut open = open_loop(
+        &api.base_url(),
         half,
         Duration::from_secs(seconds),
-        Client::Plain,
+        4 * pooled,
     )
     .await
     .unwrap();
@@ -277,7 +276,6 @@ pub async fn run(scale: Scale) -> Section {
     // The database's own latency for the same transaction at the same rate,
     // with as many clients as the API has pooled connections: what the API's
     // p99 cannot beat on this machine.
-    let pooled = plumbing::db::PoolOptions::default().max_size;
     let mut pg_open = crate::pgbench_latencies(&db.url, &script, pooled, seconds, half);
     let (pg_p50, pg_p99) = (
         percentile(&mut pg_open, 50.0),
@@ -286,7 +284,12 @@ pub async fn run(scale: Scale) -> Section {
     rows.push(Row::new(
         format!("POST /orders, open loop at half of pgbench's best ({half:.0}/s), {seconds} s"),
         format!(
-            "{open_rate:.0} orders/s answered; p50 {:.2} / p99 {:.2} ms",
+            "{open_rate:.0} orders/s answered{}; p50 {:.2} / p99 {:.2} ms",
+            if open.failures > 0 {
+                format!(" ({} failed)", open.failures)
+            } else {
+                String::new()
+            },
             ms(p50),
             ms(p99)
         ),
@@ -339,6 +342,7 @@ pub async fn run(scale: Scale) -> Section {
             "open_loop_half": {
                 "target_per_s": half,
                 "answered_per_s": open_rate.round(),
+                "failures": open.failures,
                 "p50_ms": ms(p50),
                 "p99_ms": ms(p99),
                 "pgbench_p50_ms": ms(pg_p50),

@@ -6,16 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use devkit::{
-    broker::TestBroker,
-    db::TestDatabase,
-    faults::{Client, drive},
-    process::Service,
-};
+use devkit::{broker::TestBroker, db::TestDatabase, process::Service};
 use plumbing::db::Database;
 use time::OffsetDateTime;
 
-use crate::{Row, Scale, Section, ms, percentile, verdict};
+use crate::{Row, Scale, Section, load::open_loop, ms, percentile, verdict};
+
+/// The load generator's keep-alive connections to the API.
+const CONNECTIONS: usize = 64;
 
 /// What one fixed-rate step measured.
 #[derive(Debug, Clone)]
@@ -126,12 +124,10 @@ impl Pipeline {
         let invoices = self.invoices.client().await;
         let from = OffsetDateTime::now_utc();
         let started = Instant::now();
-        let load = drive(
-            self.services[0].base_url(),
-            rate,
-            Duration::from_secs(seconds),
-            Client::Plain,
-        );
+        let api = self.services[0].base_url();
+        let load = tokio::spawn(async move {
+            open_loop(&api, rate, Duration::from_secs(seconds), CONNECTIONS).await
+        });
         let mut max_backlog = (0, 0);
         while !load.is_finished() {
             let (unpublished, queued) = self.backlog().await;
@@ -139,10 +135,10 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let end_backlog = self.backlog().await;
-        let mut report = load.await.unwrap();
+        let mut report = load.await.unwrap().unwrap();
         let elapsed = started.elapsed().min(Duration::from_secs(seconds));
         let to = OffsetDateTime::now_utc();
-        let created = i64::try_from(report.created.len()).unwrap();
+        let created = i64::try_from(report.created).unwrap();
         let window = "order_created_at >= $1 AND order_created_at < $2";
         let deadline = Instant::now() + Duration::from_secs(15);
         let drained = loop {
@@ -175,11 +171,10 @@ impl Pipeline {
             .await
             .unwrap();
         let seconds_of = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        let answered: u64 = report.statuses.values().sum();
         Step {
             target: rate,
-            achieved: crate::rate(report.created.len(), elapsed),
-            failures: answered - report.created.len() as u64 + report.unreachable,
+            achieved: crate::rate(report.latencies.len(), elapsed),
+            failures: report.failures,
             post_p50: percentile(&mut report.latencies, 50.0),
             post_p99: percentile(&mut report.latencies, 99.0),
             invoice_p50: seconds_of(row.get(0)),

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod e2e;
+pub mod load;
 pub mod relay;
 pub mod worker;
 
