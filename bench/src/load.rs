@@ -26,10 +26,14 @@ use tokio::{
     time::Instant,
 };
 
+/// How long a request may wait for its answer before it counts as failed.
+const HANG: Duration = Duration::from_secs(10);
+
 /// What an open-loop run saw.
 #[derive(Debug, Default)]
 pub struct OpenLoop {
-    /// Requests scheduled (and sent) within the run.
+    /// Requests sent (those whose time came before the run ended and found a
+    /// connection free by then).
     pub sent: u64,
     /// Answers 201.
     pub created: u64,
@@ -56,6 +60,7 @@ pub async fn open_loop(
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let end = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let stream = TcpStream::connect(&addr)
@@ -72,7 +77,9 @@ pub async fn open_loop(
             let mut seen = OpenLoop::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
+                // The run ends on time: what a slow server kept from going out
+                // by then is not sent, and the rate achieved shows it.
+                if i >= total || Instant::now() >= end {
                     break;
                 }
                 let scheduled = start + interval.mul_f64(i as f64);
@@ -84,12 +91,17 @@ pub async fn open_loop(
                     scheduled
                 };
                 seen.sent += 1;
-                match connection.post(i).await {
-                    Ok(201) => {
+                match tokio::time::timeout(HANG, connection.post(i)).await {
+                    Ok(Ok(201)) => {
                         seen.created += 1;
                         seen.latencies.push(from.elapsed());
                     }
-                    Ok(_) | Err(_) => seen.failures += 1,
+                    Ok(_) => seen.failures += 1,
+                    Err(_) => {
+                        // No answer in time: the connection is not reused.
+                        connection.stream = None;
+                        seen.failures += 1;
+                    }
                 }
             }
             seen
