@@ -33,10 +33,12 @@ struct Step {
 }
 
 impl Step {
-    /// Every order answered, the backlog at most a second's worth when the load
+    /// Every order sent on schedule and answered (an API that answers 5 % short of
+    /// the rate has a queue growing at the client: 1,445 of 1,500/s meant POST p50
+    /// 275 ms after 10 s), the backlog at most a second's worth when the load
     /// stopped, and every invoice there within seconds of it.
     fn sustained(&self) -> bool {
-        self.achieved >= 0.95 * self.target
+        self.achieved >= 0.99 * self.target
             && self.failures == 0
             && self.drained
             && (self.end_backlog.0 + self.end_backlog.1) as f64 <= self.target
