@@ -16,6 +16,10 @@ pub struct RelaySettings {
     /// `RELAY_BATCH_SIZE`: rows claimed and published per cycle, the window of
     /// unconfirmed messages (default 500).
     pub batch_size: i64,
+    /// `RELAY_BATCH_WINDOW`: when the last claim did not fill a batch, the next
+    /// one starts no sooner than this after it, so that events arriving meanwhile
+    /// go out together (default 2ms; 0 claims as soon as possible).
+    pub batch_window: Duration,
     /// `RELAY_POLL_INTERVAL`: fallback scan interval when no notification arrives
     /// (default 1s).
     pub poll_interval: Duration,
@@ -47,6 +51,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            batch_window: Duration::from_millis(2),
             poll_interval: Duration::from_secs(1),
             max_idle: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(10),
@@ -90,6 +95,8 @@ impl Config {
             broker: BrokerConfig::from_env()?,
             relay: RelaySettings {
                 batch_size: parse_or("RELAY_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
+                batch_window: duration_or("RELAY_BATCH_WINDOW", d.batch_window)?
+                    .min(Duration::from_secs(1)),
                 poll_interval: duration_or("RELAY_POLL_INTERVAL", d.poll_interval)?,
                 max_idle: duration_or("RELAY_CLAIM_MAX_IDLE", d.max_idle)?
                     .max(Duration::from_secs(1)),

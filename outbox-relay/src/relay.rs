@@ -8,7 +8,10 @@
 //! unpublished while n+1 is claimed, so no later event of their aggregates can be
 //! in n+1.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use contracts::Topology;
 use deadpool_postgres::Pool;
@@ -73,6 +76,8 @@ pub struct Relay {
     settings: RelaySettings,
     publisher: Option<Publisher>,
     metrics: Arc<RelayMetrics>,
+    /// When the last claim started, and whether it filled its batch.
+    last_claim: std::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 impl Relay {
@@ -93,6 +98,7 @@ impl Relay {
             settings,
             publisher: None,
             metrics: Arc::default(),
+            last_claim: std::sync::Mutex::new(None),
         }
     }
 
@@ -130,12 +136,28 @@ impl Relay {
     }
 
     async fn claim(&self) -> Result<Claim, StoreError> {
+        let not_before = match *self.lock_last_claim() {
+            Some((started, false)) => Some(started + self.settings.batch_window),
+            _ => None,
+        };
+        if let Some(at) = not_before {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let started = Instant::now();
         let claim =
             store::claim_batch(&self.pool, self.settings.batch_size, self.settings.max_idle)
                 .await?;
+        *self.lock_last_claim() =
+            Some((started, claim.rows.len() as i64 >= self.settings.batch_size));
         self.metrics.claimed.inc_by(claim.rows.len() as u64);
         self.metrics.in_flight.inc_by(claim.rows.len() as i64);
         Ok(claim)
+    }
+
+    fn lock_last_claim(&self) -> std::sync::MutexGuard<'_, Option<(Instant, bool)>> {
+        self.last_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One unpipelined cycle: claim a batch, publish it, wait for the confirms,
