@@ -111,9 +111,10 @@ impl plumbing::cli::Service for Application {
     /// # Errors
     /// Invalid configuration, a failing migration, or a port that cannot be bound.
     async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let (_, pool) = plumbing::db::prepare(&config.service, Self::DATABASE, shutdown)
-            .await
-            .context("cannot prepare the invoices database")?;
+        let (_, pool) =
+            plumbing::db::prepare(&config.service, Self::DATABASE, Self::NAME, shutdown)
+                .await
+                .context("cannot prepare the invoices database")?;
         let worker = Worker::new(
             pool.clone(),
             config.broker.url.clone(),

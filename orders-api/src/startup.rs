@@ -57,9 +57,10 @@ impl plumbing::cli::Service for Application {
                 config.default_currency
             );
         }
-        let (_, pool) = plumbing::db::prepare(&config.service, Self::DATABASE, shutdown)
-            .await
-            .context("cannot prepare the orders database")?;
+        let (_, pool) =
+            plumbing::db::prepare(&config.service, Self::DATABASE, Self::NAME, shutdown)
+                .await
+                .context("cannot prepare the orders database")?;
         let state = AppState {
             pool: pool.clone(),
             default_currency: Arc::from(config.default_currency.as_str()),

@@ -79,6 +79,8 @@ pub struct RelayMetrics {
     pub purged: Counter,
     /// 1 while the relay has a working broker channel.
     pub broker_connected: Gauge,
+    /// 1 while the relay's notification session is open (0: it polls).
+    pub notification_session: Gauge,
     backlog: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     blocked_rows: Gauge,
@@ -109,6 +111,7 @@ impl RelayMetrics {
             replayed: Counter::default(),
             purged: Counter::default(),
             broker_connected: Gauge::default(),
+            notification_session: Gauge::default(),
             backlog: Gauge::default(),
             oldest_age: Gauge::default(),
             blocked_rows: Gauge::default(),
@@ -161,6 +164,11 @@ impl RelayMetrics {
             "broker_connected",
             "1 while the relay has a working broker channel",
             m.broker_connected.clone(),
+        );
+        registry.register(
+            "notification_session",
+            "1 while the relay's LISTEN session is open; 0 while it can only poll",
+            m.notification_session.clone(),
         );
         registry.register(
             "backlog",

@@ -10,7 +10,9 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     replay::{self, ReplayOptions},
-    store::{self, BacklogStats, BlockedEvent, ReplayFilter, ReplayRecord, Selection},
+    store::{
+        self, BacklogStats, BlockedEvent, ReplayFilter, ReplayRecord, RunningRelay, Selection,
+    },
 };
 
 /// Connects to the orders database for an operator command (no migrations: the
@@ -30,6 +32,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Pool> {
 /// Everything `status` shows.
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
+    /// The relays connected to the database.
+    pub relays: Vec<RunningRelay>,
     /// Backlog, oldest age, blocked and retrying rows.
     pub outbox: BacklogStats,
     /// Blocked events, oldest first.
@@ -44,6 +48,7 @@ pub struct Status {
 /// When the database fails.
 pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
     Ok(Status {
+        relays: store::running_relays(pool).await?,
         outbox: store::backlog_stats(pool).await?,
         blocked: store::blocked_events(pool, 50).await?,
         replays: store::recent_replays(pool, 10).await?,
@@ -54,6 +59,31 @@ pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
 #[must_use]
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
+    let polling = s.relays.iter().filter(|r| !r.notification_session).count();
+    let _ = writeln!(
+        out,
+        "relays: {} connected{}",
+        s.relays.len(),
+        if polling > 0 {
+            format!(", {polling} WITHOUT a notification session (they only poll: see their logs)")
+        } else {
+            String::new()
+        }
+    );
+    for r in &s.relays {
+        let _ = writeln!(
+            out,
+            "  relay {} since {}: {} pooled sessions, {}",
+            r.instance,
+            rfc3339(r.since),
+            r.sessions,
+            if r.notification_session {
+                "notification session open"
+            } else {
+                "no notification session: polling only"
+            }
+        );
+    }
     let o = &s.outbox;
     let _ = writeln!(
         out,

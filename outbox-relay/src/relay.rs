@@ -78,7 +78,14 @@ pub struct Relay {
     metrics: Arc<RelayMetrics>,
     /// When the last claim started, and whether it filled its batch.
     last_claim: std::sync::Mutex<Option<(Instant, bool)>>,
+    /// The notification session, while [`Relay::run`] runs.
+    listener: Option<Listener>,
 }
+
+/// Claims in a row that found events, after which the relay counts as busy and
+/// pauses its notifications (see [`crate::listener`]): with the default batch
+/// window that is about 16 ms of uninterrupted traffic.
+const BUSY_AFTER_CLAIMS: u32 = 8;
 
 impl Relay {
     /// A relay over `pool` (the orders database) publishing to `broker_url`.
@@ -99,6 +106,7 @@ impl Relay {
             publisher: None,
             metrics: Arc::default(),
             last_claim: std::sync::Mutex::new(None),
+            listener: None,
         }
     }
 
@@ -197,7 +205,18 @@ impl Relay {
         let mut report = BatchReport::default();
         let mut batch = self.claim().await?;
         let mut previous: Option<Settled> = None;
+        let mut busy_streak = 0;
         loop {
+            if batch.rows.is_empty() {
+                busy_streak = 0;
+            } else {
+                busy_streak += 1;
+                if busy_streak == BUSY_AFTER_CLAIMS
+                    && let Some(listener) = self.listener.as_mut()
+                {
+                    listener.pause().await;
+                }
+            }
             if batch.rows.is_empty() {
                 // An empty claim made while the previous batch was still unmarked
                 // proves nothing: the next events of its aggregates become
@@ -398,23 +417,17 @@ impl Relay {
             );
         }
         let wake = Arc::new(Notify::new());
-        let mut listener: Option<Listener> = None;
+        self.listener = Some(Listener::new(
+            &self.db_config,
+            wake.clone(),
+            self.metrics.notification_session.clone(),
+        ));
         let mut delays = plumbing::backoff::reconnect_delays();
         while !shutdown.is_cancelled() {
-            if !listener.as_ref().is_some_and(Listener::is_alive) {
-                listener = match Listener::start(
-                    &self.db_config,
-                    plumbing::db::OUTBOX_CHANNEL,
-                    wake.clone(),
-                )
-                .await
-                {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot listen for notifications; polling");
-                        None
-                    }
-                };
+            // A session opened now may have missed notifications: the drain
+            // below scans anyway.
+            if let Some(listener) = self.listener.as_mut() {
+                listener.ensure().await;
             }
             match self.drain(&shutdown).await {
                 Ok(published) => {
@@ -433,12 +446,22 @@ impl Relay {
                     continue;
                 }
             }
+            // Listen again before waiting; what committed while notifications
+            // were paused is found by one more scan.
+            let resumed = match self.listener.as_mut() {
+                Some(listener) => listener.resume().await,
+                None => false,
+            };
+            if resumed {
+                continue;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
+        self.listener = None;
         self.disconnect().await;
         tracing::info!("relay stopped");
     }

@@ -80,9 +80,15 @@ impl plumbing::cli::Service for Application {
     /// # Errors
     /// Invalid configuration, a failing migration, or a port that cannot be bound.
     async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let (db, pool) = plumbing::db::prepare(&config.service, Self::DATABASE, shutdown)
-            .await
-            .context("cannot prepare the orders database")?;
+        // Each relay names its sessions after itself, so that `outbox-relay status`
+        // can tell the running relays apart and see which can only poll.
+        let session_name =
+            crate::listener::session_name(&uuid::Uuid::new_v4().simple().to_string()[..8]);
+        tracing::info!(sessions = %session_name, "relay starting");
+        let (db, pool) =
+            plumbing::db::prepare(&config.service, Self::DATABASE, &session_name, shutdown)
+                .await
+                .context("cannot prepare the orders database")?;
         let relay = Relay::new(
             pool.clone(),
             db,

@@ -336,6 +336,56 @@ pub async fn backlog_stats(pool: &Pool) -> Result<BacklogStats, StoreError> {
     })
 }
 
+/// A running relay, as its sessions on the orders database show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunningRelay {
+    /// Its instance name (logged when it starts).
+    pub instance: String,
+    /// Its pooled sessions.
+    pub sessions: i64,
+    /// Whether it holds a notification session; without one it only polls.
+    pub notification_session: bool,
+    /// When its oldest session started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// The relays connected to this database, oldest first, found by the names of
+/// their sessions (`application_name`, see [`crate::listener::session_name`]).
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn running_relays(pool: &Pool) -> Result<Vec<RunningRelay>, StoreError> {
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT split_part(substr(application_name, length($1) + 1), '/', 1),
+                    count(*) FILTER (WHERE right(application_name, length($2)) <> $2),
+                    bool_or(right(application_name, length($2)) = $2),
+                    min(backend_start)
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND starts_with(application_name, $1)
+             GROUP BY 1 ORDER BY 4",
+            &[
+                &crate::listener::SESSION_PREFIX,
+                &crate::listener::SESSION_SUFFIX,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RunningRelay {
+                instance: r.try_get(0)?,
+                sessions: r.try_get(1)?,
+                notification_session: r.try_get(2)?,
+                since: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(StoreError::from)
+}
+
 /// A blocked row, as operators see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BlockedEvent {

@@ -278,9 +278,61 @@ async fn metrics_describe_the_relay_and_the_outbox() {
         "outbox_oldest_unpublished_age_seconds",
         "outbox_in_flight_rows 0",
         "outbox_retrying_rows 1",
+        "outbox_notification_session 1",
     ] {
         assert!(body.contains(expected), "missing {expected:?} in\n{body}");
     }
+
+    // `status` lists the relay with its notification session.
+    let pool = db.pool();
+    let status = ops::status(&pool).await.unwrap();
+    assert_eq!(status.relays.len(), 1, "{status:?}");
+    assert!(status.relays[0].notification_session, "{status:?}");
+    assert!(status.relays[0].sessions >= 1, "{status:?}");
+    let text = ops::render_status(&status);
+    assert!(text.contains("relays: 1 connected\n"), "{text}");
+    assert!(text.contains("notification session open"), "{text}");
+
+    // The session dies: the relay opens a new one by itself.
+    let listening_pid = || async {
+        db.client()
+            .await
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name LIKE 'outbox-relay/%/notifications'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get::<_, i32>(0))
+    };
+    let first = listening_pid().await.unwrap();
+    db.client()
+        .await
+        .execute("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap();
+    devkit::eventually(Duration::from_secs(5), "a new notification session", || async {
+        listening_pid().await.filter(|pid| *pid != first)
+    })
+    .await;
+    let scrape = || async {
+        devkit::http_client()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    devkit::eventually(Duration::from_secs(5), "the gauge back at 1", || async {
+        scrape()
+            .await
+            .contains("outbox_notification_session 1")
+            .then_some(())
+    })
+    .await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

@@ -1,14 +1,13 @@
 //! PostgreSQL: connection pool, dedicated sessions, database creation, migrations,
 //! and the transient/permanent classification of errors.
 
-use std::{
-    ops::{Deref, DerefMut},
-    str::FromStr,
-    time::Duration,
-};
+use std::{str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::{Client, Config, NoTls, config::SslMode, error::SqlState};
+use tokio_postgres::{
+    AsyncMessage, Client, Config, NoTls, Notification, Socket, config::SslMode, error::SqlState,
+    tls::MakeTlsConnect,
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::tls;
@@ -83,7 +82,10 @@ impl Default for PoolOptions {
 
 /// A parsed database URL: the driver's settings and, when the URL asks for TLS
 /// (`sslmode=require|verify-ca|verify-full`, see [`crate::tls`]), the rustls
-/// connector. Dereferences to the driver's [`Config`].
+/// connector. The one way to reach PostgreSQL: pools ([`pool`]) and dedicated
+/// sessions ([`connect`], [`listen`]) are opened from it and nothing else, so
+/// every connection honours the URL's TLS settings. It deliberately does not
+/// hand out the driver's configuration, whose own `connect` would ignore them.
 #[derive(Clone)]
 pub struct DbConfig {
     config: Config,
@@ -96,6 +98,46 @@ impl DbConfig {
     pub fn uses_tls(&self) -> bool {
         self.tls.is_some()
     }
+
+    /// The database name (`postgres` when none is given, as libpq does).
+    #[must_use]
+    pub fn database(&self) -> String {
+        database_name(&self.config)
+    }
+
+    /// `host:port`, for messages (never the password).
+    #[must_use]
+    pub fn host(&self) -> String {
+        describe_host(&self.config)
+    }
+
+    /// How long establishing one connection may take.
+    #[must_use]
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.config.get_connect_timeout().copied()
+    }
+
+    /// The same server, user and TLS settings for another database.
+    #[must_use]
+    pub fn for_database(&self, name: &str) -> Self {
+        let mut other = self.clone();
+        other.config.dbname(name);
+        other
+    }
+
+    /// Names the sessions opened from now on (`application_name`, shown in
+    /// `pg_stat_activity`).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.config.application_name(name);
+        self
+    }
+
+    /// The sessions' `application_name`, if any.
+    #[must_use]
+    pub fn application_name(&self) -> Option<&str> {
+        self.config.get_application_name()
+    }
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -105,19 +147,6 @@ impl std::fmt::Debug for DbConfig {
             .field("database", &database_name(&self.config))
             .field("tls", &self.uses_tls())
             .finish_non_exhaustive()
-    }
-}
-
-impl Deref for DbConfig {
-    type Target = Config;
-    fn deref(&self) -> &Config {
-        &self.config
-    }
-}
-
-impl DerefMut for DbConfig {
-    fn deref_mut(&mut self) -> &mut Config {
-        &mut self.config
     }
 }
 
@@ -145,7 +174,7 @@ pub fn parse_url(url: &str) -> Result<DbConfig, DbError> {
 
 /// Database name of a configuration (`postgres` when none is given, as libpq does).
 #[must_use]
-pub fn database_name(config: &Config) -> String {
+fn database_name(config: &Config) -> String {
     config
         .get_dbname()
         .or(config.get_user())
@@ -155,7 +184,7 @@ pub fn database_name(config: &Config) -> String {
 
 /// `host:port` of a configuration, for messages (never the password).
 #[must_use]
-pub fn describe_host(config: &Config) -> String {
+fn describe_host(config: &Config) -> String {
     let host = config
         .get_hosts()
         .first()
@@ -169,34 +198,92 @@ pub fn describe_host(config: &Config) -> String {
     format!("{host}:{port}")
 }
 
+/// What a dedicated session reports besides the answers to its queries.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// A `NOTIFY` on a channel the session listens on.
+    Notification(Notification),
+    /// The session ended: closed by the server, broken, or the client dropped
+    /// (no error).
+    Closed(Option<tokio_postgres::Error>),
+}
+
 /// Opens a dedicated session (not pooled), driving its connection on a task.
 ///
 /// # Errors
 /// [`DbError::Connect`] when the server cannot be reached or refuses the login.
 pub async fn connect(config: &DbConfig) -> Result<Client, DbError> {
-    let failed = |source| DbError::Connect {
-        database: database_name(config),
-        host: describe_host(config),
-        source,
-    };
-    let client = match &config.tls {
-        None => {
-            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
-            tokio::spawn(drive(connection));
-            client
+    open(config, |event| {
+        if let SessionEvent::Closed(Some(e)) = event {
+            tracing::debug!(error = %e, "database session ended");
         }
-        Some(tls) => {
-            let (client, connection) = config.connect(tls.clone()).await.map_err(failed)?;
-            tokio::spawn(drive(connection));
-            client
-        }
-    };
+    })
+    .await
+}
+
+/// Opens a dedicated session that listens on `channel`; `on_event` hears every
+/// notification and, last, the session's end. Dropping the client closes it.
+///
+/// # Errors
+/// [`DbError::Connect`] when the server cannot be reached, refuses the login, or
+/// refuses `LISTEN`.
+pub async fn listen<F>(config: &DbConfig, channel: &str, on_event: F) -> Result<Client, DbError>
+where
+    F: FnMut(SessionEvent) + Send + 'static,
+{
+    let client = open(config, on_event).await?;
+    client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await
+        .map_err(|source| connect_error(config, source))?;
     Ok(client)
 }
 
-async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: C) {
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "database session ended");
+async fn open<F>(config: &DbConfig, on_event: F) -> Result<Client, DbError>
+where
+    F: FnMut(SessionEvent) + Send + 'static,
+{
+    match &config.tls {
+        None => open_with(config, NoTls, on_event).await,
+        Some(tls) => open_with(config, tls.clone(), on_event).await,
+    }
+}
+
+/// Connects through `tls` and drives the connection on a task, handing its
+/// notifications and its end to `on_event`.
+async fn open_with<T, F>(config: &DbConfig, tls: T, mut on_event: F) -> Result<Client, DbError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    F: FnMut(SessionEvent) + Send + 'static,
+{
+    let (client, mut connection) = config
+        .config
+        .connect(tls)
+        .await
+        .map_err(|source| connect_error(config, source))?;
+    tokio::spawn(async move {
+        let end = loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => on_event(SessionEvent::Notification(n)),
+                Some(Ok(AsyncMessage::Notice(notice))) => {
+                    tracing::debug!(notice = %notice.message(), "database notice");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        };
+        on_event(SessionEvent::Closed(end));
+    });
+    Ok(client)
+}
+
+fn connect_error(config: &DbConfig, source: tokio_postgres::Error) -> DbError {
+    DbError::Connect {
+        database: config.database(),
+        host: config.host(),
+        source,
     }
 }
 
@@ -217,10 +304,9 @@ pub async fn ensure_database(config: &DbConfig) -> Result<(), DbError> {
         }
         Err(other) => return Err(other),
     };
-    let database = database_name(config);
+    let database = config.database();
     tracing::info!(database, cause = %db_message(&err), "database does not exist, creating it");
-    let mut maintenance = config.clone();
-    maintenance.dbname("postgres");
+    let maintenance = config.for_database("postgres");
     let client = connect(&maintenance).await.map_err(|e| DbError::Missing {
         database: database.clone(),
         reason: format!("{e}"),
@@ -379,7 +465,8 @@ pub async fn migrate_when_reachable(
     }
 }
 
-/// A service's database at start-up: parses the URL, applies the migrations if
+/// A service's database at start-up: parses the URL (naming its sessions
+/// `session_name` unless the URL names them), applies the migrations if
 /// configured (waiting while the server is unreachable), and builds the pool.
 ///
 /// # Errors
@@ -387,9 +474,13 @@ pub async fn migrate_when_reachable(
 pub async fn prepare(
     service: &crate::config::ServiceConfig,
     database: Database,
+    session_name: &str,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(DbConfig, Pool), DbError> {
-    let config = parse_url(&service.database_url)?;
+    let mut config = parse_url(&service.database_url)?;
+    if config.application_name().is_none() {
+        config = config.named(session_name);
+    }
     if service.migrate_on_start {
         migrate_when_reachable(&config, database, shutdown).await?;
     }
@@ -490,9 +581,9 @@ mod tests {
     #[test]
     fn url_description_has_no_password() {
         let c = parse_url("postgres://app:s3cret@db.internal:6543/orders").unwrap();
-        assert_eq!(describe_host(&c), "db.internal:6543");
-        assert_eq!(database_name(&c), "orders");
-        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(c.host(), "db.internal:6543");
+        assert_eq!(c.database(), "orders");
+        assert_eq!(c.connect_timeout(), Some(CONNECT_TIMEOUT));
         let err = parse_url("postgres://x:y@h:notaport/db").unwrap_err();
         assert!(!err.to_string().contains("y@"), "{err}");
     }

@@ -60,7 +60,7 @@ async fn run() -> anyhow::Result<()> {
 /// Fails early, with a hint, when PostgreSQL or RabbitMQ cannot be reached.
 async fn check_reachable(database_url: &str) -> anyhow::Result<()> {
     let config = plumbing::db::parse_url(database_url)?;
-    let host = plumbing::db::describe_host(&config);
+    let host = config.host();
     if tokio::net::TcpStream::connect(&host).await.is_err() {
         anyhow::bail!(
             "PostgreSQL is not reachable at {host}. Start it (Debian: `apt-get install postgresql`, \
