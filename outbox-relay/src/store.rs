@@ -106,8 +106,11 @@ LIMIT $1
 FOR UPDATE OF o SKIP LOCKED"
 );
 
+/// `published_at` is the moment of the mark, after the broker's confirm
+/// (`clock_timestamp()`, not `now()`, which is when the claim began), so that
+/// `published_at - created_at` bounds commit→publish from above.
 const MARK_PUBLISHED: &str =
-    "UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY($1)";
+    "UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL WHERE id = ANY($1)";
 
 const RECORD_FAILURES: &str = "
 UPDATE outbox SET attempts = outbox.attempts + 1,

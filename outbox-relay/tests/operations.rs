@@ -312,9 +312,11 @@ async fn metrics_describe_the_relay_and_the_outbox() {
         .execute("SELECT pg_terminate_backend($1)", &[&first])
         .await
         .unwrap();
-    devkit::eventually(Duration::from_secs(5), "a new notification session", || async {
-        listening_pid().await.filter(|pid| *pid != first)
-    })
+    devkit::eventually(
+        Duration::from_secs(5),
+        "a new notification session",
+        || async { listening_pid().await.filter(|pid| *pid != first) },
+    )
     .await;
     let scrape = || async {
         devkit::http_client()
