@@ -1,13 +1,16 @@
 //! The benchmark suite (`cargo bench -p bench`): every figure beside its baseline
 //! measured in the same run, printed as a table and written as JSON. The parts:
 //! [`api`] (wrk against `POST /orders` beside pgbench running the same
-//! transaction), [`relay`], [`worker`], and [`e2e`] (open-loop load through the
-//! three release binaries, with peak memory).
+//! transaction), [`relay`], [`worker`], [`e2e`] (open-loop load through the
+//! three release binaries, with peak memory), and [`live`] (the relay in steady
+//! traffic: what it adds to the API's rate and to every process's CPU, and its
+//! commit→publish latency, over plain TCP and over TLS).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod api;
 pub mod e2e;
+pub mod live;
 pub mod load;
 pub mod relay;
 pub mod worker;
@@ -179,6 +182,85 @@ pub fn process_cpu(pid: Option<u32>) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let seconds = ticks as f64 / 100.0;
     seconds
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces, so they are counted from the last `)`): the first is field 3, the
+/// state. Empty when the process is gone.
+fn stat_fields(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Every process id in `/proc` now.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parent of process `pid` (`PPid` in `/proc/<pid>/status`), while it runs.
+#[must_use]
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user and system) used so far by process `pid` and its
+/// children: those running now ([`process_cpu`] of each, so a child started
+/// since an earlier reading counts fully) and those that exited and were
+/// reaped by `pid` (its `cutime` and `cstime`, so a child that exits between
+/// two readings is not lost). For a PostgreSQL postmaster that is the whole
+/// cluster: its backends and auxiliary processes. A counter that only grows:
+/// the difference of two readings is what the cluster used in between.
+#[must_use]
+pub fn process_tree_cpu(pid: u32) -> f64 {
+    let children: f64 = all_pids()
+        .into_iter()
+        .filter(|&p| {
+            stat_fields(p)
+                .get(1) // field 4: the parent's pid
+                .and_then(|v| v.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .map(|p| process_cpu(Some(p)))
+        .sum();
+    let reaped: u64 = stat_fields(pid)
+        .iter()
+        .skip(13) // fields 16 and 17: cutime, cstime
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // Clock ticks of USER_HZ, as in `process_cpu`.
+    #[allow(clippy::cast_precision_loss)]
+    let reaped = reaped as f64 / 100.0;
+    process_cpu(Some(pid)) + reaped + children
+}
+
+/// CPU seconds used so far by every running process whose command name
+/// (`/proc/<pid>/comm`) is `name`, such as RabbitMQ's Erlang VM, `beam.smp`.
+#[must_use]
+pub fn named_cpu(name: &str) -> f64 {
+    all_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .map(|p| process_cpu(Some(p)))
+        .sum()
 }
 
 /// Runs pgbench with `script` on `url` (`clients` clients, `seconds` long,

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod messages;
 pub mod process;
 pub mod proxy;
+pub mod tls_postgres;
 pub mod worker;
 
 use std::{future::Future, net::SocketAddr, time::Duration};

@@ -1,200 +1,20 @@
 //! TLS to the managed services' protocols, against private servers that accept
-//! only TLS, with certificates made here by a throwaway CA: PostgreSQL with the
+//! only TLS, with certificates made by a throwaway CA: PostgreSQL with the
 //! libpq `sslmode`s, then the whole pipeline (the three binaries) on it; and
 //! RabbitMQ over AMQPS (a node of its own) carrying the pipeline's events.
 
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use devkit::{
-    broker::TestBroker, db::TestDatabase, eventually, free_port, process::Service, unique_suffix,
+    broker::TestBroker,
+    db::TestDatabase,
+    eventually, free_port,
+    process::Service,
+    tls_postgres::{TlsPostgres, write_certificates},
+    unique_suffix,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-/// Writes the test CA (`ca.pem`), another CA (`other-ca.pem`) and the server's
-/// certificate and key (`server.crt`, `server.key`, mode 600) into `dir`.
-fn write_certificates(dir: &Path) {
-    let (ca, cert, key) = make_certificates();
-    std::fs::write(dir.join("ca.pem"), ca).unwrap();
-    std::fs::write(dir.join("other-ca.pem"), another_ca()).unwrap();
-    std::fs::write(dir.join("server.crt"), cert).unwrap();
-    std::fs::write(dir.join("server.key"), key).unwrap();
-    let status = Command::new("chmod")
-        .arg("600")
-        .arg(dir.join("server.key"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// A PostgreSQL server of its own in a temporary directory, TLS only
-/// (`hostnossl … reject`), stopped and deleted on drop.
-struct TlsPostgres {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-}
-
-/// The newest installed server's binaries (`PG_BINDIR` overrides).
-fn pg_bindir() -> PathBuf {
-    if let Ok(dir) = std::env::var("PG_BINDIR") {
-        return dir.into();
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.retain(|p| p.join("initdb").exists());
-    versions.sort();
-    versions
-        .pop()
-        .expect("no PostgreSQL server binaries under /usr/lib/postgresql; set PG_BINDIR")
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// Runs a server binary; as `postgres` when this is root (the server refuses root).
-fn run_server_tool(bin: &Path, tool: &str, args: &[&str]) {
-    let program = bin.join(tool);
-    let mut command = if running_as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
-    let output = command.args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{tool} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The test CA's certificate (PEM), and the server's certificate and key for
-/// the name `localhost` only (so `verify-full` to `127.0.0.1` must fail).
-fn make_certificates() -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "pipeline test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    (ca.pem(), server.pem(), server_key.serialize_pem())
-}
-
-fn another_ca() -> String {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
-}
-
-impl TlsPostgres {
-    fn start() -> Self {
-        let bin = pg_bindir();
-        let dir = std::env::temp_dir().join(format!("pipeline-tls-pg-{}", unique_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        write_certificates(&dir);
-        if running_as_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        let data = dir.join("data");
-        run_server_tool(
-            &bin,
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\n\
-             hostssl all all 127.0.0.1/32 trust\n\
-             hostnossl all all 127.0.0.1/32 reject\n",
-        )
-        .unwrap();
-        let port = free_port();
-        let options = format!(
-            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on \
-             -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key -c fsync=off",
-            dir = dir.display()
-        );
-        let server = Self { dir, bin, port };
-        run_server_tool(
-            &server.bin,
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                server.dir.join("server.log").to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "30",
-                "start",
-            ],
-        );
-        server
-    }
-
-    fn url(&self, database: &str, params: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{database}{params}",
-            self.port
-        )
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for TlsPostgres {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        run_server_tool(
-            &self.bin,
-            "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
-        );
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Connects with `url`; `Ok(true)` when the session is encrypted.
 async fn session_is_encrypted(url: &str) -> Result<bool, String> {
@@ -214,11 +34,10 @@ async fn session_is_encrypted(url: &str) -> Result<bool, String> {
 
 #[tokio::test]
 async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
-    let pg = TlsPostgres::start();
+    let pg = TlsPostgres::start().unwrap();
     let ca = pg.file("ca.pem");
     let other_ca = pg.file("other-ca.pem");
-    let localhost =
-        |params: &str| format!("postgres://postgres@localhost:{}/postgres{params}", pg.port);
+    let localhost = |params: &str| pg.localhost_url("postgres", params);
 
     // Verified: the certificate chains to the CA and names the host.
     assert_eq!(
@@ -280,8 +99,8 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     // The three binaries on verified TLS: each creates and migrates its database,
     // and an order goes all the way to its invoice.
     let tls = format!("?sslmode=verify-full&sslrootcert={ca}");
-    let orders_url = format!("postgres://postgres@localhost:{}/orders{tls}", pg.port);
-    let invoices_url = format!("postgres://postgres@localhost:{}/invoices{tls}", pg.port);
+    let orders_url = pg.localhost_url("orders", &tls);
+    let invoices_url = pg.localhost_url("invoices", &tls);
     let broker = TestBroker::new();
     let broker_env = || {
         [
@@ -366,7 +185,7 @@ impl TlsRabbit {
     async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("pipeline-tls-amqp-{}", unique_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        write_certificates(&dir);
+        write_certificates(&dir).unwrap();
         let port = free_port();
         std::fs::write(
             dir.join("rabbitmq.conf"),
