@@ -36,7 +36,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     let publisher = Publisher::connect(&broker.url, broker.topology.clone())
         .await
         .unwrap();
-    let claim = store::claim_batch(&orders.pool(), 10, Duration::from_secs(30))
+    let claim = store::claim_batch(&orders.pool(), 10, Duration::from_secs(30), 0)
         .await
         .unwrap();
     assert_eq!(claim.rows.len(), 1);

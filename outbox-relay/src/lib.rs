@@ -5,6 +5,7 @@
 //! only after the broker confirmed it without returning it.
 
 pub mod config;
+pub mod floor;
 pub mod listener;
 pub mod metrics;
 pub mod ops;

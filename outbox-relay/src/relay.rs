@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::RelaySettings,
+    floor::Floor,
     listener::Listener,
     metrics::{FailureReason, RelayMetrics},
     publisher::{Outcome, Publisher},
@@ -71,6 +72,14 @@ struct Settled {
     outcomes: Vec<Outcome>,
 }
 
+/// Locks a mutex that only holds plain values (a panic elsewhere cannot leave
+/// it inconsistent).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The outbox relay.
 pub struct Relay {
     pool: Pool,
@@ -82,6 +91,8 @@ pub struct Relay {
     metrics: Arc<RelayMetrics>,
     /// When the last claim started, and whether it filled its batch.
     last_claim: std::sync::Mutex<Option<(Instant, bool)>>,
+    /// Where claims start in the unpublished-rows index.
+    floor: std::sync::Mutex<Floor>,
     /// The notification session, while [`Relay::run`] runs.
     listener: Option<Listener>,
 }
@@ -90,6 +101,10 @@ pub struct Relay {
 /// pauses its notifications (see [`crate::listener`]): with the default batch
 /// window that is about 16 ms of uninterrupted traffic.
 const BUSY_AFTER_CLAIMS: u32 = 8;
+
+/// How far apart the two probes that move the claims' floor up are (see
+/// [`crate::floor`]); a claim every `RELAY_POLL_INTERVAL` scans from 0.
+const FLOOR_SETTLE: Duration = Duration::from_secs(1);
 
 impl Relay {
     /// A relay over `pool` (the orders database) publishing to `broker_url`.
@@ -110,8 +125,16 @@ impl Relay {
             publisher: None,
             metrics: Arc::default(),
             last_claim: std::sync::Mutex::new(None),
+            floor: std::sync::Mutex::new(Floor::new(FLOOR_SETTLE, settings.poll_interval)),
             listener: None,
         }
+    }
+
+    /// The id its claims start at in the unpublished-rows index (see
+    /// [`crate::floor`]), except the one full scan every poll interval.
+    #[must_use]
+    pub fn claim_floor(&self) -> i64 {
+        lock(&self.floor).id()
     }
 
     /// The relay's metrics (shared with the HTTP endpoint).
@@ -156,9 +179,24 @@ impl Relay {
             tokio::time::sleep_until(at.into()).await;
         }
         let started = Instant::now();
-        let claim =
-            store::claim_batch(&self.pool, self.settings.batch_size, self.settings.max_idle)
-                .await?;
+        let plan = lock(&self.floor).plan(started);
+        let claim = store::claim_batch(
+            &self.pool,
+            self.settings.batch_size,
+            self.settings.max_idle,
+            plan.from_id,
+        )
+        .await?;
+        if plan.probe {
+            let (at, from) = (Instant::now(), lock(&self.floor).id());
+            match store::lowest_unpublished(&self.pool, from).await {
+                Ok(lowest) => lock(&self.floor).probed(at, lowest),
+                // The floor stays where it is: claims only do more work.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot probe the outbox's lowest unpublished id");
+                }
+            }
+        }
         *self.lock_last_claim() =
             Some((started, claim.rows.len() as i64 >= self.settings.batch_size));
         self.metrics.claimed.inc_by(claim.rows.len() as u64);
@@ -167,9 +205,7 @@ impl Relay {
     }
 
     fn lock_last_claim(&self) -> std::sync::MutexGuard<'_, Option<(Instant, bool)>> {
-        self.last_claim
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.last_claim)
     }
 
     /// One unpipelined cycle: claim a batch, publish it, wait for the confirms,

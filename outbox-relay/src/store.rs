@@ -92,6 +92,7 @@ const CLAIM: &str = concat!(
     "
 FROM outbox o
 WHERE o.published_at IS NULL
+  AND o.id >= $2
   AND o.blocked_at IS NULL
   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
   AND NOT EXISTS (
@@ -151,13 +152,24 @@ pub struct Blocked {
     pub aggregate_id: Uuid,
 }
 
-/// Claims up to `limit` publishable rows, oldest first. The claim's transaction is
-/// aborted by the server if it stays idle longer than `max_idle` (a relay whose
-/// connection hangs must not hold rows forever).
+/// Claims up to `limit` publishable rows with an id of at least `from_id`, oldest
+/// first. The claim's transaction is aborted by the server if it stays idle
+/// longer than `max_idle` (a relay whose connection hangs must not hold rows
+/// forever).
+///
+/// `from_id` only saves work: the scan of the unpublished-rows index starts
+/// there instead of walking the entries of rows marked published that VACUUM
+/// has not removed yet. 0 scans everything; a higher value must come from
+/// [`lowest_unpublished`] (see [`crate::floor`]).
 ///
 /// # Errors
 /// [`StoreError`] when the database fails.
-pub async fn claim_batch(pool: &Pool, limit: i64, max_idle: Duration) -> Result<Claim, StoreError> {
+pub async fn claim_batch(
+    pool: &Pool,
+    limit: i64,
+    max_idle: Duration,
+    from_id: i64,
+) -> Result<Claim, StoreError> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(CLAIM).await?;
     // Owned by the claim before BEGIN: if anything below fails, dropping the claim
@@ -194,7 +206,10 @@ pub async fn claim_batch(pool: &Pool, limit: i64, max_idle: Duration) -> Result<
              SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
         ))
         .await?;
-    let rows = claim.client()?.query(&statement, &[&limit]).await?;
+    let rows = claim
+        .client()?
+        .query(&statement, &[&limit, &from_id])
+        .await?;
     claim.rows = rows
         .iter()
         .map(OutboxRow::from_row)
@@ -287,6 +302,29 @@ impl Drop for Claim {
             drop(Object::take(client));
         }
     }
+}
+
+/// The lowest id an unpublished row has among ids of at least `from_id` (blocked,
+/// retrying and claimed rows included), or, when there is none, the id after
+/// the highest: where a claim may start scanning, as seen now. Rows still being
+/// written may get lower ids; [`crate::floor`] waits for them.
+///
+/// # Errors
+/// [`StoreError`] when the database fails.
+pub async fn lowest_unpublished(pool: &Pool, from_id: i64) -> Result<i64, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT coalesce(
+                 (SELECT min(id) FROM outbox WHERE published_at IS NULL AND id >= $1),
+                 (SELECT max(id) + 1 FROM outbox),
+                 $1)",
+        )
+        .await?;
+    Ok(client
+        .query_one(&statement, &[&from_id])
+        .await?
+        .try_get(0)?)
 }
 
 /// Checks that the database answers.

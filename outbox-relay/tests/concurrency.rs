@@ -447,3 +447,60 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     let status = survivor.wait(Duration::from_secs(20)).await;
     assert!(status.success(), "the surviving relay exited with {status}");
 }
+
+#[tokio::test]
+async fn a_transaction_that_commits_after_the_floor_passed_its_row_is_still_published() {
+    // Claims start at a floor proven from two probes a second apart. A row whose
+    // transaction stays open longer than that (taken id, no commit) falls below
+    // the floor; the full scan every poll interval must still find it.
+    let f = Fixture::new("relay_floor").await;
+    let mut relay = f.relay(RelaySettings {
+        poll_interval: Duration::from_secs(2),
+        ..RelaySettings::default()
+    });
+    let shutdown = CancellationToken::new();
+    let mut holder = f.db.client().await;
+    let held = holder.transaction().await.unwrap();
+    let held_id: i64 = held
+        .query_one(
+            "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
+             VALUES ($1, 'order', $2, 'OrderCreated', 1, '{}'::jsonb) RETURNING id",
+            &[&Uuid::new_v4(), &Uuid::new_v4()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // Traffic flows past it until the floor is above it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.claim_floor() <= held_id {
+        assert!(
+            Instant::now() < deadline,
+            "the floor never passed the held row"
+        );
+        f.db.client()
+            .await
+            .execute(
+                "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
+                 SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'OrderCreated', 1, '{}'::jsonb
+                 FROM generate_series(1, 5)",
+                &[],
+            )
+            .await
+            .unwrap();
+        relay.drain(&shutdown).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.commit().await.unwrap();
+
+    // Its commit is late, not lost: the next full scan publishes it.
+    let committed = Instant::now();
+    while f.db.unpublished().await > 0 {
+        assert!(
+            committed.elapsed() < Duration::from_secs(5),
+            "a row committed below the floor was not published"
+        );
+        relay.drain(&shutdown).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -412,7 +412,7 @@ async fn a_backlog_after_a_quiet_start_is_claimed_quickly() {
     .unwrap();
     insert_backlog(&db, 3).await;
     for _ in 0..10 {
-        let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30))
+        let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30), 0)
             .await
             .unwrap();
         assert_eq!(claim.rows.len(), 3);
@@ -422,7 +422,7 @@ async fn a_backlog_after_a_quiet_start_is_claimed_quickly() {
     // Then a burst (or a broker outage) leaves 15,000 events waiting.
     insert_backlog(&db, 15_000).await;
     let started = Instant::now();
-    let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30))
+    let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30), 0)
         .await
         .unwrap();
     let took = started.elapsed();
@@ -463,7 +463,7 @@ async fn claims_stay_fast_while_published_rows_pile_up_unvacuumed() {
     let mut took = Vec::new();
     for _ in 0..30 {
         let started = Instant::now();
-        let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30))
+        let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30), 0)
             .await
             .unwrap();
         took.push(started.elapsed());
