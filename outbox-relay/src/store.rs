@@ -199,17 +199,21 @@ pub async fn claim_batch(
     //   traffic with autovacuum behind, 2.8 ms per claim after 15 s, growing,
     //   against 0.2 ms.
     let max_idle_ms = max_idle.as_millis().clamp(1, i32::MAX as u128);
-    claim
-        .client()?
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {max_idle_ms}; \
-             SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
-        ))
-        .await?;
-    let rows = claim
-        .client()?
-        .query(&statement, &[&limit, &from_id])
-        .await?;
+    let begin = format!(
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {max_idle_ms}; \
+         SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
+    );
+    let client = claim.client()?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &from_id];
+    // Sent together, answered in order: one round trip for the transaction's
+    // start and the claim. Should BEGIN fail, the error is returned and the rows
+    // are never used (dropping the claim closes the connection).
+    let (begun, rows) = tokio::join!(
+        client.batch_execute(&begin),
+        client.query(&statement, &params)
+    );
+    begun?;
+    let rows = rows?;
     claim.rows = rows
         .iter()
         .map(OutboxRow::from_row)
@@ -260,28 +264,50 @@ impl Claim {
             };
         };
         let result = async {
-            if !confirmed.is_empty() {
-                let mark = client.prepare_cached(MARK_PUBLISHED).await?;
-                client.execute(&mark, &[&confirmed]).await?;
-            }
-            let mut blocked = Vec::new();
-            if !failures.is_empty() {
-                let (ids, errors): (Vec<i64>, Vec<String>) = failures.iter().cloned().unzip();
-                let record = client.prepare_cached(RECORD_FAILURES).await?;
-                for row in client
-                    .query(&record, &[&ids, &errors, &max_attempts])
-                    .await?
-                {
-                    if row.try_get::<_, bool>(3)? {
-                        blocked.push(Blocked {
-                            id: row.try_get(0)?,
-                            message_id: row.try_get(1)?,
-                            aggregate_id: row.try_get(2)?,
-                        });
+            let mark = match confirmed {
+                [] => None,
+                _ => Some(client.prepare_cached(MARK_PUBLISHED).await?),
+            };
+            let record = match failures {
+                [] => None,
+                _ => Some(client.prepare_cached(RECORD_FAILURES).await?),
+            };
+            let (ids, errors): (Vec<i64>, Vec<String>) = failures.iter().cloned().unzip();
+            // Sent together, answered in order: one round trip for the writes and
+            // the COMMIT. A statement that fails aborts the transaction; the
+            // COMMIT behind it then only ends it (the server answers ROLLBACK),
+            // nothing is written, and the statement's error is returned.
+            let (marked, recorded, committed) = tokio::join!(
+                async {
+                    match &mark {
+                        Some(mark) => client.execute(mark, &[&confirmed]).await.map(Some),
+                        None => Ok(None),
                     }
+                },
+                async {
+                    match &record {
+                        Some(record) => client
+                            .query(record, &[&ids, &errors, &max_attempts])
+                            .await
+                            .map(Some),
+                        None => Ok(None),
+                    }
+                },
+                client.batch_execute("COMMIT"),
+            );
+            marked?;
+            let recorded = recorded?;
+            committed?;
+            let mut blocked = Vec::new();
+            for row in recorded.unwrap_or_default() {
+                if row.try_get::<_, bool>(3)? {
+                    blocked.push(Blocked {
+                        id: row.try_get(0)?,
+                        message_id: row.try_get(1)?,
+                        aggregate_id: row.try_get(2)?,
+                    });
                 }
             }
-            client.batch_execute("COMMIT").await?;
             Ok::<_, StoreError>(blocked)
         }
         .await;
