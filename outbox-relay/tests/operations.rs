@@ -258,14 +258,17 @@ async fn metrics_describe_the_relay_and_the_outbox() {
     )
     .await;
 
-    let body = devkit::http_client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = || async {
+        devkit::http_client()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let body = scrape().await;
 
     for expected in [
         "outbox_published_total 3",
@@ -318,16 +321,6 @@ async fn metrics_describe_the_relay_and_the_outbox() {
         || async { listening_pid().await.filter(|pid| *pid != first) },
     )
     .await;
-    let scrape = || async {
-        devkit::http_client()
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     devkit::eventually(Duration::from_secs(5), "the gauge back at 1", || async {
         scrape()
             .await

@@ -397,19 +397,25 @@ async fn insert_backlog(db: &TestDatabase, n: i32) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_backlog_after_a_quiet_start_is_claimed_quickly() {
-    // One connection, so that every claim reuses its prepared statement: the
-    // server may switch it to a generic plan made while the outbox was tiny.
-    let db = TestDatabase::migrated("relay_plan", Database::Orders).await;
-    let pool = plumbing::db::pool(
+/// A pool of one connection, so that every claim reuses its prepared statement
+/// (and, after five executions, may get the server's generic plan).
+fn single_connection_pool(db: &TestDatabase) -> deadpool_postgres::Pool {
+    plumbing::db::pool(
         plumbing::db::parse_url(&db.url).unwrap(),
         plumbing::db::PoolOptions {
             max_size: 1,
             ..plumbing::db::PoolOptions::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_backlog_after_a_quiet_start_is_claimed_quickly() {
+    // One connection, so that every claim reuses its prepared statement: the
+    // server may switch it to a generic plan made while the outbox was tiny.
+    let db = TestDatabase::migrated("relay_plan", Database::Orders).await;
+    let pool = single_connection_pool(&db);
     insert_backlog(&db, 3).await;
     for _ in 0..10 {
         let claim = outbox_relay::store::claim_batch(&pool, 500, Duration::from_secs(30), 0)
@@ -444,14 +450,7 @@ async fn claims_stay_fast_while_published_rows_pile_up_unvacuumed() {
     // scan) took 5–15 ms here; a plain index scan marks them dead once and then
     // skips them (about 0.3 ms).
     let db = TestDatabase::migrated("relay_dead_entries", Database::Orders).await;
-    let pool = plumbing::db::pool(
-        plumbing::db::parse_url(&db.url).unwrap(),
-        plumbing::db::PoolOptions {
-            max_size: 1,
-            ..plumbing::db::PoolOptions::default()
-        },
-    )
-    .unwrap();
+    let pool = single_connection_pool(&db);
     insert_backlog(&db, 60_000).await;
     let client = db.client().await;
     client
