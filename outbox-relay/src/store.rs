@@ -338,17 +338,20 @@ impl Drop for Claim {
 /// # Errors
 /// [`StoreError`] when the database fails.
 pub async fn lowest_unpublished(pool: &Pool, from_id: i64) -> Result<i64, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
+    // Not a cached statement: planned afresh each time (once a second), so a
+    // generic plan made while the outbox was tiny (a sequential scan) cannot
+    // stick once it is large. Planned with the actual bound, `min(id)` is one
+    // descent of the unpublished-rows index.
+    Ok(pool
+        .get()
+        .await?
+        .query_one(
             "SELECT coalesce(
                  (SELECT min(id) FROM outbox WHERE published_at IS NULL AND id >= $1),
                  (SELECT max(id) + 1 FROM outbox),
                  $1)",
+            &[&from_id],
         )
-        .await?;
-    Ok(client
-        .query_one(&statement, &[&from_id])
         .await?
         .try_get(0)?)
 }
