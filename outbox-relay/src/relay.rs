@@ -64,7 +64,14 @@ pub enum RelayError {
     /// The broker could not be reached or the channel failed.
     #[error("broker unavailable: {0}")]
     Broker(String),
+    /// The task writing a batch's outcomes down ended without an answer (a bug:
+    /// its rows are published again).
+    #[error("recording a batch failed: {0}")]
+    Recording(String),
 }
+
+/// A batch's outcomes being written down on a task of its own.
+type Marking = tokio::task::JoinHandle<Result<(BatchReport, Option<String>), RelayError>>;
 
 /// A batch whose confirms are in: what remains is to write the outcomes down.
 struct Settled {
@@ -244,12 +251,17 @@ impl Relay {
         self.ensure_publisher().await?;
         let mut published = 0;
         let mut batch = self.claim().await?;
+        // The previous batch's marks, written in the background.
+        let mut marking: Option<Marking> = None;
         // Whether the last claim began after every earlier batch of this drain
         // was marked: only then does an empty claim mean there is nothing left.
         let mut conclusive = true;
         let mut busy_streak = 0;
         loop {
             if batch.rows.is_empty() {
+                if let Some(previous) = marking.take() {
+                    published += self.marked(previous).await?;
+                }
                 if conclusive || shutdown.is_cancelled() {
                     return Ok(published);
                 }
@@ -272,49 +284,83 @@ impl Relay {
                 Ok(publisher) => publisher.start(&batch.rows, &[], write_timeout).await,
                 Err(e) => {
                     self.release(Some(batch)).await;
+                    if let Some(previous) = marking.take() {
+                        let _ = self.marked(previous).await;
+                    }
                     return Err(e);
                 }
             };
             let more = !shutdown.is_cancelled();
-            // The batch is marked as soon as its confirms are in, while the next
-            // one is claimed on another connection. Per-aggregate order holds:
-            // a claim that does not see the marks yet does not see this batch's
-            // rows as published, so it takes no later event of their aggregates;
-            // one that sees them sees events the broker has confirmed.
-            let confirm_timeout = self.settings.confirm_timeout;
-            let (recorded, next) = tokio::join!(
-                async {
-                    let outcomes = in_flight.settle(confirm_timeout).await;
-                    let settled = Settled {
-                        claim: batch,
-                        outcomes,
-                    };
-                    Self::write_outcomes(&self.metrics, &self.settings, settled).await
-                },
-                async { if more { Some(self.claim().await) } else { None } }
-            );
+            // While the broker confirms this batch, the next one is claimed on
+            // another connection.
+            let (outcomes, next) =
+                tokio::join!(in_flight.settle(self.settings.confirm_timeout), async {
+                    if more { Some(self.claim().await) } else { None }
+                });
+            // The batch is marked as soon as its confirms are in, in the
+            // background, while the next one is published. Per-aggregate order
+            // holds: a claim that does not see the marks yet sees the batch's
+            // rows unpublished and takes no later event of their aggregates; one
+            // that sees them sees events the broker has confirmed.
+            let previous = marking.replace(self.mark_in_background(Settled {
+                claim: batch,
+                outcomes,
+            }));
             conclusive = false;
-            let failure = match recorded {
-                Ok((report, None)) => {
-                    published += report.published;
-                    None
-                }
-                Ok((_, Some(lost))) => {
-                    self.disconnect().await;
-                    Some(RelayError::Broker(lost))
-                }
-                Err(e) => Some(e),
+            let failure = match previous {
+                Some(previous) => match self.marked(previous).await {
+                    Ok(count) => {
+                        published += count;
+                        None
+                    }
+                    Err(e) => Some(e),
+                },
+                None => None,
             };
             batch = match (failure, next) {
                 (Some(e), next) => {
                     self.release(next.and_then(Result::ok)).await;
+                    if let Some(current) = marking.take() {
+                        let _ = self.marked(current).await;
+                    }
                     return Err(e);
                 }
-                (None, Some(Err(e))) => return Err(e.into()),
+                (None, Some(Err(e))) => {
+                    if let Some(current) = marking.take() {
+                        let _ = self.marked(current).await;
+                    }
+                    return Err(e.into());
+                }
                 (None, Some(Ok(claim))) => claim,
-                (None, None) => return Ok(published),
+                (None, None) => {
+                    if let Some(current) = marking.take() {
+                        published += self.marked(current).await?;
+                    }
+                    return Ok(published);
+                }
             };
         }
+    }
+
+    /// Writes a settled batch down on a task of its own, so that the relay
+    /// publishes the next batch meanwhile.
+    fn mark_in_background(&self, settled: Settled) -> Marking {
+        let (metrics, settings) = (self.metrics.clone(), self.settings);
+        tokio::spawn(async move { Self::write_outcomes(&metrics, &settings, settled).await })
+    }
+
+    /// Waits for a batch's marks; returns how many events were published. On a
+    /// lost channel, drops the publisher and fails, so that the caller backs off
+    /// and reconnects.
+    async fn marked(&mut self, marking: Marking) -> Result<usize, RelayError> {
+        let (report, lost) = marking
+            .await
+            .map_err(|e| RelayError::Recording(e.to_string()))??;
+        if let Some(reason) = lost {
+            self.disconnect().await;
+            return Err(RelayError::Broker(reason));
+        }
+        Ok(report.published)
     }
 
     /// The deliberately broken drain of `RELAY_UNSAFE_MARK_BEFORE_PUBLISH`: each

@@ -504,3 +504,27 @@ async fn a_transaction_that_commits_after_the_floor_passed_its_row_is_still_publ
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_drain_reports_every_event_it_published() {
+    // Several pipelined batches: each one's marks are written in the background
+    // while the next is published, and each must be counted once.
+    let f = Fixture::new("relay_drain_count").await;
+    f.db.client()
+        .await
+        .execute(
+            "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
+             SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'OrderCreated', 1, '{}'::jsonb
+             FROM generate_series(1, 1234)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut relay = f.relay(RelaySettings {
+        batch_size: 100,
+        ..RelaySettings::default()
+    });
+    let published = relay.drain(&CancellationToken::new()).await.unwrap();
+    assert_eq!(published, 1234);
+    assert_eq!(f.db.unpublished().await, 0);
+}
