@@ -42,6 +42,21 @@ impl Fixture {
         )
     }
 
+    /// Inserts `n` events, each of an aggregate of its own.
+    async fn insert_orders(&self, n: i32) {
+        self.db
+            .client()
+            .await
+            .execute(
+                "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
+                 SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'OrderCreated', 1, '{}'::jsonb
+                 FROM generate_series(1, $1)",
+                &[&n],
+            )
+            .await
+            .unwrap();
+    }
+
     /// Starts consuming the `OrderCreated` queue; every message id received, in
     /// order of arrival, is collected.
     async fn consume(&self) -> Received {
@@ -478,16 +493,7 @@ async fn a_transaction_that_commits_after_the_floor_passed_its_row_is_still_publ
             Instant::now() < deadline,
             "the floor never passed the held row"
         );
-        f.db.client()
-            .await
-            .execute(
-                "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
-                 SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'OrderCreated', 1, '{}'::jsonb
-                 FROM generate_series(1, 5)",
-                &[],
-            )
-            .await
-            .unwrap();
+        f.insert_orders(5).await;
         relay.drain(&shutdown).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -510,16 +516,7 @@ async fn a_drain_reports_every_event_it_published() {
     // Several pipelined batches: each one's marks are written in the background
     // while the next is published, and each must be counted once.
     let f = Fixture::new("relay_drain_count").await;
-    f.db.client()
-        .await
-        .execute(
-            "INSERT INTO outbox (message_id, aggregate_type, aggregate_id, event_type, schema_version, payload)
-             SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'OrderCreated', 1, '{}'::jsonb
-             FROM generate_series(1, 1234)",
-            &[],
-        )
-        .await
-        .unwrap();
+    f.insert_orders(1234).await;
     let mut relay = f.relay(RelaySettings {
         batch_size: 100,
         ..RelaySettings::default()
