@@ -54,7 +54,9 @@ pub fn build_services() -> anyhow::Result<()> {
             command.env_remove(key.as_ref());
         }
     }
-    command.arg("build").arg("--quiet");
+    // Not `--quiet`: on a fresh clone this build takes minutes, and cargo's own
+    // progress (on the inherited stderr) shows that something is happening.
+    command.arg("build");
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
@@ -81,7 +83,8 @@ pub struct Service {
 
 impl Service {
     /// Starts `name` with `env` (on top of this process's environment less `PORT`,
-    /// with the default log filter unless `RUST_LOG` is set) and waits until it logs `listening`.
+    /// with the default log filter unless `RUST_LOG` is set, and JSON logs unless
+    /// `env` sets `LOG_FORMAT`) and waits until it logs `listening`.
     ///
     /// # Panics
     /// When it cannot start or does not listen within 60 s; its output is printed.
@@ -95,6 +98,8 @@ impl Service {
         command
             .env_remove("PORT")
             .env("RUST_LOG", filter)
+            // Callers read the logs as JSON, whatever the developer's shell says.
+            .env("LOG_FORMAT", "json")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -191,13 +196,23 @@ impl Service {
     }
 }
 
-/// The `addr` of a JSON log line whose message is `listening`.
+/// The `addr` of the log line whose message is `listening`: a JSON line, or a
+/// text line (`… plumbing::http: listening addr=0.0.0.0:3333`) when the launcher
+/// asked for text logs.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("message")?.as_str()? != "listening" {
-        return None;
-    }
-    let addr: SocketAddr = value.get("addr")?.as_str()?.parse().ok()?;
+    let addr: SocketAddr = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(value) => {
+            if value.get("message")?.as_str()? != "listening" {
+                return None;
+            }
+            value.get("addr")?.as_str()?.parse().ok()?
+        }
+        Err(_) => {
+            let mut words = line.split_whitespace();
+            words.find(|word| *word == "listening")?;
+            words.next()?.strip_prefix("addr=")?.parse().ok()?
+        }
+    };
     Some(if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
@@ -219,5 +234,15 @@ mod tests {
         );
         assert_eq!(listening_addr(r#"{"message":"starting"}"#), None);
         assert_eq!(listening_addr("not json"), None);
+        let text =
+            "2026-11-27T21:04:11.963112Z  INFO plumbing::http: listening addr=127.0.0.1:3335";
+        assert_eq!(
+            listening_addr(text),
+            Some(SocketAddr::from(([127, 0, 0, 1], 3335)))
+        );
+        assert_eq!(
+            listening_addr("2026-11-27T21:04:11Z  INFO orders_api: not listening yet"),
+            None
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Logs and traces.
 //!
-//! Logs: one JSON object per line on stdout, filtered by `RUST_LOG`; lines inside a
-//! traced operation carry its `trace_id` and `span_id`.
+//! Logs: on stdout, filtered by `RUST_LOG`; lines inside a traced operation carry
+//! its `trace_id` and `span_id`. `LOG_FORMAT` chooses how they are written: `json`
+//! (one JSON object per line), `text` (human-readable), or `auto`, the default: text
+//! when stdout is a terminal, JSON otherwise, so that a person running a binary by
+//! hand can read it while containers, log shippers and the tests get JSON.
 //!
 //! Traces: `tracing` spans become OpenTelemetry spans. The W3C trace context
 //! (`traceparent`, `tracestate`) always propagates, from the HTTP request through the
@@ -13,6 +16,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and
 //! `OTEL_BSP_*`. `OTEL_SDK_DISABLED=true` turns tracing off.
 
+use std::io::IsTerminal as _;
+
 use opentelemetry::{
     Context, Key,
     propagation::{Extractor, TextMapPropagator as _},
@@ -22,6 +27,65 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line: what log shippers and the tests parse.
+    Json,
+    /// Human-readable lines, for a person at a terminal.
+    Text,
+}
+
+/// A `LOG_FORMAT` value that is none of `json`, `text` or `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("LOG_FORMAT={0:?} is not json, text or auto")]
+pub struct UnknownLogFormat(pub String);
+
+impl LogFormat {
+    /// `auto`: text for a person at a terminal, JSON for everything else.
+    #[must_use]
+    pub fn auto(stdout_is_terminal: bool) -> Self {
+        if stdout_is_terminal {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        }
+    }
+
+    /// The `LOG_FORMAT` value that selects this format (`json`, `text`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
+
+    /// The format `LOG_FORMAT` asks for: `json`, `text`, or `auto` (also when
+    /// unset): text when stdout is a terminal, JSON otherwise. JSON stays the
+    /// default for anything that is not a person's terminal, because machines read
+    /// those lines.
+    ///
+    /// # Errors
+    /// [`UnknownLogFormat`] for any other value (the caller falls back to `auto`
+    /// and says so, rather than refusing to start over a log setting).
+    pub fn choose(
+        setting: Option<&str>,
+        stdout_is_terminal: bool,
+    ) -> Result<Self, UnknownLogFormat> {
+        let auto = Self::auto(stdout_is_terminal);
+        let Some(setting) = setting.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(auto);
+        };
+        match setting.to_ascii_lowercase().as_str() {
+            "auto" => Ok(auto),
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            _ => Err(UnknownLogFormat(setting.to_owned())),
+        }
+    }
+}
 
 /// Most links one span keeps (a relay batch links every event it publishes).
 const MAX_LINKS_PER_SPAN: u32 = 4096;
@@ -115,9 +179,9 @@ fn provider(service: &'static str) -> (SdkTracerProvider, Export) {
     }
 }
 
-/// Installs the global subscriber (JSON logs, and traces unless
-/// `OTEL_SDK_DISABLED=true`) and the W3C propagator. `RUST_LOG` selects levels
-/// (default `info`).
+/// Installs the global subscriber (logs in the format `LOG_FORMAT` chooses, see
+/// [`LogFormat::choose`], and traces unless `OTEL_SDK_DISABLED=true`) and the W3C
+/// propagator. `RUST_LOG` selects levels (default `info`).
 ///
 /// Calling it twice is harmless: the second call leaves the first subscriber.
 #[must_use]
@@ -127,12 +191,22 @@ pub fn init(service: &'static str) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
-    let json = fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(true);
+    let terminal = std::io::stdout().is_terminal();
+    let (format, unknown_format) =
+        match LogFormat::choose(crate::config::var("LOG_FORMAT").as_deref(), terminal) {
+            Ok(format) => (format, None),
+            Err(unknown) => (LogFormat::auto(terminal), Some(unknown)),
+        };
+    let json = (format == LogFormat::Json).then(|| {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+    });
+    // Colours only for a terminal: `LOG_FORMAT=text` into a file stays plain.
+    let text = (format == LogFormat::Text).then(|| fmt::layer().with_ansi(terminal));
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let (provider, export) = if disabled {
         (None, Export::Disabled)
@@ -146,6 +220,7 @@ pub fn init(service: &'static str) -> Telemetry {
     if tracing_subscriber::registry()
         .with(filter)
         .with(json)
+        .with(text)
         .with(traces)
         .try_init()
         .is_ok()
@@ -156,6 +231,9 @@ pub fn init(service: &'static str) -> Telemetry {
             traces = export.describe(),
             "starting"
         );
+        if let Some(unknown) = unknown_format {
+            tracing::warn!(error = %unknown, "logging in the automatic format");
+        }
         if let Export::Failed(problem) = export {
             tracing::error!(
                 error = problem,
@@ -271,6 +349,43 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_format_is_text_on_a_terminal_and_json_otherwise_unless_chosen() {
+        // Arrange: every setting, on a terminal and not.
+        let cases = [
+            (None, true, LogFormat::Text),
+            (None, false, LogFormat::Json),
+            (Some(""), true, LogFormat::Text),
+            (Some("  "), false, LogFormat::Json),
+            (Some("auto"), true, LogFormat::Text),
+            (Some("auto"), false, LogFormat::Json),
+            (Some("json"), true, LogFormat::Json),
+            (Some("JSON"), false, LogFormat::Json),
+            (Some("text"), false, LogFormat::Text),
+            (Some(" Text "), true, LogFormat::Text),
+        ];
+        for (setting, terminal, expected) in cases {
+            // Act
+            let chosen = LogFormat::choose(setting, terminal);
+            // Assert
+            assert_eq!(
+                chosen,
+                Ok(expected),
+                "LOG_FORMAT={setting:?}, terminal {terminal}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_log_format_is_refused_with_its_value() {
+        let chosen = LogFormat::choose(Some("xml"), false);
+        assert_eq!(chosen, Err(UnknownLogFormat("xml".into())));
+        assert_eq!(
+            chosen.unwrap_err().to_string(),
+            r#"LOG_FORMAT="xml" is not json, text or auto"#
+        );
+    }
 
     #[test]
     fn a_traceparent_round_trips_and_garbage_is_ignored() {

@@ -5,8 +5,10 @@
 //! The services read their usual environment (`DATABASE_URL` excepted, see
 //! below), so `BROKER_URL`, `RUST_LOG` and the rest can be set as for production.
 //! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases.
+//! Their logs are human-readable text when this launcher's output is a terminal
+//! (JSON otherwise); `LOG_FORMAT` chooses, as for the services themselves.
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use devkit::process::Service;
 
@@ -27,14 +29,37 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     // Installed first, so that an early Ctrl-C still stops the services cleanly.
     let stop = plumbing::shutdown::on_signal();
-    devkit::process::build_services()?;
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let orders_db = std::env::var("ORDERS_DATABASE_URL").unwrap_or_else(|_| ORDERS_DB.into());
     let invoices_db = std::env::var("INVOICES_DATABASE_URL").unwrap_or_else(|_| INVOICES_DB.into());
+    // Before the build: a server that is not running is said at once, not after
+    // the binaries have been linked.
     check_reachable(&orders_db).await?;
+    println!("pipeline: building orders-api, outbox-relay and invoices-worker ({profile})");
+    devkit::process::build_services()?;
 
-    let api = Service::spawn("orders-api", &[("DATABASE_URL", orders_db.clone())], true).await;
-    let relay = Service::spawn("outbox-relay", &[("DATABASE_URL", orders_db)], true).await;
-    let worker = Service::spawn("invoices-worker", &[("DATABASE_URL", invoices_db)], true).await;
+    // The services' stdout is a pipe to this process, so their own `auto` would
+    // pick JSON: decide for them from where their lines end up, our stdout.
+    let log_format = plumbing::config::var("LOG_FORMAT").unwrap_or_else(|| {
+        let terminal = std::io::stdout().is_terminal();
+        plumbing::telemetry::LogFormat::auto(terminal)
+            .name()
+            .to_owned()
+    });
+    let env = |database_url: &str| {
+        [
+            ("DATABASE_URL", database_url.to_owned()),
+            ("LOG_FORMAT", log_format.clone()),
+        ]
+    };
+    println!("pipeline: starting the services (migrations first; databases created if missing)");
+    let api = Service::spawn("orders-api", &env(&orders_db), true).await;
+    let relay = Service::spawn("outbox-relay", &env(&orders_db), true).await;
+    let worker = Service::spawn("invoices-worker", &env(&invoices_db), true).await;
     println!(
         "\npipeline running: orders-api {} · outbox-relay {} · invoices-worker {}\n\
          try:  curl -i -X POST {}/orders -H 'content-type: application/json' -d '{{\"amount\": 29.99}}'\n\
