@@ -141,7 +141,7 @@ fn compose_dockerfile_and_prometheus_match_the_binaries() {
         if let Some(ports) = service["ports"].as_vec() {
             let ports: Vec<String> = ports.iter().map(text).collect();
             assert!(
-                ports.contains(&format!("{port}:{port}")),
+                ports.iter().any(|p| p.ends_with(&format!(":{port}"))),
                 "{name}: ports {ports:?}"
             );
         }
@@ -171,6 +171,42 @@ fn compose_dockerfile_and_prometheus_match_the_binaries() {
         "images run as a non-root user"
     );
     assert!(dockerfile.contains("STOPSIGNAL SIGTERM"));
+}
+
+#[test]
+fn compose_publishes_on_loopback_only_and_hides_kongs_admin_api() {
+    let compose = yaml("docker-compose.yml");
+    let mut published = 0;
+    for (name, service) in compose["services"].as_hash().unwrap() {
+        let name = text(name);
+        for port in service["ports"].as_vec().into_iter().flatten() {
+            let port = text(port);
+            // host address : host port (a variable with the usual default) : container port
+            let parts: Vec<&str> = port.splitn(2, ':').collect();
+            assert_eq!(
+                parts[0], "127.0.0.1",
+                "{name} publishes {port} beyond loopback"
+            );
+            let container = port.rsplit(':').next().unwrap();
+            let host = &parts[1][..parts[1].len() - container.len() - 1];
+            assert!(
+                host.starts_with("${") && host.ends_with(&format!(":-{container}}}")),
+                "{name}: host port of {port} is not a variable defaulting to {container}"
+            );
+            assert_ne!(container, "8001", "{name} publishes Kong's admin API");
+            published += 1;
+        }
+    }
+    assert!(
+        published >= 5,
+        "the premise: compose publishes ports ({published})"
+    );
+    let kong = mapping(&compose["services"]["kong"]["environment"]);
+    assert!(
+        kong["KONG_ADMIN_LISTEN"].starts_with("127.0.0.1:"),
+        "Kong's admin API listens inside its container only: {}",
+        kong["KONG_ADMIN_LISTEN"]
+    );
 }
 
 #[test]
