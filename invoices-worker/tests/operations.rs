@@ -135,7 +135,7 @@ async fn a_database_cut_acks_nothing_uncommitted_and_recovers() {
     let db = TestDatabase::migrated("worker_cut", Database::Invoices).await;
     let broker = TestBroker::new();
     broker.declare().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     let events: Vec<(Uuid, OrderCreatedV1)> =
         (1..=50).map(|i| (Uuid::now_v7(), event(i))).collect();
     proxy.cut();
@@ -186,7 +186,7 @@ async fn a_message_that_always_fails_transiently_ends_in_the_dlq_and_can_be_requ
     let db = TestDatabase::migrated("worker_limit", Database::Invoices).await;
     let broker = TestBroker::new();
     broker.declare().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     proxy.cut();
     // One attempt per delivery: every delivery hands the message back at once.
     let settings = WorkerSettings {

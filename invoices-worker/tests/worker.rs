@@ -248,7 +248,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason() {
 
 #[tokio::test]
 async fn a_database_outage_is_retried_not_dead_lettered() {
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     let f = Fixture::start_via(Some(&proxy)).await;
     let e = event(777);
 

@@ -445,7 +445,7 @@ async fn health_is_plain_ok_and_ready_checks_the_database() {
 #[tokio::test]
 async fn database_outage_is_a_quick_503_then_recovers() {
     let db = TestDatabase::create("api_outage").await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     let app = TestApp::spawn_with(db, Some(&proxy)).await;
     let (status, _, _) = app.post(r#"{"amount": 1}"#).await;
     assert_eq!(status, StatusCode::CREATED);

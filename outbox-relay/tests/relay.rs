@@ -332,11 +332,8 @@ async fn a_notification_wakes_an_idle_relay_at_once() {
 #[tokio::test]
 async fn broker_outage_loses_nothing() {
     let f = Fixture::new().await;
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
-    let via_proxy = f
-        .broker
-        .url
-        .replace("127.0.0.1:5672", &proxy.addr.to_string());
+    let proxy = TcpProxy::start(&devkit::broker::server_addr()).await;
+    let via_proxy = devkit::swap_host(&f.broker.url, proxy.addr);
     let relay = f.relay_with(
         &via_proxy,
         RelaySettings {
