@@ -24,7 +24,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
         &NewOrder {
             id: uuid::Uuid::now_v7(),
             amount: Amount::from_cents(1234).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
         },
         &RequestContext::default(),
     )
@@ -112,7 +112,7 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
             &NewOrder {
                 id: uuid::Uuid::now_v7(),
                 amount: Amount::from_cents(cents).unwrap(),
-                currency: "BRL".into(),
+                currency: contracts::Currency::BRL,
             },
             &RequestContext::default(),
         )

@@ -51,7 +51,7 @@ impl Fixture {
         let new = NewOrder {
             id: Uuid::now_v7(),
             amount: Amount::from_cents(cents).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
         };
         let context = RequestContext {
             request_id: Some(format!("req-{cents}")),
