@@ -256,7 +256,14 @@ async fn a_database_outage_is_retried_not_dead_lettered() {
     f.broker
         .publish_raw(&body(&e), properties(&Uuid::now_v7().to_string()))
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The premise: the worker has the message and has failed to store it, twice,
+    // while the database was away.
+    eventually(
+        Duration::from_secs(10),
+        "two failed attempts to store the message",
+        || async { (f.stats.retries.get() >= 2).then_some(()) },
+    )
+    .await;
     assert!(f.invoices().await.is_empty());
     assert_eq!(
         f.broker

@@ -627,14 +627,24 @@ async fn the_committed_openapi_document_is_what_the_server_serves() {
 }
 
 /// Sends `head` and then `body` byte by byte, `gap` apart, on a raw connection;
-/// returns the status line and the body of the answer.
-async fn trickle(addr: &str, head: &str, body: &[u8], gap: Duration) -> (String, String) {
+/// returns the status line and the body of the answer. `started` is signalled
+/// once the head and the first byte of the body are sent.
+async fn trickle(
+    addr: &str,
+    head: &str,
+    body: &[u8],
+    gap: Duration,
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+) -> (String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
-    for byte in body {
+    for (i, byte) in body.iter().enumerate() {
         if stream.write_all(&[*byte]).await.is_err() {
             break; // the server answered and closed: fine
+        }
+        if i == 0 {
+            let _ = started.send(());
         }
         tokio::time::sleep(gap).await;
     }
@@ -693,15 +703,21 @@ async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
         "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    let (started, mut trickling) = tokio::sync::mpsc::unbounded_channel();
     let slow: Vec<_> = (0..20)
         .map(|_| {
-            let (addr, head) = (addr.clone(), head.clone());
-            tokio::spawn(
-                async move { trickle(&addr, &head, body, Duration::from_millis(400)).await },
-            )
+            let (addr, head, started) = (addr.clone(), head.clone(), started.clone());
+            tokio::spawn(async move {
+                trickle(&addr, &head, body, Duration::from_millis(400), started).await
+            })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The premise: all twenty are sending their bodies when health is asked.
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(5), trickling.recv())
+            .await
+            .expect("a slow client did not get its request going within 5 s");
+    }
     let health = app
         .http
         .get(format!("{}/health", app.base))
@@ -713,6 +729,10 @@ async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
         health.status(),
         200,
         "health while slow clients hold connections"
+    );
+    assert!(
+        slow.iter().all(|task| !task.is_finished()),
+        "every slow client still holds its connection"
     );
     for task in slow {
         let (status, body) = task.await.unwrap();

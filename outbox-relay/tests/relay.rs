@@ -31,9 +31,19 @@ impl Fixture {
     }
 
     fn relay_with(&self, broker_url: &str, settings: RelaySettings) -> Relay {
+        self.relay_on(self.db.pool(), broker_url, settings)
+    }
+
+    /// A relay on `pool` (which the test can watch).
+    fn relay_on(
+        &self,
+        pool: deadpool_postgres::Pool,
+        broker_url: &str,
+        settings: RelaySettings,
+    ) -> Relay {
         let config = plumbing::db::parse_url(&self.db.url).unwrap();
         Relay::new(
-            self.db.pool(),
+            pool,
             config,
             broker_url.to_owned(),
             self.broker.topology.clone(),
@@ -285,7 +295,9 @@ async fn a_notification_wakes_an_idle_relay_at_once() {
     let mut seen = f.broker.watch(&f.broker.topology.order_created_queue).await;
     // A poll interval far longer than the test: only a notification can explain a
     // quick publish.
-    let relay = f.relay_with(
+    let pool = f.db.pool();
+    let relay = f.relay_on(
+        pool.clone(),
         &f.broker.url,
         RelaySettings {
             poll_interval: Duration::from_secs(600),
@@ -310,7 +322,18 @@ async fn a_notification_wakes_an_idle_relay_at_once() {
         (listening > 0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The premise: the relay's first scan of the outbox is over, so an order
+    // written now is not in it. The scan is the relay's first use of its pool
+    // and gives its connection back when it ends.
+    eventually(
+        Duration::from_secs(10),
+        "the relay's first scan to end",
+        || async {
+            let status = pool.status();
+            (status.size > 0 && status.available == status.size).then_some(())
+        },
+    )
+    .await;
 
     let started = Instant::now();
     let (_, message_id) = f.order(500).await;
@@ -355,7 +378,15 @@ async fn broker_outage_loses_nothing() {
     for cents in 2..=21 {
         f.order(cents).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The premise: the relay, with the events waiting, went on trying to reach
+    // the broker (two reconnects refused after the last event was written).
+    let refused = proxy.refused();
+    eventually(
+        Duration::from_secs(5),
+        "the relay to try the broker twice more",
+        || async { (proxy.refused() >= refused + 2).then_some(()) },
+    )
+    .await;
     assert_eq!(
         f.unpublished().await,
         20,
