@@ -189,6 +189,97 @@ async fn unroutable_event_stays_unpublished_with_its_error() {
 }
 
 #[tokio::test]
+async fn a_nacked_event_stays_unpublished_and_counts_as_nacked() {
+    use lapin::{
+        options::{QueueBindOptions, QueueDeclareOptions},
+        types::{FieldTable, LongString},
+    };
+    use outbox_relay::metrics::{FailureLabels, FailureReason};
+
+    let f = Fixture::new().await;
+    let mut relay = f.relay();
+    relay.ensure_publisher().await.unwrap();
+    // The only queue bound for OrderCreated is full from the start and refuses
+    // what it cannot take: RabbitMQ routes the message there and nacks it.
+    f.broker.unbind_order_created().await;
+    let channel = f.broker.channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let full = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            full.name().clone(),
+            f.broker.topology.exchange.as_str().into(),
+            contracts::EventType::OrderCreated.routing_key().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    f.order(100).await;
+
+    let report = relay.run_once().await.unwrap();
+
+    assert_eq!(
+        (
+            report.claimed,
+            report.published,
+            report.rejected,
+            report.lost
+        ),
+        (1, 0, 1, 0)
+    );
+    let failures = |reason| {
+        relay
+            .metrics()
+            .failures
+            .get_or_create(&FailureLabels { reason })
+            .get()
+    };
+    assert_eq!(failures(FailureReason::Nacked), 1);
+    assert_eq!(
+        failures(FailureReason::Returned)
+            + failures(FailureReason::Invalid)
+            + failures(FailureReason::Lost),
+        0
+    );
+    let row =
+        f.db.client()
+            .await
+            .query_one(
+                "SELECT published_at IS NULL, attempts, last_error FROM outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "a nacked event is not marked published"
+    );
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert!(
+        row.get::<_, String>(2).contains("nacked"),
+        "{}",
+        row.get::<_, String>(2)
+    );
+}
+
+#[tokio::test]
 async fn a_failing_event_blocks_only_its_own_aggregate() {
     let f = Fixture::new().await;
     let mut seen = f.broker.watch(&f.broker.topology.order_created_queue).await;
