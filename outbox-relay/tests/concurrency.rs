@@ -467,7 +467,7 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
             let claimed = claims_of(&victim).await;
             eventually(
                 Duration::from_secs(5),
-                "the victim to claim again",
+                "the victim to claim again (it was not caught holding a claim yet)",
                 || async { (claims_of(&victim).await > claimed).then_some(()) },
             )
             .await;
