@@ -148,7 +148,7 @@ pub(crate) async fn sample_event(db: &TestDatabase) -> (serde_json::Value, serde
         &NewOrder {
             id: uuid::Uuid::now_v7(),
             amount: Amount::from_cents(2999).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
         },
         &RequestContext {
             request_id: Some(uuid::Uuid::new_v4().to_string()),
@@ -254,7 +254,7 @@ async fn latency(
         let new = NewOrder {
             id: uuid::Uuid::now_v7(),
             amount: Amount::from_cents(100 + i64::try_from(i).unwrap()).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
         };
         orders_api::store::create_order(&pool, &new, &RequestContext::default())
             .await

@@ -4,10 +4,12 @@
 //! queues and routing keys, the AMQP header names, the events and their decoding.
 //! This crate does no I/O; the services translate to and from AMQP with these types.
 
+pub mod currency;
 pub mod event;
 pub mod headers;
 pub mod topology;
 
+pub use currency::{Currency, CurrencyError};
 pub use event::{DecodeError, Event, EventType, InboundMessage, OrderCreatedV1};
 pub use topology::Topology;
 

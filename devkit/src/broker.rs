@@ -21,6 +21,12 @@ pub fn broker_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// `host:port` of the broker (for a fault proxy in front of it).
+#[must_use]
+pub fn server_addr() -> String {
+    crate::server_addr(&broker_url(), 5672)
+}
+
 /// A namespace of broker objects for one test.
 pub struct TestBroker {
     /// Broker URL.
@@ -149,6 +155,38 @@ impl TestBroker {
             }
             sent += chunk;
         }
+    }
+
+    /// Publishes an empty marker with a fresh message id (returned) to the
+    /// exchange under the routing key `test.marker`, which only taps
+    /// ([`Self::tap`]) receive. A queue delivers in order: once a tap receives the
+    /// marker it has received everything confirmed to the exchange before it, so
+    /// the marker proves that nothing else is coming.
+    pub async fn publish_marker(&self) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.publish_to(
+            &self.topology.exchange,
+            "test.marker",
+            b"",
+            BasicProperties::default().with_message_id(id.as_str().into()),
+        )
+        .await;
+        id
+    }
+
+    /// Publishes an empty marker with a fresh message id (returned) straight to
+    /// `queue`: once its consumer receives it, it has received everything
+    /// confirmed to the queue before it (see [`Self::publish_marker`]).
+    pub async fn publish_marker_to_queue(&self, queue: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.publish_to(
+            "",
+            queue,
+            b"",
+            BasicProperties::default().with_message_id(id.as_str().into()),
+        )
+        .await;
+        id
     }
 
     /// Publishes raw bytes straight to `queue` through the default exchange, as a

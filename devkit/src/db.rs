@@ -9,6 +9,12 @@ pub fn server_url() -> String {
     std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// `host:port` of the server (for a fault proxy in front of it).
+#[must_use]
+pub fn server_addr() -> String {
+    crate::server_addr(&server_url(), 5432)
+}
+
 /// A database created for one test; dropped (with `FORCE`) on drop.
 pub struct TestDatabase {
     /// Its name.

@@ -12,7 +12,7 @@ pub fn order_created(cents: i64) -> OrderCreatedV1 {
     OrderCreatedV1 {
         order_id: uuid::Uuid::now_v7(),
         amount_cents: cents,
-        currency: "BRL".into(),
+        currency: contracts::Currency::BRL,
         created_at: time::OffsetDateTime::now_utc(),
     }
 }

@@ -165,9 +165,24 @@ impl Service {
 
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGSTOP: the process is frozen (its sockets stay open, it does
+    /// nothing) until [`Self::resume`] or a kill.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Sends SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([signal, &pid.to_string()])
                 .status();
         }
     }

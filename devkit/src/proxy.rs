@@ -42,6 +42,8 @@ pub struct TcpProxy {
     /// Bumped to reset every open connection.
     generation: watch::Sender<u64>,
     latency_micros: Arc<AtomicU64>,
+    /// Connections refused while down.
+    refused: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -54,14 +56,17 @@ impl TcpProxy {
         let (mode, _) = watch::channel(Mode::Up);
         let (generation, _) = watch::channel(0_u64);
         let latency_micros = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
         let accept = {
             let mode = mode.clone();
             let generation = generation.clone();
             let latency = latency_micros.clone();
+            let refused = refused.clone();
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if *mode.borrow() == Mode::Down {
                         drop(client);
+                        refused.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
                     let cut = generation.subscribe();
@@ -77,8 +82,16 @@ impl TcpProxy {
             mode,
             generation,
             latency_micros,
+            refused,
             accept,
         }
+    }
+
+    /// How many connections were refused while the proxy was down: a client
+    /// that kept trying to reach the server through it.
+    #[must_use]
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Resets every open connection and refuses new ones: a network cut.

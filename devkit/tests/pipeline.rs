@@ -24,7 +24,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
         &NewOrder {
             id: uuid::Uuid::now_v7(),
             amount: Amount::from_cents(1234).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
         },
         &RequestContext::default(),
     )
@@ -112,7 +112,7 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
             &NewOrder {
                 id: uuid::Uuid::now_v7(),
                 amount: Amount::from_cents(cents).unwrap(),
-                currency: "BRL".into(),
+                currency: contracts::Currency::BRL,
             },
             &RequestContext::default(),
         )
@@ -164,18 +164,21 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
         batch: 100,
         confirm_timeout: Duration::from_secs(5),
     };
+    let metrics = outbox_relay::metrics::RelayMetrics::new();
     let report = replay(
         &orders.pool(),
         &broker.url,
         &broker.topology,
         &filter,
         options,
+        &metrics,
         |_| {},
     )
     .await
     .unwrap();
 
     assert_eq!((report.matched, report.published), (2, 2));
+    assert_eq!(metrics.replayed.get(), 2, "replayed events are counted");
     let mut again = Vec::new();
     for _ in 0..2 {
         let d = tokio::time::timeout(Duration::from_secs(5), tap.recv())
@@ -224,15 +227,24 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
             dry_run: true,
             ..options
         },
+        &metrics,
         |_| {},
     )
     .await
     .unwrap();
     assert_eq!((dry.matched, dry.published), (4, 0));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), tap.recv())
-            .await
-            .is_err()
+    assert_eq!(metrics.replayed.get(), 2, "a dry run replays nothing");
+    // Nothing reached the exchange: the next message a tap gets is a marker sent
+    // after the dry run (a queue delivers in order).
+    let marker = broker.publish_marker().await;
+    let next = tokio::time::timeout(Duration::from_secs(5), tap.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.properties.message_id().as_ref().map(|id| id.as_str()),
+        Some(marker.as_str()),
+        "the dry run published something"
     );
     worker.stop().await;
 }

@@ -135,7 +135,7 @@ async fn a_database_cut_acks_nothing_uncommitted_and_recovers() {
     let db = TestDatabase::migrated("worker_cut", Database::Invoices).await;
     let broker = TestBroker::new();
     broker.declare().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     let events: Vec<(Uuid, OrderCreatedV1)> =
         (1..=50).map(|i| (Uuid::now_v7(), event(i))).collect();
     proxy.cut();
@@ -186,7 +186,7 @@ async fn a_message_that_always_fails_transiently_ends_in_the_dlq_and_can_be_requ
     let db = TestDatabase::migrated("worker_limit", Database::Invoices).await;
     let broker = TestBroker::new();
     broker.declare().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     proxy.cut();
     // One attempt per delivery: every delivery hands the message back at once.
     let settings = WorkerSettings {
@@ -275,4 +275,80 @@ async fn purge_keeps_dedupe_records_inside_the_window() {
 
     assert_eq!(purged, 25);
     assert_eq!(db.count("processed_messages").await, 10);
+}
+
+/// `GET /ready` of the service on `port`: (status, body).
+async fn ready(port: u16) -> (u16, String) {
+    let response = devkit::http_client()
+        .get(format!("http://127.0.0.1:{port}/ready"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Waits until `/ready` answers `status`; returns the body.
+async fn ready_becomes(port: u16, status: u16, what: &str) -> String {
+    eventually(Duration::from_secs(10), what, || async {
+        let (got, body) = ready(port).await;
+        (got == status).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ready_only_while_the_database_and_the_broker_answer() {
+    use invoices_worker::{config::Config, startup::Application};
+    use plumbing::{
+        cli::Service as _,
+        config::{BrokerConfig, ServiceConfig},
+        db::PoolOptions,
+    };
+
+    let db = TestDatabase::migrated("worker_ready", Database::Invoices).await;
+    let broker = TestBroker::new();
+    let db_proxy = TcpProxy::start(&devkit::db::server_addr()).await;
+    let broker_proxy = TcpProxy::start(&devkit::broker::server_addr()).await;
+    let config = Config {
+        service: ServiceConfig {
+            database_url: db.url_via(db_proxy.addr),
+            host: "127.0.0.1".into(),
+            port: 0,
+            pool: PoolOptions {
+                max_size: 2,
+                wait_timeout: Duration::from_millis(500),
+            },
+            migrate_on_start: true,
+        },
+        broker: BrokerConfig {
+            url: devkit::swap_host(&broker.url, broker_proxy.addr),
+            namespace: broker.namespace.clone(),
+        },
+        worker: WorkerSettings::default(),
+        dedupe_retention: Duration::from_secs(86_400),
+        purge_interval: Duration::from_secs(3_600),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app = Application::build(&config, &shutdown).await.unwrap();
+    let port = app.port().unwrap();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    ready_becomes(port, 200, "the worker to be ready").await;
+
+    broker_proxy.cut();
+    let body = ready_becomes(port, 503, "not ready without the broker").await;
+    assert!(body.contains("broker"), "{body}");
+    assert!(!body.contains("database"), "{body}");
+    broker_proxy.restore();
+    ready_becomes(port, 200, "ready again with the broker back").await;
+
+    db_proxy.cut();
+    let body = ready_becomes(port, 503, "not ready without the database").await;
+    assert!(body.contains("database"), "{body}");
+    db_proxy.restore();
+    ready_becomes(port, 200, "ready again with the database back").await;
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

@@ -43,7 +43,7 @@ impl OutboxEvent {
         let event = Event::OrderCreatedV1(OrderCreatedV1 {
             order_id: order.id,
             amount_cents: order.amount.cents(),
-            currency: order.currency.clone(),
+            currency: order.currency,
             created_at: order.created_at,
         });
         let mut headers = Map::new();
@@ -92,7 +92,7 @@ mod tests {
         let order = Order {
             id: Uuid::nil(),
             amount: Amount::from_cents(2999).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
             created_at: time::macros::datetime!(2026-11-27 10:00 UTC),
         };
         let ctx = RequestContext {

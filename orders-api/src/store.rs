@@ -147,7 +147,7 @@ fn prepare(new: &NewOrder, context: &RequestContext) -> (Order, OutboxEvent) {
     let order = Order {
         id: new.id,
         amount: new.amount,
-        currency: new.currency.clone(),
+        currency: new.currency,
         created_at: now_micros(),
     };
     // The key row makes sure a key yields one order and one event; the event keeps
@@ -188,7 +188,7 @@ async fn insert_statement(
     let base: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &order.id,
         &order.amount.cents(),
-        &order.currency,
+        &order.currency.as_str(),
         &order.created_at,
         &event.message_id,
         &event.aggregate_type,
@@ -269,10 +269,16 @@ pub async fn find_order(pool: &Pool, id: Uuid) -> Result<Option<Order>, ApiError
             "stored order {id} has an invalid amount: {e}"
         ))
     })?;
+    let currency =
+        contracts::Currency::try_from(row.try_get::<_, &str>("currency")?).map_err(|e| {
+            ApiError::Internal(
+                anyhow::Error::new(e).context(format!("stored order {id} has an invalid currency")),
+            )
+        })?;
     Ok(Some(Order {
         id: row.try_get("id")?,
         amount,
-        currency: row.try_get("currency")?,
+        currency,
         created_at: row.try_get("created_at")?,
     }))
 }

@@ -445,7 +445,7 @@ async fn health_is_plain_ok_and_ready_checks_the_database() {
 #[tokio::test]
 async fn database_outage_is_a_quick_503_then_recovers() {
     let db = TestDatabase::create("api_outage").await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     let app = TestApp::spawn_with(db, Some(&proxy)).await;
     let (status, _, _) = app.post(r#"{"amount": 1}"#).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -626,28 +626,65 @@ async fn the_committed_openapi_document_is_what_the_server_serves() {
     }
 }
 
-/// Sends `head` and then `body` byte by byte, `gap` apart, on a raw connection;
-/// returns the status line and the body of the answer.
-async fn trickle(addr: &str, head: &str, body: &[u8], gap: Duration) -> (String, String) {
+/// What a slow client got.
+struct Trickled {
+    /// The status line.
+    status: String,
+    /// The body.
+    body: String,
+    /// When the first byte of the answer arrived.
+    answered_at: Instant,
+}
+
+/// Sends `head` and then `body` byte by byte, `gap` apart, on a raw connection,
+/// while reading the answer. `started` is signalled once the head and the first
+/// byte of the body are sent.
+async fn trickle(
+    addr: &str,
+    head: &str,
+    body: &[u8],
+    gap: Duration,
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Trickled {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    for byte in body {
-        if stream.write_all(&[*byte]).await.is_err() {
-            break; // the server answered and closed: fine
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let write = async {
+        writer.write_all(head.as_bytes()).await.unwrap();
+        for (i, byte) in body.iter().enumerate() {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break; // the server answered and closed: fine
+            }
+            if i == 0 {
+                let _ = started.send(());
+            }
+            tokio::time::sleep(gap).await;
         }
-        tokio::time::sleep(gap).await;
-    }
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    };
+    let read = async {
+        let mut answer = vec![0_u8; 1];
+        let first = tokio::time::timeout(Duration::from_secs(20), reader.read_exact(&mut answer))
+            .await
+            .expect("no answer within 20 s");
+        let answered_at = Instant::now();
+        if first.is_err() {
+            answer.clear();
+        }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+        (answer, answered_at)
+    };
+    let ((), (answer, answered_at)) = tokio::join!(write, read);
     let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.lines().next().unwrap_or_default().to_owned();
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
+    Trickled {
+        status: answer.lines().next().unwrap_or_default().to_owned(),
+        body: answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned(),
+        answered_at,
+    }
 }
 
 #[tokio::test]
@@ -693,15 +730,21 @@ async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
         "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    let (started, mut trickling) = tokio::sync::mpsc::unbounded_channel();
     let slow: Vec<_> = (0..20)
         .map(|_| {
-            let (addr, head) = (addr.clone(), head.clone());
-            tokio::spawn(
-                async move { trickle(&addr, &head, body, Duration::from_millis(400)).await },
-            )
+            let (addr, head, started) = (addr.clone(), head.clone(), started.clone());
+            tokio::spawn(async move {
+                trickle(&addr, &head, body, Duration::from_millis(400), started).await
+            })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The premise: all twenty are sending their bodies when health is asked.
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(5), trickling.recv())
+            .await
+            .expect("a slow client did not get its request going within 5 s");
+    }
     let health = app
         .http
         .get(format!("{}/health", app.base))
@@ -709,15 +752,25 @@ async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
         .send()
         .await
         .unwrap();
+    let health_answered = Instant::now();
     assert_eq!(
         health.status(),
         200,
         "health while slow clients hold connections"
     );
     for task in slow {
-        let (status, body) = task.await.unwrap();
+        let Trickled {
+            status,
+            body,
+            answered_at,
+        } = task.await.unwrap();
         assert!(status.contains(" 408 "), "{status}: {body}");
         assert!(body.contains("request_timeout"), "{body}");
+        // The premise: this client still held its request while health was served.
+        assert!(
+            answered_at > health_answered,
+            "a slow client was answered before health was"
+        );
     }
     assert_eq!(app.rows().await, (0, 0), "a rejected request wrote rows");
     let (status, _, order) = app.post(r#"{"amount": 12.34}"#).await;

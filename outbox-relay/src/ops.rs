@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     config::Config,
+    metrics::RelayMetrics,
     replay::{self, ReplayOptions},
     store::{
         self, BacklogStats, BlockedEvent, ReplayFilter, ReplayRecord, RunningRelay, Selection,
@@ -166,12 +167,15 @@ pub async fn run_replay(
         batch: config.relay.batch_size,
         confirm_timeout: config.relay.confirm_timeout,
     };
+    // A command's own counters: nothing scrapes them, the summary below reports.
+    let metrics = RelayMetrics::new();
     let report = replay::replay(
         &pool,
         &config.broker.url,
         &config.broker.topology(),
         &filter,
         options,
+        &metrics,
         |row| {
             if dry_run {
                 println!(

@@ -13,6 +13,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use crate::{
+    metrics::RelayMetrics,
     publisher::{Outcome, Publisher},
     store::{self, OutboxRow, ReplayFilter, StoreError},
 };
@@ -70,6 +71,7 @@ pub enum ReplayError {
 }
 
 /// Runs a replay; `on_event` sees every matching event (a dry run prints them).
+/// Each event the broker confirms is counted in `metrics.replayed`.
 ///
 /// # Errors
 /// [`ReplayError`]; what was re-published before the error stays recorded.
@@ -79,6 +81,7 @@ pub async fn replay(
     topology: &Topology,
     filter: &ReplayFilter,
     options: ReplayOptions,
+    metrics: &RelayMetrics,
     mut on_event: impl FnMut(&OutboxRow),
 ) -> Result<ReplayReport, ReplayError> {
     let replay_id = store::start_replay(pool, filter, options.dry_run).await?;
@@ -111,7 +114,10 @@ pub async fn replay(
                     .await;
                 for (row, outcome) in chunk.iter().zip(outcomes) {
                     match outcome {
-                        Outcome::Confirmed => published += 1,
+                        Outcome::Confirmed => {
+                            published += 1;
+                            metrics.replayed.inc();
+                        }
                         Outcome::Rejected(reason) | Outcome::Lost(reason) => {
                             store::update_replay(pool, replay_id, matched, published, false)
                                 .await?;

@@ -158,15 +158,29 @@ impl Received {
             .len()
     }
 
-    /// Waits (at most `timeout`) until `n` distinct ids are in, then ~300 ms more
-    /// for stragglers (duplicates, extras); returns everything received.
-    async fn collect(&self, n: usize, timeout: Duration) -> Vec<Uuid> {
+    /// Waits (at most `timeout`) until `n` distinct ids are in, then for a marker
+    /// sent to the queue after them: whatever was confirmed to the queue before
+    /// it (stragglers, duplicates) is in when it is. Returns everything received
+    /// but the marker. Call it once every publisher has stopped.
+    async fn collect(&self, broker: &TestBroker, n: usize, timeout: Duration) -> Vec<Uuid> {
         let deadline = Instant::now() + timeout;
         while self.distinct() < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.ids.lock().unwrap().clone()
+        let marker: Uuid = broker
+            .publish_marker_to_queue(&broker.topology.order_created_queue)
+            .await
+            .parse()
+            .unwrap();
+        eventually(
+            Duration::from_secs(5),
+            "the marker after the events",
+            || async { self.ids.lock().unwrap().contains(&marker).then_some(()) },
+        )
+        .await;
+        let mut ids = self.ids.lock().unwrap().clone();
+        ids.retain(|id| *id != marker);
+        ids
     }
 }
 
@@ -308,7 +322,11 @@ async fn rows_committed_out_of_order_are_all_published() {
     );
 
     f.wait_until_all_published(Duration::from_secs(30)).await;
-    let got = received.collect(total, Duration::from_secs(10)).await;
+    shutdown.cancel();
+    relay.await.unwrap();
+    let got = received
+        .collect(&f.broker, total, Duration::from_secs(10))
+        .await;
     println!(
         "all published {:?} after the writers began",
         started.elapsed()
@@ -336,9 +354,6 @@ async fn rows_committed_out_of_order_are_all_published() {
     // events must arrive in id order too.
     let by_id: Vec<(Uuid, Uuid)> = rows.iter().map(|(_, m, a)| (*m, *a)).collect();
     assert_per_aggregate_order(&by_id, &got, false);
-
-    shutdown.cancel();
-    relay.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -362,15 +377,17 @@ async fn three_relays_keep_per_aggregate_order_without_duplicates() {
     let started = Instant::now();
     f.wait_until_all_published(Duration::from_secs(30)).await;
     let drained = started.elapsed();
-    let got = received.collect(rows.len(), Duration::from_secs(10)).await;
-    println!(
-        "3 relays drained {ROWS} rows over {AGGREGATES} aggregates in {drained:?}; consumer had all after {:?}",
-        started.elapsed()
-    );
     shutdown.cancel();
     for relay in relays {
         relay.await.unwrap();
     }
+    let got = received
+        .collect(&f.broker, rows.len(), Duration::from_secs(10))
+        .await;
+    println!(
+        "3 relays drained {ROWS} rows over {AGGREGATES} aggregates in {drained:?}; consumer had all after {:?}",
+        started.elapsed()
+    );
 
     let distinct: HashSet<Uuid> = got.iter().copied().collect();
     let dups = duplicates(&got);
@@ -393,6 +410,19 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     let f = Fixture::new("relay_kill").await;
     let rows = f.insert_interleaved(ROWS, AGGREGATES).await;
     let received = f.consume().await;
+    // The victim's sessions carry a name of their own, so that its claims can be
+    // told from the survivor's.
+    let victim_env = [
+        (
+            "DATABASE_URL",
+            format!("{}?application_name={VICTIM}", f.db.url),
+        ),
+        ("BROKER_URL", f.broker.url.clone()),
+        ("BROKER_NAMESPACE", f.broker.namespace.clone()),
+        ("PORT", "0".to_owned()),
+        ("RELAY_BATCH_SIZE", BATCH.to_string()),
+        ("RELAY_POLL_INTERVAL", "1s".to_owned()),
+    ];
     let env = [
         ("DATABASE_URL", f.db.url.clone()),
         ("BROKER_URL", f.broker.url.clone()),
@@ -406,7 +436,7 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     ];
     let started = Instant::now();
     let (mut victim, mut survivor) = tokio::join!(
-        Service::spawn("outbox-relay", &env, false),
+        Service::spawn("outbox-relay", &victim_env, false),
         Service::spawn("outbox-relay", &env, false),
     );
 
@@ -416,32 +446,52 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
         || async { (received.count() >= 1_000).then_some(()) },
     )
     .await;
-    // Kill the victim while it holds a claim (claimed more than it has marked), if
-    // that can be caught within a few seconds.
-    let hunt = Instant::now();
-    let mut holding = None;
-    while hunt.elapsed() < Duration::from_secs(5) {
-        let claimed = devkit::faults::metric(&victim.base_url(), "outbox_claimed_total").await;
-        let published = devkit::faults::metric(&victim.base_url(), "outbox_published_total").await;
-        if let (Some(c), Some(p)) = (claimed, published) {
-            if c > p {
-                holding = Some(c - p);
-                break;
+    // Kill the victim while it holds a claim: freeze it, and if one of its
+    // sessions waits inside a transaction that locks outbox rows (a claim, which
+    // nothing but the victim can end now), kill it frozen; otherwise let it claim
+    // once more and look again.
+    let held = async {
+        for _ in 0..200 {
+            victim.pause();
+            let held =
+                f.db.scalar(&format!(
+                    "SELECT count(*) FROM outbox o JOIN pg_stat_activity a ON o.xmax = a.backend_xid
+                     WHERE a.datname = current_database() AND a.application_name = '{VICTIM}'
+                       AND a.state = 'idle in transaction'"
+                ))
+                .await;
+            if held > 0 {
+                return held;
             }
+            victim.resume();
+            let claimed = claims_of(&victim).await;
+            eventually(
+                Duration::from_secs(5),
+                "the victim to claim again (it was not caught holding a claim yet)",
+                || async { (claims_of(&victim).await > claimed).then_some(()) },
+            )
+            .await;
         }
+        panic!("the victim was never caught holding a claim")
     }
+    .await;
     victim.kill();
     let at_kill = received.count();
     let status = victim.wait(Duration::from_secs(5)).await;
     assert!(!status.success(), "the victim was killed");
     println!(
-        "killed a relay {:?} after start, {at_kill} messages received, holding {holding:?} claimed-but-unmarked rows per its last /metrics",
+        "killed a relay {:?} after start holding a claim of {held} rows, {at_kill} messages received",
         started.elapsed()
     );
 
     f.wait_until_all_published(Duration::from_secs(60)).await;
     let drained = started.elapsed();
-    let got = received.collect(rows.len(), Duration::from_secs(10)).await;
+    survivor.terminate();
+    let status = survivor.wait(Duration::from_secs(20)).await;
+    assert!(status.success(), "the surviving relay exited with {status}");
+    let got = received
+        .collect(&f.broker, rows.len(), Duration::from_secs(10))
+        .await;
 
     let dups = duplicates(&got);
     let duplicate_deliveries = got.len() - got.iter().collect::<HashSet<_>>().len();
@@ -457,10 +507,16 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
         duplicate_deliveries <= 2 * BATCH,
         "{duplicate_deliveries} duplicates: more than two batches were published again"
     );
+}
 
-    survivor.terminate();
-    let status = survivor.wait(Duration::from_secs(20)).await;
-    assert!(status.success(), "the surviving relay exited with {status}");
+/// `application_name` of the killed relay's sessions.
+const VICTIM: &str = "relay-victim";
+
+/// Rows a relay process has claimed so far, per its `/metrics`.
+async fn claims_of(relay: &Service) -> f64 {
+    devkit::faults::metric(&relay.base_url(), "outbox_claimed_total")
+        .await
+        .unwrap_or_default()
 }
 
 #[tokio::test]

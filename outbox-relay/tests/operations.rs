@@ -331,3 +331,78 @@ async fn metrics_describe_the_relay_and_the_outbox() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// `GET /ready` of the service on `port`: (status, body).
+async fn ready(port: u16) -> (u16, String) {
+    let response = devkit::http_client()
+        .get(format!("http://127.0.0.1:{port}/ready"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Waits until `/ready` answers `status`; returns the body.
+async fn ready_becomes(port: u16, status: u16, what: &str) -> String {
+    devkit::eventually(Duration::from_secs(10), what, || async {
+        let (got, body) = ready(port).await;
+        (got == status).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ready_only_while_the_database_and_the_broker_answer() {
+    use devkit::proxy::TcpProxy;
+    use outbox_relay::{config::Config, startup::Application};
+    use plumbing::{
+        cli::Service as _,
+        config::{BrokerConfig, ServiceConfig},
+        db::PoolOptions,
+    };
+
+    let db = TestDatabase::migrated("relay_ready", Database::Orders).await;
+    let broker = TestBroker::new();
+    let db_proxy = TcpProxy::start(&devkit::db::server_addr()).await;
+    let broker_proxy = TcpProxy::start(&devkit::broker::server_addr()).await;
+    let config = Config {
+        service: ServiceConfig {
+            database_url: db.url_via(db_proxy.addr),
+            host: "127.0.0.1".into(),
+            port: 0,
+            pool: PoolOptions::default(),
+            migrate_on_start: true,
+        },
+        broker: BrokerConfig {
+            url: devkit::swap_host(&broker.url, broker_proxy.addr),
+            namespace: broker.namespace.clone(),
+        },
+        relay: RelaySettings {
+            poll_interval: Duration::from_millis(100),
+            ..RelaySettings::default()
+        },
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app = Application::build(&config, &shutdown).await.unwrap();
+    let port = app.port().unwrap();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    ready_becomes(port, 200, "the relay to be ready").await;
+
+    broker_proxy.cut();
+    let body = ready_becomes(port, 503, "not ready without the broker").await;
+    assert!(body.contains("broker"), "{body}");
+    assert!(!body.contains("database"), "{body}");
+    broker_proxy.restore();
+    ready_becomes(port, 200, "ready again with the broker back").await;
+
+    db_proxy.cut();
+    let body = ready_becomes(port, 503, "not ready without the database").await;
+    assert!(body.contains("database"), "{body}");
+    db_proxy.restore();
+    ready_becomes(port, 200, "ready again with the database back").await;
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

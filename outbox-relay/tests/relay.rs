@@ -31,9 +31,19 @@ impl Fixture {
     }
 
     fn relay_with(&self, broker_url: &str, settings: RelaySettings) -> Relay {
+        self.relay_on(self.db.pool(), broker_url, settings)
+    }
+
+    /// A relay on `pool` (which the test can watch).
+    fn relay_on(
+        &self,
+        pool: deadpool_postgres::Pool,
+        broker_url: &str,
+        settings: RelaySettings,
+    ) -> Relay {
         let config = plumbing::db::parse_url(&self.db.url).unwrap();
         Relay::new(
-            self.db.pool(),
+            pool,
             config,
             broker_url.to_owned(),
             self.broker.topology.clone(),
@@ -51,7 +61,7 @@ impl Fixture {
         let new = NewOrder {
             id: Uuid::now_v7(),
             amount: Amount::from_cents(cents).unwrap(),
-            currency: "BRL".into(),
+            currency: contracts::Currency::BRL,
         };
         let context = RequestContext {
             request_id: Some(format!("req-{cents}")),
@@ -179,6 +189,97 @@ async fn unroutable_event_stays_unpublished_with_its_error() {
 }
 
 #[tokio::test]
+async fn a_nacked_event_stays_unpublished_and_counts_as_nacked() {
+    use lapin::{
+        options::{QueueBindOptions, QueueDeclareOptions},
+        types::{FieldTable, LongString},
+    };
+    use outbox_relay::metrics::{FailureLabels, FailureReason};
+
+    let f = Fixture::new().await;
+    let mut relay = f.relay();
+    relay.ensure_publisher().await.unwrap();
+    // The only queue bound for OrderCreated is full from the start and refuses
+    // what it cannot take: RabbitMQ routes the message there and nacks it.
+    f.broker.unbind_order_created().await;
+    let channel = f.broker.channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let full = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            full.name().clone(),
+            f.broker.topology.exchange.as_str().into(),
+            contracts::EventType::OrderCreated.routing_key().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    f.order(100).await;
+
+    let report = relay.run_once().await.unwrap();
+
+    assert_eq!(
+        (
+            report.claimed,
+            report.published,
+            report.rejected,
+            report.lost
+        ),
+        (1, 0, 1, 0)
+    );
+    let failures = |reason| {
+        relay
+            .metrics()
+            .failures
+            .get_or_create(&FailureLabels { reason })
+            .get()
+    };
+    assert_eq!(failures(FailureReason::Nacked), 1);
+    assert_eq!(
+        failures(FailureReason::Returned)
+            + failures(FailureReason::Invalid)
+            + failures(FailureReason::Lost),
+        0
+    );
+    let row =
+        f.db.client()
+            .await
+            .query_one(
+                "SELECT published_at IS NULL, attempts, last_error FROM outbox",
+                &[],
+            )
+            .await
+            .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "a nacked event is not marked published"
+    );
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert!(
+        row.get::<_, String>(2).contains("nacked"),
+        "{}",
+        row.get::<_, String>(2)
+    );
+}
+
+#[tokio::test]
 async fn a_failing_event_blocks_only_its_own_aggregate() {
     let f = Fixture::new().await;
     let mut seen = f.broker.watch(&f.broker.topology.order_created_queue).await;
@@ -285,7 +386,9 @@ async fn a_notification_wakes_an_idle_relay_at_once() {
     let mut seen = f.broker.watch(&f.broker.topology.order_created_queue).await;
     // A poll interval far longer than the test: only a notification can explain a
     // quick publish.
-    let relay = f.relay_with(
+    let pool = f.db.pool();
+    let relay = f.relay_on(
+        pool.clone(),
         &f.broker.url,
         RelaySettings {
             poll_interval: Duration::from_secs(600),
@@ -310,7 +413,18 @@ async fn a_notification_wakes_an_idle_relay_at_once() {
         (listening > 0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The premise: the relay's first scan of the outbox is over, so an order
+    // written now is not in it. The scan is the relay's first use of its pool
+    // and gives its connection back when it ends.
+    eventually(
+        Duration::from_secs(10),
+        "the relay's first scan to end",
+        || async {
+            let status = pool.status();
+            (status.size > 0 && status.available == status.size).then_some(())
+        },
+    )
+    .await;
 
     let started = Instant::now();
     let (_, message_id) = f.order(500).await;
@@ -332,11 +446,8 @@ async fn a_notification_wakes_an_idle_relay_at_once() {
 #[tokio::test]
 async fn broker_outage_loses_nothing() {
     let f = Fixture::new().await;
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
-    let via_proxy = f
-        .broker
-        .url
-        .replace("127.0.0.1:5672", &proxy.addr.to_string());
+    let proxy = TcpProxy::start(&devkit::broker::server_addr()).await;
+    let via_proxy = devkit::swap_host(&f.broker.url, proxy.addr);
     let relay = f.relay_with(
         &via_proxy,
         RelaySettings {
@@ -358,7 +469,15 @@ async fn broker_outage_loses_nothing() {
     for cents in 2..=21 {
         f.order(cents).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The premise: the relay, with the events waiting, went on trying to reach
+    // the broker (two reconnects refused after the last event was written).
+    let refused = proxy.refused();
+    eventually(
+        Duration::from_secs(5),
+        "the relay to try the broker twice more",
+        || async { (proxy.refused() >= refused + 2).then_some(()) },
+    )
+    .await;
     assert_eq!(
         f.unpublished().await,
         20,

@@ -1,21 +1,31 @@
 //! Orders: the request body, the validated new order and the stored order.
 
+use contracts::Currency;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Amount, AmountError};
 
 /// Body of `POST /orders`, as in the seed: `{"amount": 29.99}`, optionally with a
 /// `currency`. Unknown fields are refused so that a typo is not silently ignored.
-#[derive(Debug, Deserialize)]
+///
+/// Its OpenAPI schema (`CreateOrder`) describes it to clients.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(
+    as = CreateOrder,
+    description = "Body of `POST /orders`. Unknown fields are refused."
+)]
 pub struct CreateOrderRequest {
     /// The raw JSON of the amount, parsed exactly by [`Amount::from_json`].
+    #[schema(schema_with = crate::openapi::amount_schema)]
     pub amount: Box<RawValue>,
-    /// ISO 4217 code; the configured default when absent.
+    /// ISO 4217 code (three upper-case letters); default BRL.
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
 }
 
@@ -38,7 +48,7 @@ pub struct NewOrder {
     /// The amount.
     pub amount: Amount,
     /// ISO 4217 code.
-    pub currency: String,
+    pub currency: Currency,
 }
 
 impl NewOrder {
@@ -48,14 +58,8 @@ impl NewOrder {
     /// [`OrderError`] naming the invalid field.
     pub fn parse(request: &CreateOrderRequest, default_currency: &str) -> Result<Self, OrderError> {
         let amount = Amount::from_json(&request.amount)?;
-        let currency = request
-            .currency
-            .as_deref()
-            .unwrap_or(default_currency)
-            .to_owned();
-        if !contracts::event::is_currency_code(&currency) {
-            return Err(OrderError::Currency);
-        }
+        let currency = Currency::try_from(request.currency.as_deref().unwrap_or(default_currency))
+            .map_err(|_| OrderError::Currency)?;
         Ok(Self {
             id: Uuid::now_v7(),
             amount,
@@ -72,24 +76,28 @@ pub struct Order {
     /// Amount.
     pub amount: Amount,
     /// ISO 4217 code.
-    pub currency: String,
+    pub currency: Currency,
     /// When it was stored.
     pub created_at: OffsetDateTime,
 }
 
-/// The JSON representation of an order in responses.
-#[derive(Debug, Serialize)]
+/// The JSON representation of an order in responses (OpenAPI schema `Order`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order, description = "An order.")]
 pub struct OrderBody {
-    /// Id.
+    /// Order id (UUIDv7).
     pub id: Uuid,
-    /// Decimal amount as a JSON number with two places (`29.99`).
+    /// The amount as a number with two decimal places.
+    #[schema(value_type = f64)]
     pub amount: Box<RawValue>,
-    /// Amount in cents, exact.
+    /// The amount in cents, exact.
     pub amount_cents: i64,
     /// ISO 4217 code.
-    pub currency: String,
-    /// RFC 3339.
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    /// When the order was stored (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
 }
 
@@ -103,7 +111,7 @@ impl Order {
             id: self.id,
             amount: self.amount.to_json_number()?,
             amount_cents: self.amount.cents(),
-            currency: self.currency.clone(),
+            currency: self.currency,
             created_at: self.created_at,
         })
     }

@@ -1,7 +1,7 @@
 //! HTTP routes of the orders API.
 
-mod health;
-mod orders;
+pub(crate) mod health;
+pub(crate) mod orders;
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,7 +52,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let timeout = limits.request_timeout;
     let common = state.metrics.common.clone();
     let router = Router::new()
-        .route("/health", get(plumbing::http::health))
+        .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get))
@@ -129,14 +129,30 @@ async fn with_timeout(mut req: Request, next: Next, timeout: Duration) -> Respon
     }
 }
 
-/// `GET /metrics`: Prometheus metrics (OpenMetrics text).
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Request, order and pool metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+    tag = "operations"
+)]
+pub(crate) async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Response {
     state.metrics.common.observe_pool(&state.pool);
     plumbing::metrics::render(&[state.metrics.registry(), state.metrics.common.registry()])
 }
 
 /// `GET /openapi.json`: the API's OpenAPI 3.1 description.
-async fn openapi() -> Response {
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi_json",
+    summary = "This document.",
+    responses((status = 200, description = "The OpenAPI description", content_type = "application/json")),
+    tag = "operations"
+)]
+pub(crate) async fn openapi() -> Response {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let body = DOCUMENT.get_or_init(|| crate::openapi::json().unwrap_or_default());
     (

@@ -10,14 +10,40 @@ use uuid::Uuid;
 
 use super::{AppState, REQUEST_ID};
 use crate::{
-    domain::{CreateOrderRequest, NewOrder, Order, order::OrderError},
+    domain::{
+        CreateOrderRequest, NewOrder, Order,
+        order::{OrderBody, OrderError},
+    },
     error::ApiError,
     extract::JsonBody,
     outbox::{RequestContext, is_valid_traceparent},
     store::{self, IdempotencyKey, Keyed},
 };
 
-/// Creates an order: 201 with the order and its `Location`.
+/// Creates an order and its `OrderCreated` event in one transaction.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    operation_id = "create_order",
+    request_body(content = CreateOrderRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1–255 visible ASCII characters; a retry with the same key gets the same answer and creates nothing"),
+        ("x-request-id" = Option<String>, Header, description = "Request id; generated when absent, returned, stored with the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, stored with the event"),
+    ),
+    responses(
+        (status = 201, description = "Created (or replayed for a repeated Idempotency-Key)", body = OrderBody,
+            headers(("location" = String, description = "/orders/{id}"), ("idempotent-replayed" = String, description = "`true` on a replayed response"))),
+        (status = 400, description = "Not JSON, or an invalid Idempotency-Key", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within the request timeout (a slow client)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 415, description = "Content type is not JSON", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 422, description = "Wrong shape, invalid amount or currency, or a reused Idempotency-Key", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable; retry after the Retry-After seconds", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json",
+            headers(("retry-after" = String))),
+    ),
+    tag = "orders"
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -115,7 +141,20 @@ fn idempotency_key(
     }))
 }
 
-/// Returns one order, 404 when unknown, 400 when the id is not a UUID.
+/// Returns one order.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    operation_id = "get_order",
+    params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 400, description = "The id is not a UUID", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+    ),
+    tag = "orders"
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
