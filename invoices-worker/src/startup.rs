@@ -50,7 +50,7 @@ impl Application {
 /// `GET /ready`: 200 when the database answers and the consumer is running.
 async fn ready(State(state): State<HttpState>) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = store::ping(&state.pool).await {
+    if let Err(e) = plumbing::db::ping(&state.pool).await {
         problems.push(format!("database: {e}"));
     }
     if state.metrics.broker_connected.get() != 1 {

@@ -23,7 +23,7 @@ use crate::{
 pub async fn connect(config: &Config) -> anyhow::Result<Pool> {
     let db = plumbing::db::parse_url(&config.service.database_url)?;
     let pool = plumbing::db::pool(db, config.service.pool)?;
-    store::ping(&pool)
+    plumbing::db::ping(&pool)
         .await
         .context("cannot reach the orders database")?;
     Ok(pool)

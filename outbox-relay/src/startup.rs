@@ -42,7 +42,7 @@ impl Application {
 /// `GET /ready`: 200 when the database answers and the broker channel is up.
 async fn ready(State(state): State<HealthState>) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = store::ping(&state.pool).await {
+    if let Err(e) = plumbing::db::ping(&state.pool).await {
         problems.push(format!("database: {e}"));
     }
     if state.metrics.broker_connected.get() != 1 {

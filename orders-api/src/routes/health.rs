@@ -3,11 +3,10 @@
 use axum::{extract::State, response::Response};
 
 use super::AppState;
-use crate::store;
 
 /// `GET /ready`: 200 when the database answers, 503 otherwise.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match store::ping(&state.pool).await {
+    match plumbing::db::ping(&state.pool).await {
         Ok(()) => plumbing::http::readiness(&[]),
         Err(e) => plumbing::http::readiness(&[format!("database: {e}")]),
     }

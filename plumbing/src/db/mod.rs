@@ -1,10 +1,12 @@
 //! PostgreSQL: the parsed URL ([`DbConfig`]), connection pool and dedicated
-//! sessions, database creation and migrations, leader-only scheduled work, and
-//! the transient/permanent classification of errors.
+//! sessions, database creation and migrations, leader-only scheduled work, what
+//! the services' stores share (their error, ping, batched purge), and the
+//! transient/permanent classification of errors.
 
 mod leader;
 mod migrate;
 mod session;
+mod store;
 mod url;
 
 use std::time::Duration;
@@ -18,6 +20,7 @@ pub use leader::{every_as_leader, try_lock, unlock};
 pub use migrate::{ensure_database, migrate, migrate_command, migrate_when_reachable, prepare};
 pub use migrations::{Database, OUTBOX_CHANNEL};
 pub use session::{PoolOptions, SessionEvent, connect, listen, pool};
+pub use store::{StoreError, ping, purge_in_batches};
 pub use url::{DbConfig, parse_url};
 
 /// How long establishing one connection may take.
