@@ -121,14 +121,14 @@ impl Publisher {
         let exchange = &self.topology.exchange;
         let span = tracing::info_span!(
             "messaging.publish",
-            otel.name = %format!("send {exchange}"),
-            otel.kind = "producer",
-            otel.status_code = tracing::field::Empty,
             messaging.system = "rabbitmq",
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name = %exchange,
             messaging.batch.message_count = rows.len(),
+            otel.name = %format!("send {exchange}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
             outbox.confirmed = tracing::field::Empty,
             outbox.not_confirmed = tracing::field::Empty,
         );

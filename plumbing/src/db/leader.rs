@@ -4,7 +4,12 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::StoreError;
 
 /// Takes a session-level advisory lock if it is free (for work that one replica at
 /// a time should do, such as a scheduled purge). Pair with [`unlock`] on the same
@@ -29,21 +34,56 @@ pub async fn unlock(client: &Client, key: i64) {
     }
 }
 
-/// Runs `job` every `interval` until `shutdown`, on one replica at a time (the one
-/// that gets the advisory lock `key`); logs what it did as `what`. For retention
-/// purges.
-pub async fn every_as_leader<F, Fut>(
-    pool: Pool,
-    key: i64,
-    interval: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
+/// A retention purge: what it deletes, how often, and one run of it. It runs on
+/// one replica at a time (see [`every_as_leader`]).
+pub struct Purge {
     what: &'static str,
-    mut job: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<u64>>,
-{
-    let mut tick = tokio::time::interval(interval);
+    lock_key: i64,
+    interval: Duration,
+    run: Box<dyn FnMut(Pool) -> BoxFuture<'static, Result<u64, StoreError>> + Send>,
+    purged: Option<Counter>,
+}
+
+impl Purge {
+    /// A purge described as `what` in logs, run every `interval` by the replica
+    /// that holds the advisory lock `lock_key`; `run` deletes what is due and
+    /// returns how many rows.
+    pub fn new<F, Fut>(what: &'static str, lock_key: i64, interval: Duration, mut run: F) -> Self
+    where
+        F: FnMut(Pool) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<u64, StoreError>> + Send + 'static,
+    {
+        Self {
+            what,
+            lock_key,
+            interval,
+            run: Box::new(move |pool| Box::pin(run(pool))),
+            purged: None,
+        }
+    }
+
+    /// Counts the deleted rows in `purged` (a service's metric).
+    #[must_use]
+    pub fn counted(mut self, purged: Counter) -> Self {
+        self.purged = Some(purged);
+        self
+    }
+}
+
+impl std::fmt::Debug for Purge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Purge")
+            .field("what", &self.what)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `purge` every its interval until `shutdown`, on one replica at a time
+/// (the one that gets its advisory lock); logs what it did.
+pub async fn every_as_leader(pool: Pool, mut purge: Purge, shutdown: CancellationToken) {
+    let what = purge.what;
+    let mut tick = tokio::time::interval(purge.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -57,7 +97,7 @@ pub async fn every_as_leader<F, Fut>(
                 continue;
             }
         };
-        match try_lock(&client, key).await {
+        match try_lock(&client, purge.lock_key).await {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -65,11 +105,19 @@ pub async fn every_as_leader<F, Fut>(
                 continue;
             }
         }
-        match job().await {
+        match (purge.run)(pool.clone()).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(n, what, "scheduled job done"),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), what, "scheduled job failed"),
+            Ok(n) => {
+                if let Some(purged) = &purge.purged {
+                    purged.inc_by(n);
+                }
+                tracing::info!(n, what, "scheduled job done");
+            }
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                tracing::warn!(error = format!("{e:#}"), what, "scheduled job failed");
+            }
         }
-        unlock(&client, key).await;
+        unlock(&client, purge.lock_key).await;
     }
 }

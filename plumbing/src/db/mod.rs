@@ -16,7 +16,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::tls;
 
-pub use leader::{every_as_leader, try_lock, unlock};
+pub use leader::{Purge, every_as_leader, try_lock, unlock};
 pub use migrate::{ensure_database, migrate, migrate_command, migrate_when_reachable, prepare};
 pub use migrations::{Database, OUTBOX_CHANNEL};
 pub use session::{PoolOptions, SessionEvent, connect, listen, pool};
