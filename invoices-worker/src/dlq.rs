@@ -2,9 +2,9 @@
 //! messages back after the cause was fixed. Requeued messages keep their message
 //! ids, so whatever was already invoiced is skipped.
 
-use contracts::{EventType, Topology, headers};
 use std::time::Duration;
 
+use contracts::{EventType, Topology, headers};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,

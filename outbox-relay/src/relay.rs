@@ -77,8 +77,8 @@ pub enum RelayError {
     NoChannel,
     /// The task writing a batch's outcomes down ended without an answer (a bug:
     /// its rows are published again).
-    #[error("recording a batch failed: {0}")]
-    Recording(String),
+    #[error("recording a batch failed")]
+    Recording(#[source] tokio::task::JoinError),
 }
 
 /// A batch's outcomes being written down on a task of its own.
@@ -361,9 +361,7 @@ impl Relay {
     /// lost channel, drops the publisher and fails, so that the caller backs off
     /// and reconnects.
     async fn marked(&mut self, marking: Marking) -> Result<usize, RelayError> {
-        let (report, lost) = marking
-            .await
-            .map_err(|e| RelayError::Recording(e.to_string()))??;
+        let (report, lost) = marking.await.map_err(RelayError::Recording)??;
         if let Some(lost) = lost {
             self.disconnect().await;
             return Err(lost.into());

@@ -138,6 +138,8 @@ pub trait Service: Sized + Send + 'static {
             let common = Arc::new(CommonMetrics::new());
             let endpoints =
                 crate::endpoints::routes(pool.clone(), service.vitals(), common.clone());
+            // Outermost, so that whatever the service's own layers answer (a
+            // timeout, a 404) is counted too.
             let router = crate::metrics::instrument(service.router(endpoints), common);
             let listener = crate::http::bind(&settings.host, settings.port).await?;
             Ok(Bound {
