@@ -7,12 +7,18 @@ use lapin::{
     BasicProperties, Channel, Connection,
     message::{BasicGetMessage, Delivery},
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-        ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ConfirmSelectOptions,
+        ExchangeDeleteOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
-use plumbing::broker::short_string;
+use plumbing::{
+    broker::short_string,
+    publish::{self, Message},
+};
+
+/// Longest wait for a test publish's writes and for its confirms.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Broker URL; `TEST_BROKER_URL` overrides it.
 #[must_use]
@@ -123,35 +129,24 @@ impl TestBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        let exchange = short_string(&self.topology.exchange);
         let mut sent = 0;
         while sent < n {
             let chunk = window.min(n - sent);
             let messages: Vec<_> = (0..chunk).map(|_| message()).collect();
-            let publishes = messages.into_iter().map(|(body, properties)| {
-                let (channel, exchange) = (&channel, exchange.clone());
-                async move {
-                    channel
-                        .basic_publish(
-                            exchange,
-                            "order.created".into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..Default::default()
-                            },
-                            &body,
-                            properties,
-                        )
-                        .await
-                }
+            let window = messages.iter().map(|(body, properties)| {
+                Ok(Message {
+                    exchange: &self.topology.exchange,
+                    routing_key: "order.created",
+                    body,
+                    properties: properties.clone(),
+                })
             });
-            let confirms: Vec<_> = futures::future::join_all(publishes)
+            let outcomes = publish::start(&channel, window, PUBLISH_TIMEOUT)
                 .await
-                .into_iter()
-                .map(Result::unwrap)
-                .collect();
-            for c in futures::future::join_all(confirms).await {
-                assert_eq!(c.unwrap(), lapin::Confirmation::Ack(None));
+                .settle(PUBLISH_TIMEOUT)
+                .await;
+            for outcome in outcomes {
+                outcome.into_result().unwrap();
             }
             sent += chunk;
         }
@@ -207,26 +202,16 @@ impl TestBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        let confirm = channel
-            .basic_publish(
-                short_string(exchange),
-                short_string(routing_key),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert_eq!(
-            confirm,
-            lapin::Confirmation::Ack(None),
-            "test publish not routed"
-        );
+        let message = Message {
+            exchange,
+            routing_key,
+            body,
+            properties,
+        };
+        let outcome = publish::publish_confirmed(&channel, message, PUBLISH_TIMEOUT).await;
+        if let Err(e) = outcome.into_result() {
+            panic!("test publish not confirmed: {e}");
+        }
     }
 
     /// Takes (and acks) one message from `queue`, if any.

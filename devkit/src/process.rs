@@ -211,6 +211,52 @@ impl Service {
     }
 }
 
+/// Checks the command line of service `S`'s binary at `binary`: `--version` and
+/// `--help` name it `name` with its version, the help says what it does and
+/// lists, each with a meaning, every environment variable its configuration
+/// reads, `variable` among them.
+///
+/// # Panics
+/// When one of these is missing; the message shows the output.
+pub fn assert_describes<S: plumbing::service::Service>(binary: &str, name: &str, variable: &str) {
+    use plumbing::config::Settings as _;
+    let run = |arg: &str| {
+        let output = std::process::Command::new(binary)
+            .arg(arg)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+        assert!(output.status.success(), "{name} {arg}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let about = S::ABOUT;
+    let version = run("--version");
+    assert_eq!(version.trim(), format!("{name} {}", about.version));
+    let help = run("--help");
+    assert!(
+        help.starts_with(&format!(
+            "{name} {}\n{}\n",
+            about.version, about.description
+        )),
+        "--help must start with the name, version and description:\n{help}"
+    );
+    // What the configuration reads, as the deployment test collects it.
+    let _ = plumbing::config::take_variables_read();
+    S::Config::from_env().unwrap();
+    let read = plumbing::config::take_variables_read();
+    assert!(read.contains(variable), "{name} reads {read:?}");
+    let (_, environment) = help
+        .split_once("\nEnvironment:\n")
+        .unwrap_or_else(|| panic!("--help lists no environment:\n{help}"));
+    for variable in &read {
+        let described = environment.lines().any(|line| {
+            line.trim_start()
+                .strip_prefix(variable.as_str())
+                .is_some_and(|meaning| meaning.starts_with(' ') && !meaning.trim().is_empty())
+        });
+        assert!(described, "--help does not describe {variable}:\n{help}");
+    }
+}
+
 /// The `addr` of the log line whose message is `listening`: a JSON line, or a
 /// text line (`… plumbing::http: listening addr=0.0.0.0:3333`) when the launcher
 /// asked for text logs.

@@ -9,6 +9,7 @@ use std::{
     path::PathBuf,
 };
 
+use plumbing::config::Settings as _;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> PathBuf {

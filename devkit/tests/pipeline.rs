@@ -43,7 +43,13 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     let outcomes = publisher
         .publish_batch(&claim.rows, Duration::from_secs(5), &[])
         .await;
-    assert_eq!(outcomes, vec![outbox_relay::publisher::Outcome::Confirmed]);
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [outbox_relay::publisher::Outcome::Confirmed]
+        ),
+        "{outcomes:?}"
+    );
     drop(claim);
     drop(publisher);
 
@@ -164,7 +170,7 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
         batch: 100,
         confirm_timeout: Duration::from_secs(5),
     };
-    let metrics = outbox_relay::metrics::RelayMetrics::new();
+    let metrics = outbox_relay::metrics::RelayMetrics::default();
     let report = replay(
         &orders.pool(),
         &broker.url,

@@ -3,13 +3,9 @@
 use std::time::Duration;
 
 use crate::worker::WorkerSettings;
-use plumbing::{
-    config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, duration_or, parse_or},
-    db::PoolOptions,
-};
-
-/// Default `DATABASE_URL`: the local invoices database.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/invoices";
+use plumbing::config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, Settings};
+use plumbing::config::{duration_or, parse_or};
+use plumbing::db::PoolOptions;
 
 /// Everything the worker reads from the environment.
 #[derive(Debug, Clone)]
@@ -30,22 +26,28 @@ pub struct Config {
     pub purge_interval: Duration,
 }
 
-impl Config {
-    /// Reads the configuration.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the variable that does not parse.
-    pub fn from_env() -> Result<Self, ConfigError> {
+impl Settings for Config {
+    const DEFAULTS: ServiceDefaults = ServiceDefaults {
+        database_url: "postgres://postgres@127.0.0.1:5432/invoices",
+        port: 3334,
+        pool: PoolOptions {
+            max_size: 8,
+            wait_timeout: Duration::from_secs(5),
+        },
+    };
+    const VARIABLES: &'static [&'static str] = &[BrokerConfig::VARIABLES, "\
+WORKER_PREFETCH unacknowledged deliveries the broker may send ahead (default 200)
+WORKER_BATCH_SIZE most deliveries stored in one transaction (default 100)
+WORKER_MAX_ATTEMPTS tries at storing a batch through database errors before its messages go back to the queue (default 20)
+WORKER_DRAIN_TIMEOUT on shutdown, how long to finish the deliveries already received (default 10s)
+WORKER_UNSAFE_ACK_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: acknowledge messages on receipt (default false)
+DEDUPE_RETENTION how long message ids are remembered; at least the outbox's replay window (default 8d)
+DEDUPE_PURGE_INTERVAL how often old message ids are purged (default 1h)"];
+
+    fn from_env() -> Result<Self, ConfigError> {
         let d = WorkerSettings::default();
         Ok(Self {
-            service: ServiceConfig::from_env(ServiceDefaults {
-                database_url: DEFAULT_DATABASE_URL,
-                port: 3334,
-                pool: PoolOptions {
-                    max_size: 8,
-                    wait_timeout: Duration::from_secs(5),
-                },
-            })?,
+            service: ServiceConfig::from_env(Self::DEFAULTS)?,
             broker: BrokerConfig::from_env()?,
             worker: WorkerSettings {
                 prefetch: parse_or("WORKER_PREFETCH", d.prefetch)?.max(1),
@@ -61,5 +63,9 @@ impl Config {
             purge_interval: duration_or("DEDUPE_PURGE_INTERVAL", Duration::from_secs(3_600))?
                 .max(Duration::from_secs(1)),
         })
+    }
+
+    fn service(&self) -> &ServiceConfig {
+        &self.service
     }
 }

@@ -2,14 +2,19 @@
 //! messages back after the cause was fixed. Requeued messages keep their message
 //! ids, so whatever was already invoiced is skipped.
 
+use std::time::Duration;
+
 use contracts::{EventType, Topology, headers};
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
-use plumbing::broker::{self, BrokerError, header_str, short_string};
+use plumbing::{
+    broker::{self, BrokerError, header_str, short_string},
+    publish::{self, Message, Unconfirmed},
+};
 use uuid::Uuid;
 
 /// A dead-lettered message, as `dlq list` shows it.
@@ -38,9 +43,19 @@ pub enum DlqError {
     #[error("broker error: {0}")]
     Amqp(#[from] lapin::Error),
     /// The broker did not confirm a requeued message; it stays in the DLQ.
-    #[error("the broker did not confirm message {0:?}; it stays in the dead-letter queue")]
-    NotConfirmed(Option<String>),
+    #[error("the broker did not confirm message {message_id:?}; it stays in the dead-letter queue")]
+    NotConfirmed {
+        /// The message's id, if it has one.
+        message_id: Option<String>,
+        /// Why it was not confirmed.
+        #[source]
+        reason: Unconfirmed,
+    },
 }
+
+/// Longest wait for each step of requeueing one message (its publish, its
+/// confirm): a broker that stops answering fails the command instead of hanging it.
+const REQUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which dead-lettered messages to requeue.
 #[derive(Debug, Clone)]
@@ -117,22 +132,19 @@ pub async fn requeue(
             .and_then(|t| EventType::from_name(t.as_str()))
             .unwrap_or(EventType::OrderCreated)
             .routing_key();
-        let confirm = publisher
-            .basic_publish(
-                short_string(&topology.exchange),
-                short_string(routing_key),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message.data,
-                without_dead_letter_headers(&message.properties),
-            )
-            .await?
-            .await?;
-        if confirm != Confirmation::Ack(None) {
-            return Err(DlqError::NotConfirmed(id));
-        }
+        let requeued_message = Message {
+            exchange: &topology.exchange,
+            routing_key,
+            body: &message.data,
+            properties: without_dead_letter_headers(&message.properties),
+        };
+        publish::publish_confirmed(&publisher, requeued_message, REQUEUE_TIMEOUT)
+            .await
+            .into_result()
+            .map_err(|reason| DlqError::NotConfirmed {
+                message_id: id,
+                reason,
+            })?;
         message.ack(BasicAckOptions::default()).await?;
         requeued += 1;
     }

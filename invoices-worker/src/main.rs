@@ -3,26 +3,13 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
-use invoices_worker::{dlq, startup::Application, store};
-use plumbing::cli::{BaseCommand, run_base, run_operator};
+use clap::Subcommand;
+use invoices_worker::{config::Config, dlq, startup::Application, store};
 use uuid::Uuid;
 
-/// Consumes OrderCreated events and writes one invoice per order.
-///
-/// Configuration comes from the environment (DATABASE_URL, BROKER_URL,
-/// BROKER_NAMESPACE, WORKER_*, DEDUPE_*); see the README.
-#[derive(Debug, Parser)]
-#[command(name = "invoices-worker", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
+/// The operator's commands, beside `run`, `migrate` and `healthcheck`.
 #[derive(Debug, Subcommand)]
 enum Command {
-    #[command(flatten)]
-    Base(BaseCommand),
     /// Inspect and requeue dead-lettered messages.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -59,56 +46,45 @@ enum DlqCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Cli::parse()
-        .command
-        .unwrap_or(Command::Base(BaseCommand::Run));
+    plumbing::cli::main_with::<Application, Command, _, _>(operate).await
+}
+
+/// Runs an operator command.
+async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
+    let (url, topology) = (&config.broker.url, config.broker.topology());
     match command {
-        Command::Base(base) => run_base::<Application>(base).await,
         Command::Dlq(DlqCommand::List { limit, json }) => {
-            run_operator::<Application, _, _>(|config| async move {
-                let messages =
-                    dlq::list(&config.broker.url, &config.broker.topology(), limit).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&messages)?);
-                } else {
-                    println!("{} dead-lettered messages shown", messages.len());
-                    for m in messages {
-                        println!(
-                            "{}\t{}\t{}\n    {}",
-                            m.message_id.as_deref().unwrap_or("-"),
-                            m.event_type.as_deref().unwrap_or("-"),
-                            m.reason,
-                            m.body
-                        );
-                    }
+            let messages = dlq::list(url, &topology, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&messages)?);
+            } else {
+                println!("{} dead-lettered messages shown", messages.len());
+                for m in messages {
+                    println!(
+                        "{}\t{}\t{}\n    {}",
+                        m.message_id.as_deref().unwrap_or("-"),
+                        m.event_type.as_deref().unwrap_or("-"),
+                        m.reason,
+                        m.body
+                    );
                 }
-                Ok(())
-            })
-            .await
+            }
         }
         Command::Dlq(DlqCommand::Requeue { message_id, all }) => {
-            run_operator::<Application, _, _>(|config| async move {
-                let selection = if all {
-                    dlq::Selection::All
-                } else {
-                    dlq::Selection::Messages(message_id)
-                };
-                let n =
-                    dlq::requeue(&config.broker.url, &config.broker.topology(), &selection).await?;
-                println!("{n} messages sent back to the exchange");
-                Ok(())
-            })
-            .await
+            let selection = if all {
+                dlq::Selection::All
+            } else {
+                dlq::Selection::Messages(message_id)
+            };
+            let n = dlq::requeue(url, &topology, &selection).await?;
+            println!("{n} messages sent back to the exchange");
         }
         Command::Purge { older_than } => {
-            run_operator::<Application, _, _>(|config| async move {
-                let db = plumbing::db::parse_url(&config.service.database_url)?;
-                let pool = plumbing::db::pool(db, config.service.pool)?;
-                let n = store::purge_processed(&pool, older_than, 1_000).await?;
-                println!("purged {n} dedupe records older than {older_than:?}");
-                Ok(())
-            })
-            .await
+            let db = plumbing::db::parse_url(&config.service.database_url)?;
+            let pool = plumbing::db::pool(db, config.service.pool)?;
+            let n = store::purge_processed(&pool, older_than, 1_000).await?;
+            println!("purged {n} dedupe records older than {older_than:?}");
         }
     }
+    Ok(())
 }

@@ -55,16 +55,8 @@ pub struct WorkerMetrics {
 }
 
 impl Default for WorkerMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl WorkerMetrics {
     /// Creates the metrics and registers them.
-    #[must_use]
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("invoices");
+    fn default() -> Self {
         let m = Self {
             registry: Registry::default(),
             consumed: Counter::default(),
@@ -83,6 +75,7 @@ impl WorkerMetrics {
             broker_connected: Gauge::default(),
             queue_messages: Family::default(),
         };
+        let mut registry = Registry::with_prefix("invoices");
         registry.register("consumed", "Deliveries received", m.consumed.clone());
         registry.register("invoiced", "Invoices written", m.invoiced.clone());
         registry.register(
@@ -142,7 +135,9 @@ impl WorkerMetrics {
         }
         Self { registry, ..m }
     }
+}
 
+impl WorkerMetrics {
     /// Counts a dead-lettered message.
     pub fn dead_letter(&self, reason: &str) {
         self.dead_lettered
@@ -167,10 +162,15 @@ impl WorkerMetrics {
     pub fn dead_lettered_total(&self) -> u64 {
         self.dead_lettered_sum.get()
     }
+}
 
-    /// The registry, for `/metrics`.
-    #[must_use]
-    pub fn registry(&self) -> &Registry {
+/// `/ready` needs the consumer running.
+impl plumbing::endpoints::Vitals for WorkerMetrics {
+    fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    fn unready(&self) -> Option<String> {
+        (self.broker_connected.get() != 1).then(|| "broker: not consuming".to_owned())
     }
 }

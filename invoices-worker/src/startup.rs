@@ -1,8 +1,8 @@
-//! Building and running the worker with its HTTP endpoint.
+//! The worker as a service: what it adds to the shape every service has (see
+//! [`plumbing::service`]).
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use axum::{
     Json, Router,
     extract::{Path, State},
@@ -11,62 +11,25 @@ use axum::{
     routing::get,
 };
 use deadpool_postgres::Pool;
-use tokio::net::TcpListener;
+use plumbing::{
+    db::{Database, DbConfig, Purge},
+    endpoints::Vitals,
+    service::{About, Service},
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, metrics::WorkerMetrics, store, worker::Worker};
+use crate::{config::Config, store, worker::Worker};
 
-/// Advisory lock key that lets one worker at a time purge old dedupe records.
-const PURGE_LOCK_KEY: i64 = 0x696e_7670; // "invp"
-
-/// A worker ready to run, with its HTTP endpoint bound.
+/// The worker, assembled over the invoices database.
 pub struct Application {
     worker: Worker,
-    listener: TcpListener,
-    router: Router,
     pool: Pool,
-    metrics: Arc<WorkerMetrics>,
     dedupe_retention: Duration,
     purge_interval: Duration,
 }
 
-#[derive(Clone)]
-struct HttpState {
-    pool: Pool,
-    common: Arc<plumbing::metrics::CommonMetrics>,
-    metrics: Arc<WorkerMetrics>,
-}
-
-impl Application {
-    /// The port of the HTTP endpoint.
-    ///
-    /// # Errors
-    /// If the socket has no local address.
-    pub fn port(&self) -> std::io::Result<u16> {
-        Ok(self.listener.local_addr()?.port())
-    }
-}
-
-/// `GET /ready`: 200 when the database answers and the consumer is running.
-async fn ready(State(state): State<HttpState>) -> Response {
-    let mut problems = Vec::new();
-    if let Err(e) = store::ping(&state.pool).await {
-        problems.push(format!("database: {e}"));
-    }
-    if state.metrics.broker_connected.get() != 1 {
-        problems.push("broker: not consuming".to_owned());
-    }
-    plumbing::http::readiness(&problems)
-}
-
-/// `GET /metrics`.
-async fn metrics(State(state): State<HttpState>) -> Response {
-    state.common.observe_pool(&state.pool);
-    plumbing::metrics::render(&[state.metrics.registry(), state.common.registry()])
-}
-
 /// `GET /invoices/{order_id}`: the order's invoice, 404 while there is none yet.
-async fn invoice(State(state): State<HttpState>, Path(order_id): Path<String>) -> Response {
+async fn invoice(State(pool): State<Pool>, Path(order_id): Path<String>) -> Response {
     let Ok(order_id) = uuid::Uuid::try_parse(&order_id) else {
         return plumbing::http::problem(
             StatusCode::BAD_REQUEST,
@@ -74,7 +37,7 @@ async fn invoice(State(state): State<HttpState>, Path(order_id): Path<String>) -
             "order id must be a UUID",
         );
     };
-    match store::find_invoice(&state.pool, order_id).await {
+    match store::find_invoice(&pool, order_id).await {
         Ok(Some(invoice)) => Json(invoice).into_response(),
         Ok(None) => plumbing::http::problem(
             StatusCode::NOT_FOUND,
@@ -92,83 +55,51 @@ async fn invoice(State(state): State<HttpState>, Path(order_id): Path<String>) -
     }
 }
 
-impl plumbing::cli::Service for Application {
+impl Service for Application {
     type Config = Config;
-    const NAME: &'static str = "invoices-worker";
-    const DATABASE: plumbing::db::Database = plumbing::db::Database::Invoices;
+    const ABOUT: About = plumbing::about!(Database::Invoices);
 
-    fn load_config() -> Result<Config, plumbing::config::ConfigError> {
-        Config::from_env()
-    }
-
-    fn service_config(config: &Config) -> &plumbing::config::ServiceConfig {
-        &config.service
-    }
-
-    /// Migrates the invoices database (if configured), builds the pool and binds the
-    /// HTTP port. The broker is connected, with backoff, by the loop.
-    ///
-    /// # Errors
-    /// Invalid configuration, a failing migration, or a port that cannot be bound.
-    async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let (_, pool) =
-            plumbing::db::prepare(&config.service, Self::DATABASE, Self::NAME, shutdown)
-                .await
-                .context("cannot prepare the invoices database")?;
+    /// The broker is connected, with backoff, by the loop.
+    fn assemble(config: &Config, _db: DbConfig, pool: Pool) -> anyhow::Result<Self> {
+        let topology = config.broker.topology();
         let worker = Worker::new(
             pool.clone(),
             config.broker.url.clone(),
-            config.broker.topology(),
+            topology,
             config.worker,
         );
-        let metrics = worker.metrics();
-        let common = Arc::new(plumbing::metrics::CommonMetrics::new());
-        let router = Router::new()
-            .route("/health", get(plumbing::http::health))
-            .route("/ready", get(ready))
-            .route("/metrics", get(self::metrics))
-            .route("/invoices/{order_id}", get(invoice))
-            .with_state(HttpState {
-                pool: pool.clone(),
-                common: common.clone(),
-                metrics: metrics.clone(),
-            });
-        let router = plumbing::metrics::instrument(router, common);
-        let listener = plumbing::http::bind(&config.service.host, config.service.port).await?;
         Ok(Self {
             worker,
-            listener,
-            router,
             pool,
-            metrics,
             dedupe_retention: config.dedupe_retention,
             purge_interval: config.purge_interval,
         })
     }
 
-    /// Runs the worker, the dedupe purge and the HTTP endpoint until `shutdown`;
-    /// the worker finishes the deliveries in hand before this returns.
-    ///
-    /// # Errors
-    /// The HTTP server's I/O error.
-    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (pool, metrics, retention) = (self.pool.clone(), self.metrics, self.dedupe_retention);
-        tokio::spawn(plumbing::db::every_as_leader(
-            self.pool,
-            PURGE_LOCK_KEY,
-            self.purge_interval,
-            shutdown.clone(),
-            "purge of old dedupe records",
-            move || {
-                let (pool, metrics) = (pool.clone(), metrics.clone());
-                async move {
-                    let purged = store::purge_processed(&pool, retention, 1_000).await?;
-                    metrics.purged.inc_by(purged);
-                    Ok(purged)
-                }
-            },
-        ));
-        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
-        plumbing::http::serve_alongside(self.listener, self.router, shutdown, worker).await
+    fn vitals(&self) -> Arc<dyn Vitals> {
+        self.worker.metrics()
+    }
+
+    /// Adds `GET /invoices/{order_id}`.
+    fn router(&self, endpoints: Router) -> Router {
+        let invoices = Router::new().route("/invoices/{order_id}", get(invoice));
+        endpoints.merge(invoices.with_state(self.pool.clone()))
+    }
+
+    /// Dedupe records past `DEDUPE_RETENTION`.
+    fn purge(&self) -> Option<Purge> {
+        // The advisory lock that lets one worker at a time purge old dedupe records.
+        const PURGE_LOCK_KEY: i64 = 0x696e_7670; // "invp"
+        let retention = self.dedupe_retention;
+        let purge =
+            move |pool: Pool| async move { store::purge_processed(&pool, retention, 1_000).await };
+        let what = "purge of old dedupe records";
+        let purge = Purge::new(what, PURGE_LOCK_KEY, self.purge_interval, purge);
+        Some(purge.counted(self.worker.metrics().purged.clone()))
+    }
+
+    /// The worker finishes the deliveries in hand before this returns.
+    fn run(self, shutdown: CancellationToken) -> impl Future<Output = ()> + Send {
+        self.worker.run(shutdown)
     }
 }

@@ -1,7 +1,7 @@
 //! The worker's SQL: record the message and insert its invoice, atomically.
 
 use contracts::OrderCreatedV1;
-use deadpool_postgres::{Pool, PoolError};
+use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 /// What handling one event did.
@@ -19,27 +19,8 @@ pub enum Handled {
     AlreadyInvoiced,
 }
 
-/// A database failure of the worker.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No connection could be had.
-    #[error("no database connection")]
-    Pool(#[from] PoolError),
-    /// A statement failed.
-    #[error("invoice query failed")]
-    Query(#[from] tokio_postgres::Error),
-}
-
-impl StoreError {
-    /// Whether retrying may succeed (the database is down, a deadlock, …).
-    #[must_use]
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Pool(e) => plumbing::db::is_transient_pool(e),
-            StoreError::Query(e) => plumbing::db::is_transient(e),
-        }
-    }
-}
+/// A database failure of the worker: the store error every service has.
+pub use plumbing::db::StoreError;
 
 /// Records the message ids and inserts the invoices of a whole batch in ONE
 /// statement (one transaction, one round trip). For each message, the
@@ -176,6 +157,13 @@ pub async fn find_invoice(pool: &Pool, order_id: Uuid) -> Result<Option<Invoice>
     }))
 }
 
+/// Deletes up to `$2` dedupe records older than `$1` seconds, oldest first.
+const PURGE_PROCESSED: &str = "
+DELETE FROM processed_messages WHERE message_id IN (
+    SELECT message_id FROM processed_messages
+    WHERE processed_at < now() - $1 * interval '1 second'
+    ORDER BY processed_at LIMIT $2)";
+
 /// Deletes dedupe records older than `older_than`, `batch` per statement. The
 /// retention must cover the outbox's replay window and any redelivery: after it, a
 /// replayed message would be processed again (the unique order id on invoices
@@ -188,32 +176,5 @@ pub async fn purge_processed(
     older_than: std::time::Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "DELETE FROM processed_messages WHERE message_id IN (
-                 SELECT message_id FROM processed_messages
-                 WHERE processed_at < now() - $1 * interval '1 second'
-                 ORDER BY processed_at LIMIT $2)",
-        )
-        .await?;
-    let mut total = 0;
-    loop {
-        let deleted = client
-            .execute(&statement, &[&older_than.as_secs_f64(), &batch])
-            .await?;
-        total += deleted;
-        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
-}
-
-/// Checks that the database answers.
-///
-/// # Errors
-/// [`StoreError`] when it does not.
-pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
-    pool.get().await?.simple_query("SELECT 1").await?;
-    Ok(())
+    plumbing::db::purge_in_batches(&*pool.get().await?, PURGE_PROCESSED, older_than, batch).await
 }

@@ -12,15 +12,18 @@ use contracts::{Event, Topology, event::Decoded, headers};
 use deadpool_postgres::Pool;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Consumer,
+    BasicProperties, Channel, Consumer,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };
-use plumbing::broker::{self, BrokerError, short_string};
+use plumbing::{
+    broker::{self, BrokerError, short_string},
+    publish::{self, Message},
+};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -562,38 +565,29 @@ impl Worker {
             .as_ref()
             .map(|m| m.to_string());
         tracing::warn!(message_id, code, reason, "dead-lettering message");
-        let properties = with_reason(&delivery.properties, reason);
-        let published = channel
-            .basic_publish(
-                short_string(&self.topology.dead_letter_exchange),
-                short_string(self.topology.dead_letter_routing_key()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await;
-        // Bounded: a dead-letter queue without quorum must not hang the worker.
-        let confirmed = match published {
-            Ok(confirm) => matches!(
-                tokio::time::timeout(Duration::from_secs(10), confirm).await,
-                Ok(Ok(Confirmation::Ack(None)))
-            ),
-            Err(_) => false,
+        let message = Message {
+            exchange: &self.topology.dead_letter_exchange,
+            routing_key: self.topology.dead_letter_routing_key(),
+            body: &delivery.data,
+            properties: with_reason(&delivery.properties, reason),
         };
+        // Bounded: a dead-letter queue without quorum must not hang the worker.
+        let outcome = publish::publish_confirmed(channel, message, Duration::from_secs(10)).await;
         self.metrics.dead_letter(code);
-        if confirmed {
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else {
-            tracing::warn!(
-                message_id,
-                "dead-letter publish not confirmed; rejecting to the queue's dead-letter exchange"
-            );
-            delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await?;
+        match outcome.into_result() {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    message_id,
+                    error = %e,
+                    "dead-letter publish not confirmed; rejecting to the queue's dead-letter exchange"
+                );
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
         }
         Ok(())
     }

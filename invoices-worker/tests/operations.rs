@@ -301,9 +301,9 @@ async fn ready_becomes(port: u16, status: u16, what: &str) -> String {
 async fn ready_only_while_the_database_and_the_broker_answer() {
     use invoices_worker::{config::Config, startup::Application};
     use plumbing::{
-        cli::Service as _,
         config::{BrokerConfig, ServiceConfig},
         db::PoolOptions,
+        service::Service as _,
     };
 
     let db = TestDatabase::migrated("worker_ready", Database::Invoices).await;

@@ -2,13 +2,9 @@
 
 use std::time::Duration;
 
-use plumbing::{
-    config::{ConfigError, ServiceConfig, ServiceDefaults, duration_or, parse_or, var_or},
-    db::PoolOptions,
-};
-
-/// Default `DATABASE_URL`: the local orders database.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+use plumbing::config::{ConfigError, ServiceConfig, ServiceDefaults, Settings};
+use plumbing::config::{duration_or, parse_or, var_or};
+use plumbing::db::PoolOptions;
 
 /// Everything the API reads from the environment.
 #[derive(Debug, Clone)]
@@ -32,23 +28,31 @@ pub struct Config {
     pub unsafe_reply_before_commit: bool,
 }
 
-impl Config {
-    /// Reads the configuration.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the variable that does not parse.
-    pub fn from_env() -> Result<Self, ConfigError> {
+impl Settings for Config {
+    const DEFAULTS: ServiceDefaults = ServiceDefaults {
+        database_url: "postgres://postgres@127.0.0.1:5432/orders",
+        port: 3333,
+        pool: PoolOptions::DEFAULT,
+    };
+    const VARIABLES: &'static [&'static str] = &["\
+REQUEST_TIMEOUT longest a request may take; a slower one is answered 503 (default 10s)
+MAX_BODY_BYTES largest request body in bytes (default 65536)
+DEFAULT_CURRENCY ISO 4217 currency of orders that name none (default BRL)
+IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)
+ORDERS_UNSAFE_REPLY_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: answer 201 before the order is stored (default false)"];
+
+    fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            service: ServiceConfig::from_env(ServiceDefaults {
-                database_url: DEFAULT_DATABASE_URL,
-                port: 3333,
-                pool: PoolOptions::default(),
-            })?,
+            service: ServiceConfig::from_env(Self::DEFAULTS)?,
             request_timeout: duration_or("REQUEST_TIMEOUT", Duration::from_secs(10))?,
             max_body_bytes: parse_or("MAX_BODY_BYTES", 64 * 1024)?,
             default_currency: var_or("DEFAULT_CURRENCY", "BRL"),
             idempotency_key_ttl: duration_or("IDEMPOTENCY_KEY_TTL", Duration::from_secs(86_400))?,
             unsafe_reply_before_commit: parse_or("ORDERS_UNSAFE_REPLY_BEFORE_COMMIT", false)?,
         })
+    }
+
+    fn service(&self) -> &ServiceConfig {
+        &self.service
     }
 }

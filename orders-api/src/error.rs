@@ -117,22 +117,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for ApiError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        if plumbing::db::is_transient_pool(&err) {
-            ApiError::Unavailable(anyhow::Error::new(err).context("no database connection"))
+/// A store failure: 503 when retrying may help (the database is down or
+/// overloaded), 500 otherwise.
+impl From<plumbing::db::StoreError> for ApiError {
+    fn from(err: plumbing::db::StoreError) -> Self {
+        if err.is_transient() {
+            ApiError::Unavailable(anyhow::Error::new(err))
         } else {
-            ApiError::Internal(anyhow::Error::new(err).context("database pool"))
-        }
-    }
-}
-
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        if plumbing::db::is_transient(&err) {
-            ApiError::Unavailable(anyhow::Error::new(err).context("database query failed"))
-        } else {
-            ApiError::Internal(anyhow::Error::new(err).context("database query failed"))
+            ApiError::Internal(anyhow::Error::new(err))
         }
     }
 }

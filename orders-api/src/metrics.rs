@@ -1,9 +1,6 @@
 //! The API's Prometheus metrics (`orders_…`), served at `GET /metrics` beside the
 //! HTTP and pool metrics every service has.
 
-use std::sync::Arc;
-
-use plumbing::metrics::CommonMetrics;
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 
 /// What the API counts.
@@ -14,20 +11,11 @@ pub struct ApiMetrics {
     pub created: Counter,
     /// Answers replayed for a repeated `Idempotency-Key`.
     pub idempotent_replays: Counter,
-    /// HTTP requests and database pool.
-    pub common: Arc<CommonMetrics>,
 }
 
 impl Default for ApiMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ApiMetrics {
     /// Creates and registers the metrics.
-    #[must_use]
-    pub fn new() -> Self {
+    fn default() -> Self {
         let mut registry = Registry::with_prefix("orders");
         let created = Counter::default();
         let idempotent_replays = Counter::default();
@@ -45,13 +33,13 @@ impl ApiMetrics {
             registry,
             created,
             idempotent_replays,
-            common: Arc::new(CommonMetrics::new()),
         }
     }
+}
 
-    /// The API's own registry.
-    #[must_use]
-    pub fn registry(&self) -> &Registry {
+/// `/ready` needs the database only; `/metrics` starts with the API's own.
+impl plumbing::endpoints::Vitals for ApiMetrics {
+    fn registry(&self) -> &Registry {
         &self.registry
     }
 }

@@ -5,12 +5,17 @@
 //! Operations are described where they are handled (`#[utoipa::path]` on the
 //! handlers in [`crate::routes`]) and bodies by their own types
 //! ([`crate::domain::CreateOrderRequest`], [`crate::domain::order::OrderBody`]),
-//! so the description cannot drift from the code. Problem bodies are built by
-//! the shared HTTP plumbing, not by a type of ours: their schema is written here.
+//! so the description cannot drift from the code. Problem bodies and the
+//! operational endpoints (`/health`, `/ready`, `/metrics`) are served by the
+//! shared plumbing, not by code of ours: they are described here.
 
 use utoipa::{
     Modify, OpenApi,
-    openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type},
+    openapi::{
+        ContentBuilder, ResponseBuilder,
+        path::{HttpMethod, OperationBuilder},
+        schema::{KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type},
+    },
 };
 
 /// Decimal strings the schema describes: 0.01 to 1000000.00, at most two places.
@@ -87,6 +92,67 @@ impl Modify for ProblemSchema {
     }
 }
 
+/// Adds the operational endpoints every service gets from
+/// `plumbing::endpoints`.
+struct OperationalEndpoints;
+
+impl Modify for OperationalEndpoints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let text = |description: &str, content_type: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    content_type,
+                    ContentBuilder::new()
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .build(),
+                )
+                .build()
+        };
+        let endpoints = [
+            (
+                "/health",
+                "health",
+                "Liveness: `OK` as long as the process serves HTTP.",
+                vec![("200", text("Alive", "text/plain"))],
+            ),
+            (
+                "/ready",
+                "ready",
+                "Readiness: 200 when the database answers.",
+                vec![
+                    ("200", text("Ready", "text/plain")),
+                    ("503", text("Not ready, with the reason", "text/plain")),
+                ],
+            ),
+            (
+                "/metrics",
+                "metrics",
+                "Prometheus metrics in the OpenMetrics text format.",
+                vec![(
+                    "200",
+                    text(
+                        "Request, order and pool metrics",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                )],
+            ),
+        ];
+        for (path, id, summary, responses) in endpoints {
+            let mut operation = OperationBuilder::new()
+                .tag("operations")
+                .summary(Some(summary))
+                .operation_id(Some(id));
+            for (status, response) in responses {
+                operation = operation.response(status, response);
+            }
+            openapi
+                .paths
+                .add_path_operation(path, vec![HttpMethod::Get], operation.build());
+        }
+    }
+}
+
 /// The API's description.
 #[derive(OpenApi)]
 #[openapi(
@@ -97,13 +163,10 @@ impl Modify for ProblemSchema {
     paths(
         crate::routes::orders::create,
         crate::routes::orders::get,
-        crate::routes::health::health,
-        crate::routes::health::ready,
-        crate::routes::metrics,
         crate::routes::openapi,
     ),
     components(schemas(crate::domain::CreateOrderRequest, crate::domain::order::OrderBody)),
-    modifiers(&ProblemSchema)
+    modifiers(&ProblemSchema, &OperationalEndpoints)
 )]
 pub struct ApiDoc;
 

@@ -1,13 +1,13 @@
 //! SQL of the orders database, next to the functions that run it.
 
 use deadpool_postgres::Pool;
+use plumbing::db::StoreError;
 use time::OffsetDateTime;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
     domain::{Amount, NewOrder, Order},
-    error::ApiError,
     outbox::{OutboxEvent, RequestContext},
 };
 
@@ -72,17 +72,17 @@ pub enum Keyed {
 /// Creates an order with its event.
 ///
 /// # Errors
-/// [`ApiError::Unavailable`] when the database cannot be reached,
-/// [`ApiError::Internal`] on any other database failure.
+/// [`StoreError`]: transient when the database cannot be reached (see
+/// [`StoreError::is_transient`]).
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
     context: &RequestContext,
-) -> Result<Order, ApiError> {
+) -> Result<Order, StoreError> {
     let (order, event) = prepare(new, context);
     let written = insert(pool, &order, &event, None).await?;
     if written != 1 {
-        return Err(ApiError::Internal(anyhow::anyhow!(
+        return Err(StoreError::invariant(format!(
             "order insert wrote {written} outbox rows instead of 1"
         )));
     }
@@ -115,7 +115,7 @@ pub async fn create_order_once(
     new: &NewOrder,
     context: &RequestContext,
     key: &IdempotencyKey,
-) -> Result<Keyed, ApiError> {
+) -> Result<Keyed, StoreError> {
     let (order, event) = prepare(new, context);
     if insert(pool, &order, &event, Some(key)).await? == 1 {
         return Ok(Keyed::Created(order));
@@ -127,7 +127,7 @@ pub async fn create_order_once(
         )
         .await?;
     let Some(row) = client.query_opt(&statement, &[&key.key]).await? else {
-        return Err(ApiError::Internal(anyhow::anyhow!(
+        return Err(StoreError::invariant(format!(
             "idempotency key {:?} neither inserted nor found",
             key.key
         )));
@@ -165,13 +165,19 @@ async fn insert(
     order: &Order,
     event: &OutboxEvent,
     key: Option<&IdempotencyKey>,
-) -> Result<u64, ApiError> {
+) -> Result<u64, StoreError> {
     let span = plumbing::db::client_span("INSERT", "orders");
     let result = insert_statement(pool, order, event, key)
         .instrument(span.clone())
         .await;
     if let Err(e) = &result {
-        plumbing::db::failed_span(&span, e.code());
+        // The problem code the client gets for it.
+        let code = if e.is_transient() {
+            "unavailable"
+        } else {
+            "internal"
+        };
+        plumbing::db::failed_span(&span, code);
     }
     result
 }
@@ -183,7 +189,7 @@ async fn insert_statement(
     order: &Order,
     event: &OutboxEvent,
     key: Option<&IdempotencyKey>,
-) -> Result<u64, ApiError> {
+) -> Result<u64, StoreError> {
     let client = pool.get().await?;
     let base: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &order.id,
@@ -204,12 +210,10 @@ async fn insert_statement(
             client.execute(&statement, &base).await?
         }
         Some(key) => {
-            let body = serde_json::to_value(
-                order
-                    .to_body()
-                    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?,
-            )
-            .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+            let body = order
+                .to_body()
+                .and_then(serde_json::to_value)
+                .map_err(|e| StoreError::invariant_from("cannot encode the order's response", e))?;
             let statement = client.prepare_cached(INSERT_ORDER_AND_EVENT_ONCE).await?;
             let mut params = base.to_vec();
             params.extend([
@@ -226,37 +230,26 @@ async fn insert_statement(
     Ok(written)
 }
 
+/// Deletes up to `$2` idempotency keys older than `$1` seconds, oldest first.
+const PURGE_KEYS: &str = "
+DELETE FROM idempotency_keys WHERE key IN (
+    SELECT key FROM idempotency_keys
+    WHERE created_at < now() - $1 * interval '1 second'
+    ORDER BY created_at LIMIT $2)";
+
 /// Deletes idempotency keys older than `older_than`, in batches; returns how many.
 ///
 /// # Errors
 /// As [`create_order`].
-pub async fn purge_keys(pool: &Pool, older_than: std::time::Duration) -> Result<u64, ApiError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "DELETE FROM idempotency_keys WHERE key IN (
-                 SELECT key FROM idempotency_keys
-                 WHERE created_at < now() - $1 * interval '1 second'
-                 ORDER BY created_at LIMIT 1000)",
-        )
-        .await?;
-    let mut total = 0;
-    loop {
-        let deleted = client
-            .execute(&statement, &[&older_than.as_secs_f64()])
-            .await?;
-        total += deleted;
-        if deleted < 1000 {
-            return Ok(total);
-        }
-    }
+pub async fn purge_keys(pool: &Pool, older_than: std::time::Duration) -> Result<u64, StoreError> {
+    plumbing::db::purge_in_batches(&*pool.get().await?, PURGE_KEYS, older_than, 1_000).await
 }
 
 /// Looks an order up by id.
 ///
 /// # Errors
 /// As [`create_order`].
-pub async fn find_order(pool: &Pool, id: Uuid) -> Result<Option<Order>, ApiError> {
+pub async fn find_order(pool: &Pool, id: Uuid) -> Result<Option<Order>, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached("SELECT id, amount_cents, currency, created_at FROM orders WHERE id = $1")
@@ -265,15 +258,11 @@ pub async fn find_order(pool: &Pool, id: Uuid) -> Result<Option<Order>, ApiError
         return Ok(None);
     };
     let amount = Amount::from_cents(row.try_get("amount_cents")?).map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!(
-            "stored order {id} has an invalid amount: {e}"
-        ))
+        StoreError::invariant_from(format!("stored order {id} has an invalid amount"), e)
     })?;
     let currency =
         contracts::Currency::try_from(row.try_get::<_, &str>("currency")?).map_err(|e| {
-            ApiError::Internal(
-                anyhow::Error::new(e).context(format!("stored order {id} has an invalid currency")),
-            )
+            StoreError::invariant_from(format!("stored order {id} has an invalid currency"), e)
         })?;
     Ok(Some(Order {
         id: row.try_get("id")?,
@@ -281,16 +270,6 @@ pub async fn find_order(pool: &Pool, id: Uuid) -> Result<Option<Order>, ApiError
         currency,
         created_at: row.try_get("created_at")?,
     }))
-}
-
-/// Checks that the database answers (readiness).
-///
-/// # Errors
-/// As [`create_order`].
-pub async fn ping(pool: &Pool) -> Result<(), ApiError> {
-    let client = pool.get().await?;
-    client.simple_query("SELECT 1").await?;
-    Ok(())
 }
 
 /// The current time at PostgreSQL's precision (microseconds), so that what the API

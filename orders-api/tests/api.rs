@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use devkit::{db::TestDatabase, proxy::TcpProxy};
 use orders_api::{config::Config, startup::Application};
-use plumbing::{cli::Service as _, config::ServiceConfig, db::PoolOptions};
+use plumbing::{config::ServiceConfig, db::PoolOptions, service::Service as _};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

@@ -2,13 +2,9 @@
 
 use std::time::Duration;
 
-use plumbing::{
-    config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, duration_or, parse_or},
-    db::PoolOptions,
-};
-
-/// Default `DATABASE_URL`: the local orders database (the relay reads the outbox).
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+use plumbing::config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, Settings};
+use plumbing::config::{duration_or, parse_or};
+use plumbing::db::PoolOptions;
 
 /// How the relay claims and publishes.
 #[derive(Debug, Clone, Copy)]
@@ -76,22 +72,31 @@ pub struct Config {
     pub relay: RelaySettings,
 }
 
-impl Config {
-    /// Reads the configuration.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the variable that does not parse.
-    pub fn from_env() -> Result<Self, ConfigError> {
+impl Settings for Config {
+    const DEFAULTS: ServiceDefaults = ServiceDefaults {
+        database_url: "postgres://postgres@127.0.0.1:5432/orders",
+        port: 3335,
+        pool: PoolOptions {
+            max_size: 4,
+            wait_timeout: Duration::from_secs(5),
+        },
+    };
+    const VARIABLES: &'static [&'static str] = &[BrokerConfig::VARIABLES, "\
+RELAY_BATCH_SIZE rows claimed and published per cycle, the window of unconfirmed messages (default 500)
+RELAY_BATCH_WINDOW after a claim that did not fill a batch, least time before the next one (default 2ms)
+RELAY_POLL_INTERVAL scan interval when no notification arrives (default 1s)
+RELAY_CLAIM_MAX_IDLE the server aborts a claim idle this long; at least 3 x RELAY_CONFIRM_TIMEOUT (default 30s)
+RELAY_CONFIRM_TIMEOUT longest wait for a batch's confirms; unconfirmed rows go out again (default 10s)
+RELAY_MAX_ATTEMPTS failed attempts after which a row is blocked until an operator acts (default 10)
+RELAY_RETENTION how long published rows are kept for replays (default 7d)
+RELAY_PURGE_INTERVAL how often one relay purges older rows (default 1h)
+RELAY_PURGE_BATCH rows deleted per statement by the purge (default 1000)
+RELAY_UNSAFE_MARK_BEFORE_PUBLISH BREAKS THE GUARANTEE, for the fault suite only: mark rows published before the broker has them (default false)"];
+
+    fn from_env() -> Result<Self, ConfigError> {
         let d = RelaySettings::default();
         let config = Self {
-            service: ServiceConfig::from_env(ServiceDefaults {
-                database_url: DEFAULT_DATABASE_URL,
-                port: 3335,
-                pool: PoolOptions {
-                    max_size: 4,
-                    wait_timeout: Duration::from_secs(5),
-                },
-            })?,
+            service: ServiceConfig::from_env(Self::DEFAULTS)?,
             broker: BrokerConfig::from_env()?,
             relay: RelaySettings {
                 batch_size: parse_or("RELAY_BATCH_SIZE", d.batch_size)?.clamp(1, 10_000),
@@ -114,6 +119,10 @@ impl Config {
         };
         config.relay.validate()?;
         Ok(config)
+    }
+
+    fn service(&self) -> &ServiceConfig {
+        &self.service
     }
 }
 

@@ -3,27 +3,14 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
-use outbox_relay::{ops, startup::Application, store::ReplayFilter};
-use plumbing::cli::{BaseCommand, run_base, run_operator};
+use clap::{Args, Subcommand};
+use outbox_relay::{config::Config, ops, startup::Application, store::ReplayFilter};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
-/// Publishes the orders outbox to RabbitMQ with publisher confirms.
-///
-/// Configuration comes from the environment (DATABASE_URL, BROKER_URL,
-/// BROKER_NAMESPACE, RELAY_*); see the README.
-#[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
+/// The operator's commands, beside `run`, `migrate` and `healthcheck`.
 #[derive(Debug, Subcommand)]
 enum Command {
-    #[command(flatten)]
-    Base(BaseCommand),
     /// Show the backlog, the oldest event's age, blocked events and recent replays.
     Status {
         /// Print JSON instead of text.
@@ -102,64 +89,41 @@ fn rfc3339(text: &str) -> Result<OffsetDateTime, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Cli::parse()
-        .command
-        .unwrap_or(Command::Base(BaseCommand::Run));
+    plumbing::cli::main_with::<Application, Command, _, _>(operate).await
+}
+
+/// Runs an operator command.
+async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Base(base) => run_base::<Application>(base).await,
         Command::Status { json } => {
-            run_operator::<Application, _, _>(|config| async move {
-                let pool = ops::connect(&config).await?;
-                let status = ops::status(&pool).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&status)?);
-                } else {
-                    print!("{}", ops::render_status(&status));
-                }
-                Ok(())
-            })
-            .await
+            let pool = ops::connect(&config).await?;
+            let status = ops::status(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", ops::render_status(&status));
+            }
+            Ok(())
         }
         Command::Replay(args) => {
-            run_operator::<Application, _, _>(|config| async move {
-                let filter = ReplayFilter {
-                    since: args.since,
-                    until: args.until,
-                    aggregate_id: args.aggregate_id,
-                    event_type: args.event_type,
-                    from_message_id: args.from_message_id,
-                    to_message_id: args.to_message_id,
-                };
-                ops::run_replay(&config, filter, args.dry_run, args.rate).await
-            })
-            .await
+            let filter = ReplayFilter {
+                since: args.since,
+                until: args.until,
+                aggregate_id: args.aggregate_id,
+                event_type: args.event_type,
+                from_message_id: args.from_message_id,
+                to_message_id: args.to_message_id,
+            };
+            ops::run_replay(&config, filter, args.dry_run, args.rate).await
         }
-        Command::Purge { older_than } => {
-            run_operator::<Application, _, _>(|config| async move {
-                ops::run_purge(&config, older_than).await
-            })
-            .await
-        }
+        Command::Purge { older_than } => ops::run_purge(&config, older_than).await,
         Command::Retry(select) => {
-            run_operator::<Application, _, _>(|config| async move {
-                ops::run_retry(
-                    &config,
-                    ops::selection(select.message_id, select.aggregate_id),
-                )
-                .await
-            })
-            .await
+            let selection = ops::selection(select.message_id, select.aggregate_id);
+            ops::run_retry(&config, selection).await
         }
         Command::Skip { select, reason } => {
-            run_operator::<Application, _, _>(|config| async move {
-                ops::run_skip(
-                    &config,
-                    ops::selection(select.message_id, select.aggregate_id),
-                    &reason,
-                )
-                .await
-            })
-            .await
+            let selection = ops::selection(select.message_id, select.aggregate_id);
+            ops::run_skip(&config, selection, &reason).await
         }
     }
 }

@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -91,15 +94,8 @@ pub struct RelayMetrics {
 }
 
 impl Default for RelayMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl RelayMetrics {
     /// Creates the metrics and registers them.
-    #[must_use]
-    pub fn new() -> Self {
+    fn default() -> Self {
         let mut registry = Registry::with_prefix("outbox");
         let m = Self {
             claimed: Counter::default(),
@@ -205,7 +201,9 @@ impl RelayMetrics {
         }
         Self { registry, ..m }
     }
+}
 
+impl RelayMetrics {
     /// Counts a failure.
     pub fn failed(&self, reason: FailureReason) {
         self.failures.get_or_create(&FailureLabels { reason }).inc();
@@ -219,10 +217,25 @@ impl RelayMetrics {
         self.blocked_aggregates.set(stats.blocked_aggregates);
         self.retrying.set(stats.retrying);
     }
+}
 
-    /// The registry, for `/metrics`.
-    #[must_use]
-    pub fn registry(&self) -> &Registry {
+/// `/ready` needs a working broker channel; `/metrics` adds the state of the
+/// whole outbox, read at scrape time.
+impl plumbing::endpoints::Vitals for RelayMetrics {
+    fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    fn unready(&self) -> Option<String> {
+        (self.broker_connected.get() != 1).then(|| "broker: not connected".to_owned())
+    }
+
+    fn refresh<'a>(&'a self, pool: &'a Pool) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match crate::store::backlog_stats(pool).await {
+                Ok(stats) => self.observe_backlog(&stats),
+                Err(e) => tracing::warn!(error = %e, "cannot read outbox statistics for /metrics"),
+            }
+        })
     }
 }

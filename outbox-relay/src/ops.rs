@@ -24,7 +24,7 @@ use crate::{
 pub async fn connect(config: &Config) -> anyhow::Result<Pool> {
     let db = plumbing::db::parse_url(&config.service.database_url)?;
     let pool = plumbing::db::pool(db, config.service.pool)?;
-    store::ping(&pool)
+    plumbing::db::ping(&pool)
         .await
         .context("cannot reach the orders database")?;
     Ok(pool)
@@ -168,7 +168,7 @@ pub async fn run_replay(
         confirm_timeout: config.relay.confirm_timeout,
     };
     // A command's own counters: nothing scrapes them, the summary below reports.
-    let metrics = RelayMetrics::new();
+    let metrics = RelayMetrics::default();
     let report = replay::replay(
         &pool,
         &config.broker.url,

@@ -10,27 +10,19 @@
 use std::time::{Duration, Instant};
 
 use contracts::{EventType, Topology};
-use lapin::{
-    Channel, Confirmation, Connection, PublisherConfirm,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+use lapin::{Channel, Connection, options::ConfirmSelectOptions};
+use plumbing::{
+    broker::{BrokerError, Outbound},
+    publish::{Lost, Message, Pending, Rejection},
 };
-use plumbing::broker::{BrokerError, Outbound, short_string};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::store::OutboxRow;
 
-/// What happened to one published row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The broker acknowledged it and did not return it: safe to mark published.
-    Confirmed,
-    /// The broker refused it (nack, unroutable, or it cannot be encoded): record an
-    /// attempt against the row.
-    Rejected(String),
-    /// The channel or connection failed before a confirm arrived: unlock the row so
-    /// it is published again after reconnecting.
-    Lost(String),
-}
+/// What happened to one published row: confirmed (safe to mark published),
+/// rejected (record an attempt against the row) or lost (unlock the row so it
+/// is published again after reconnecting).
+pub use plumbing::publish::Outcome;
 
 /// A confirm-mode channel to the broker, with the topology declared.
 pub struct Publisher {
@@ -100,65 +92,22 @@ impl Publisher {
     ) -> InFlight {
         let started = Instant::now();
         let span = self.batch_span(rows);
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
-        let mut publishes = Vec::with_capacity(rows.len());
-        let mut indices = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let Some(event_type) = EventType::from_name(&row.event_type) else {
-                outcomes[i] = Some(Outcome::Rejected(format!(
+        let messages = rows.iter().map(|row| {
+            let event_type = EventType::from_name(&row.event_type).ok_or_else(|| {
+                Rejection::Invalid(format!(
                     "unknown event type {:?}: no routing key",
                     row.event_type
-                )));
-                continue;
-            };
-            indices.push(i);
-            publishes.push(self.channel.basic_publish(
-                short_string(&self.topology.exchange),
-                short_string(event_type.routing_key()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                row.payload.as_bytes(),
-                outbound(row, extra_headers).properties(),
-            ));
-        }
-        // Each publish waits until the I/O thread has written its frames. Driving
-        // them together (polled in order, so frames and delivery tags keep the rows'
-        // order) lets the whole batch go out in a few writes instead of one
-        // cross-thread round trip per message.
-        let Ok(results) =
-            tokio::time::timeout(write_timeout, futures::future::join_all(publishes)).await
-        else {
-            let reason = format!("publishing took longer than {write_timeout:?}");
-            for i in indices {
-                outcomes[i] = Some(Outcome::Lost(reason.clone()));
-            }
-            return InFlight {
-                outcomes,
-                pending: Vec::new(),
-                span,
-                started,
-                confirm_seconds: None,
-            };
-        };
-        let mut pending = Vec::with_capacity(results.len());
-        let mut failed: Option<String> = None;
-        for (i, result) in indices.into_iter().zip(results) {
-            match (result, &failed) {
-                (Ok(confirm), None) => pending.push((i, confirm)),
-                (Ok(_), Some(reason)) => outcomes[i] = Some(Outcome::Lost(reason.clone())),
-                (Err(e), _) => {
-                    // The channel is gone: this row and every later one is lost.
-                    let reason = format!("publish failed: {e}");
-                    outcomes[i] = Some(Outcome::Lost(reason.clone()));
-                    failed.get_or_insert(reason);
-                }
-            }
-        }
+                ))
+            })?;
+            Ok(Message {
+                exchange: &self.topology.exchange,
+                routing_key: event_type.routing_key(),
+                body: row.payload.as_bytes(),
+                properties: outbound(row, extra_headers).properties(),
+            })
+        });
         InFlight {
-            outcomes,
-            pending,
+            pending: plumbing::publish::start(&self.channel, messages, write_timeout).await,
             span,
             started,
             confirm_seconds: self.confirm_seconds.clone(),
@@ -172,14 +121,14 @@ impl Publisher {
         let exchange = &self.topology.exchange;
         let span = tracing::info_span!(
             "messaging.publish",
-            otel.name = %format!("send {exchange}"),
-            otel.kind = "producer",
-            otel.status_code = tracing::field::Empty,
             messaging.system = "rabbitmq",
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name = %exchange,
             messaging.batch.message_count = rows.len(),
+            otel.name = %format!("send {exchange}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
             outbox.confirmed = tracing::field::Empty,
             outbox.not_confirmed = tracing::field::Empty,
         );
@@ -203,8 +152,7 @@ impl Publisher {
 
 /// A published batch whose confirms have not been collected yet.
 pub struct InFlight {
-    outcomes: Vec<Option<Outcome>>,
-    pending: Vec<(usize, PublisherConfirm)>,
+    pending: Pending,
     /// The batch's span, ended when the confirms are in.
     span: tracing::Span,
     started: Instant,
@@ -216,31 +164,12 @@ impl InFlight {
     /// order. Rows without a confirm in time are [`Outcome::Lost`].
     pub async fn settle(self, confirm_timeout: Duration) -> Vec<Outcome> {
         let Self {
-            mut outcomes,
             pending,
             span,
             started,
             confirm_seconds,
         } = self;
-        let (indices, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout(confirm_timeout, futures::future::join_all(confirms)).await {
-            Ok(results) => {
-                for (i, result) in indices.into_iter().zip(results) {
-                    outcomes[i] = Some(outcome_of(result));
-                }
-            }
-            Err(_) => {
-                for i in indices {
-                    outcomes[i] = Some(Outcome::Lost(format!(
-                        "no confirm within {confirm_timeout:?}"
-                    )));
-                }
-            }
-        }
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Lost("not published".into())))
-            .collect();
+        let outcomes = pending.settle(confirm_timeout).await;
         let confirmed = outcomes
             .iter()
             .filter(|o| matches!(o, Outcome::Confirmed))
@@ -250,27 +179,14 @@ impl InFlight {
         if confirmed < outcomes.len() {
             span.record("otel.status_code", "ERROR");
         }
-        if let Some(histogram) = confirm_seconds.filter(|_| !outcomes.is_empty()) {
+        // A batch that could not even be written has no confirm time.
+        let written = !outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Lost(Lost::WriteTimeout(_))));
+        if let Some(histogram) = confirm_seconds.filter(|_| written && !outcomes.is_empty()) {
             histogram.observe(started.elapsed().as_secs_f64());
         }
         outcomes
-    }
-}
-
-fn outcome_of(result: lapin::Result<Confirmation>) -> Outcome {
-    match result {
-        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
-        Ok(Confirmation::Ack(Some(returned))) => Outcome::Rejected(format!(
-            "returned by the broker: {} {} (no queue bound for routing key {})",
-            returned.reply_code, returned.reply_text, returned.delivery.routing_key
-        )),
-        Ok(Confirmation::Nack(returned)) => Outcome::Rejected(match returned {
-            Some(r) => format!("nacked by the broker: {} {}", r.reply_code, r.reply_text),
-            None => "nacked by the broker".into(),
-        }),
-        // Confirms are always enabled on this channel; treat the impossible as lost.
-        Ok(Confirmation::NotRequested) => Outcome::Lost("publisher confirms not enabled".into()),
-        Err(e) => Outcome::Lost(format!("channel failed before the confirm: {e}")),
     }
 }
 

@@ -19,7 +19,11 @@ use std::{
 
 use contracts::Topology;
 use deadpool_postgres::Pool;
-use plumbing::db::DbConfig;
+use plumbing::{
+    broker::BrokerError,
+    db::DbConfig,
+    publish::{Lost, Rejection},
+};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -61,17 +65,24 @@ pub enum RelayError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The broker could not be reached or the channel failed.
-    #[error("broker unavailable: {0}")]
-    Broker(String),
+    /// The broker could not be reached.
+    #[error("broker unavailable")]
+    Broker(#[from] BrokerError),
+    /// The channel failed while a batch was in flight; its unconfirmed rows are
+    /// published again.
+    #[error("broker channel lost")]
+    Lost(#[from] Lost),
+    /// There is no channel although one was just opened (a bug).
+    #[error("no broker channel")]
+    NoChannel,
     /// The task writing a batch's outcomes down ended without an answer (a bug:
     /// its rows are published again).
-    #[error("recording a batch failed: {0}")]
-    Recording(String),
+    #[error("recording a batch failed")]
+    Recording(#[source] tokio::task::JoinError),
 }
 
 /// A batch's outcomes being written down on a task of its own.
-type Marking = tokio::task::JoinHandle<Result<(BatchReport, Option<String>), RelayError>>;
+type Marking = tokio::task::JoinHandle<Result<(BatchReport, Option<Lost>), RelayError>>;
 
 /// A batch whose confirms are in: what remains is to write the outcomes down.
 struct Settled {
@@ -158,16 +169,13 @@ impl Relay {
         if !self.publisher.as_ref().is_some_and(Publisher::is_connected) {
             self.disconnect().await;
             let publisher = Publisher::connect(&self.broker_url, self.topology.clone())
-                .await
-                .map_err(|e| RelayError::Broker(e.to_string()))?
+                .await?
                 .observe_confirms(self.metrics.confirm_seconds.clone());
             tracing::info!(exchange = %self.topology.exchange, "connected to the broker");
             self.publisher = Some(publisher);
             self.metrics.broker_connected.set(1);
         }
-        self.publisher
-            .as_ref()
-            .ok_or_else(|| RelayError::Broker("no channel".into()))
+        self.publisher.as_ref().ok_or(RelayError::NoChannel)
     }
 
     async fn disconnect(&mut self) {
@@ -353,12 +361,10 @@ impl Relay {
     /// lost channel, drops the publisher and fails, so that the caller backs off
     /// and reconnects.
     async fn marked(&mut self, marking: Marking) -> Result<usize, RelayError> {
-        let (report, lost) = marking
-            .await
-            .map_err(|e| RelayError::Recording(e.to_string()))??;
-        if let Some(reason) = lost {
+        let (report, lost) = marking.await.map_err(RelayError::Recording)??;
+        if let Some(lost) = lost {
             self.disconnect().await;
-            return Err(RelayError::Broker(reason));
+            return Err(lost.into());
         }
         Ok(report.published)
     }
@@ -412,9 +418,9 @@ impl Relay {
     /// fails, so that the caller backs off and reconnects.
     async fn record(&mut self, settled: Settled) -> Result<BatchReport, RelayError> {
         let (report, lost) = Self::write_outcomes(&self.metrics, &self.settings, settled).await?;
-        if let Some(reason) = lost {
+        if let Some(lost) = lost {
             self.disconnect().await;
-            return Err(RelayError::Broker(reason));
+            return Err(lost.into());
         }
         Ok(report)
     }
@@ -427,7 +433,7 @@ impl Relay {
         metrics: &RelayMetrics,
         settings: &RelaySettings,
         settled: Settled,
-    ) -> Result<(BatchReport, Option<String>), RelayError> {
+    ) -> Result<(BatchReport, Option<Lost>), RelayError> {
         let Settled { claim, outcomes } = settled;
         let mut confirmed = Vec::new();
         let mut rejected = Vec::new();
@@ -442,14 +448,13 @@ impl Relay {
                         .commit_to_confirm
                         .observe((now - row.created_at).as_seconds_f64().max(0.0));
                 }
-                Outcome::Rejected(reason) => {
-                    metrics.failed(if reason.starts_with("returned") {
-                        FailureReason::Returned
-                    } else if reason.starts_with("nacked") {
-                        FailureReason::Nacked
-                    } else {
-                        FailureReason::Invalid
+                Outcome::Rejected(rejection) => {
+                    metrics.failed(match rejection {
+                        Rejection::Returned { .. } => FailureReason::Returned,
+                        Rejection::Nacked { .. } => FailureReason::Nacked,
+                        Rejection::Invalid(_) => FailureReason::Invalid,
                     });
+                    let reason = rejection.to_string();
                     tracing::warn!(outbox_id = row.id, message_id = %row.message_id, attempts = row.attempts + 1, reason, "broker refused event");
                     rejected.push((row.id, reason));
                 }

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use contracts::{Topology, headers};
 use deadpool_postgres::Pool;
+use plumbing::{broker::BrokerError, publish::Unconfirmed};
 use uuid::Uuid;
 
 use crate::{
     metrics::RelayMetrics,
-    publisher::{Outcome, Publisher},
+    publisher::Publisher,
     store::{self, OutboxRow, ReplayFilter, StoreError},
 };
 
@@ -49,12 +50,12 @@ pub enum ReplayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The broker could not be reached.
-    #[error("broker unavailable: {0}")]
-    Broker(String),
+    #[error("broker unavailable")]
+    Broker(#[from] BrokerError),
     /// The broker did not confirm an event; the replay stopped there.
     #[error(
-        "replay {replay_id} stopped: event {message_id} (outbox id {outbox_id}) was not confirmed: {reason}; \
-         {published} events were re-published before it"
+        "replay {replay_id} stopped: {published} events were re-published, then event {message_id} \
+         (outbox id {outbox_id}) was not confirmed"
     )]
     NotConfirmed {
         /// The replay.
@@ -64,7 +65,8 @@ pub enum ReplayError {
         /// Its outbox id.
         outbox_id: i64,
         /// Why.
-        reason: String,
+        #[source]
+        reason: Unconfirmed,
         /// Events confirmed before it.
         published: i64,
     },
@@ -88,11 +90,7 @@ pub async fn replay(
     let publisher = if options.dry_run {
         None
     } else {
-        Some(
-            Publisher::connect(broker_url, topology.clone())
-                .await
-                .map_err(|e| ReplayError::Broker(e.to_string()))?,
-        )
+        Some(Publisher::connect(broker_url, topology.clone()).await?)
     };
     let marker = [(headers::REPLAY, replay_id.to_string())];
     let started = Instant::now();
@@ -113,12 +111,12 @@ pub async fn replay(
                     .publish_batch(chunk, options.confirm_timeout, &marker)
                     .await;
                 for (row, outcome) in chunk.iter().zip(outcomes) {
-                    match outcome {
-                        Outcome::Confirmed => {
+                    match outcome.into_result() {
+                        Ok(()) => {
                             published += 1;
                             metrics.replayed.inc();
                         }
-                        Outcome::Rejected(reason) | Outcome::Lost(reason) => {
+                        Err(reason) => {
                             store::update_replay(pool, replay_id, matched, published, false)
                                 .await?;
                             return Err(ReplayError::NotConfirmed {

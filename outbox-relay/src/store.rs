@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool, PoolError};
+use deadpool_postgres::{Object, Pool};
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -72,18 +72,12 @@ impl OutboxRow {
     }
 }
 
-/// A database failure of the relay.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No connection could be had.
-    #[error("no database connection")]
-    Pool(#[from] PoolError),
-    /// A statement failed.
-    #[error("outbox query failed")]
-    Query(#[from] tokio_postgres::Error),
-    /// A claim was used after it was finished (a bug).
-    #[error("the claim was already finished")]
-    Finished,
+/// A database failure of the relay: the store error every service has.
+pub use plumbing::db::StoreError;
+
+/// A claim used after it was finished (a bug).
+fn finished() -> StoreError {
+    StoreError::invariant("the claim was already finished")
 }
 
 const CLAIM: &str = concat!(
@@ -237,7 +231,7 @@ impl Claim {
     }
 
     fn client(&self) -> Result<&Object, StoreError> {
-        self.client.as_ref().ok_or(StoreError::Finished)
+        self.client.as_ref().ok_or_else(finished)
     }
 
     /// Marks `confirmed` rows published and records `failures` (one more attempt,
@@ -260,7 +254,7 @@ impl Claim {
             return if confirmed.is_empty() && failures.is_empty() {
                 Ok(Vec::new())
             } else {
-                Err(StoreError::Finished)
+                Err(finished())
             };
         };
         let result = async {
@@ -354,15 +348,6 @@ pub async fn lowest_unpublished(pool: &Pool, from_id: i64) -> Result<i64, StoreE
         )
         .await?
         .try_get(0)?)
-}
-
-/// Checks that the database answers.
-///
-/// # Errors
-/// [`StoreError`] when it does not.
-pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
-    pool.get().await?.simple_query("SELECT 1").await?;
-    Ok(())
 }
 
 /// The state of the outbox as a whole.
@@ -587,27 +572,18 @@ pub async fn purge_published(
     older_than: Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {
-    let older_than_secs = older_than.as_secs_f64();
-    let statement = client
-        .prepare(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                 WHERE published_at IS NOT NULL
-                   AND published_at < now() - $1 * interval '1 second'
-                 ORDER BY id
-                 LIMIT $2)",
-        )
-        .await?;
-    let mut total = 0;
-    loop {
-        let deleted = client
-            .execute(&statement, &[&older_than_secs, &batch])
-            .await?;
-        total += deleted;
-        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
+    plumbing::db::purge_in_batches(
+        client,
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE published_at IS NOT NULL
+               AND published_at < now() - $1 * interval '1 second'
+             ORDER BY id
+             LIMIT $2)",
+        older_than,
+        batch,
+    )
+    .await
 }
 
 /// Which published events a replay re-publishes. Every condition is optional;

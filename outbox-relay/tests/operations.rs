@@ -209,9 +209,9 @@ async fn purge_deletes_only_published_rows_older_than_the_window() {
 async fn metrics_describe_the_relay_and_the_outbox() {
     use outbox_relay::{config::Config, startup::Application};
     use plumbing::{
-        cli::Service as _,
         config::{BrokerConfig, ServiceConfig},
         db::PoolOptions,
+        service::Service as _,
     };
 
     let db = TestDatabase::migrated("relay_metrics", Database::Orders).await;
@@ -357,9 +357,9 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
     use devkit::proxy::TcpProxy;
     use outbox_relay::{config::Config, startup::Application};
     use plumbing::{
-        cli::Service as _,
         config::{BrokerConfig, ServiceConfig},
         db::PoolOptions,
+        service::Service as _,
     };
 
     let db = TestDatabase::migrated("relay_ready", Database::Orders).await;

@@ -116,7 +116,7 @@ impl Fixture {
 
     /// Replays `filter`; returns the report and the replayed-events counter.
     async fn replay(&self, filter: &ReplayFilter, dry_run: bool) -> (ReplayReport, u64) {
-        let metrics = RelayMetrics::new();
+        let metrics = RelayMetrics::default();
         let options = ReplayOptions {
             dry_run,
             rate: None,
@@ -248,7 +248,7 @@ async fn a_replay_by_type_takes_only_that_type() {
 
     // A dry run of the other type lists it and publishes nothing.
     let mut listed = Vec::new();
-    let metrics = RelayMetrics::new();
+    let metrics = RelayMetrics::default();
     let filter = ReplayFilter {
         event_type: Some("OrderShipped".into()),
         ..ReplayFilter::default()
@@ -306,7 +306,7 @@ async fn a_replay_under_a_rate_keeps_its_pace() {
             }
         }
     });
-    let metrics = RelayMetrics::new();
+    let metrics = RelayMetrics::default();
 
     let started = Instant::now();
     let report = replay(

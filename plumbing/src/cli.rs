@@ -1,47 +1,18 @@
-//! The command line shared by the three binaries: `<binary> [run]` runs the
-//! service until SIGTERM/SIGINT, `<binary> migrate` applies its database's
-//! migrations and exits; binaries add operator commands of their own. Errors are
+//! The command line of the three binaries: `<binary> [run]` runs the service
+//! until SIGTERM/SIGINT, `<binary> migrate` applies its database's migrations and
+//! exits, `<binary> healthcheck` probes a running one; binaries add operator
+//! commands of their own. `--version` and `--help` name the binary, and `--help`
+//! says what it does and lists the environment variables it reads. Errors are
 //! logged with their whole chain and turn into a non-zero exit code.
 
-use std::{future::Future, process::ExitCode};
+use std::{fmt::Write as _, future::Future, process::ExitCode};
 
-use tokio_util::sync::CancellationToken;
+use clap::{FromArgMatches as _, Subcommand};
 
 use crate::{
-    config::{ConfigError, ServiceConfig},
-    db::Database,
+    config::{ServiceConfig, Settings},
+    service::Service,
 };
-
-/// A service binary, as its `main` runs it.
-pub trait Service: Sized {
-    /// Its configuration.
-    type Config;
-    /// Name in logs and messages.
-    const NAME: &'static str;
-    /// The database whose migrations `migrate` applies.
-    const DATABASE: Database;
-
-    /// Reads the configuration from the environment.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the variable that does not parse.
-    fn load_config() -> Result<Self::Config, ConfigError>;
-
-    /// The part of the configuration every service has.
-    fn service_config(config: &Self::Config) -> &ServiceConfig;
-
-    /// Prepares the service: database, pool, listening socket.
-    fn build(
-        config: &Self::Config,
-        shutdown: &CancellationToken,
-    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
-
-    /// Runs until `shutdown` is cancelled and in-flight work is done.
-    fn run_until_stopped(
-        self,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
 
 /// The commands every service binary has.
 #[derive(Debug, Clone, Copy, Default, clap::Subcommand)]
@@ -56,29 +27,103 @@ pub enum BaseCommand {
     Healthcheck,
 }
 
-/// The command line of a binary that has only the base commands.
-#[derive(Debug, clap::Parser)]
-#[command(version)]
-struct BaseCli {
-    #[command(subcommand)]
-    command: Option<BaseCommand>,
-}
+/// No operator commands: a binary with the base commands only.
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum NoCommand {}
 
-/// The whole `main` of a service binary with only the base commands: parses the
-/// command line, initializes logs, runs the command, maps errors to an exit code.
+/// The variables the logs and traces read (see [`crate::telemetry`]).
+const TELEMETRY_VARIABLES: &str = "\
+RUST_LOG log levels, e.g. info,outbox_relay=debug (default info)
+OTEL_EXPORTER_OTLP_ENDPOINT collector to export traces to over OTLP/HTTP (default none: trace context is propagated, not exported); the standard OTEL_* variables apply
+OTEL_SDK_DISABLED true turns tracing off";
+
+/// The whole `main` of a service binary with the base commands only.
 pub async fn main<S: Service>() -> ExitCode {
-    let cli = <BaseCli as clap::Parser>::parse_from(std::env::args());
-    run_base::<S>(cli.command.unwrap_or_default()).await
+    main_with::<S, NoCommand, _, _>(|command, _| async move { match command {} }).await
 }
 
-/// Runs one of the base commands (for binaries with commands of their own).
-pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
+/// The whole `main` of a service binary with operator commands `C` of its own:
+/// parses the command line, then runs a base command, or `operator` with the
+/// command and the configuration. An operator command logs to stderr at `warn`
+/// unless `RUST_LOG` says otherwise, so that stdout holds only its output, and
+/// prints its error with the whole chain.
+pub async fn main_with<S, C, F, Fut>(operator: F) -> ExitCode
+where
+    S: Service,
+    C: Subcommand,
+    F: FnOnce(C, S::Config) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let matches = command::<S, C>().get_matches();
+    let base = match matches.subcommand_name() {
+        None => Some(BaseCommand::Run),
+        Some(name) if BaseCommand::has_subcommand(name) => {
+            Some(BaseCommand::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+        }
+        Some(_) => None,
+    };
+    if let Some(base) = base {
+        return run_base::<S>(base).await;
+    }
+    let command = C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    crate::telemetry::init_operator();
+    let result = async {
+        let config = S::Config::from_env()?;
+        operator(command, config).await
+    }
+    .await;
+    exit_code(S::ABOUT.name, result, true)
+}
+
+/// The command line of `S` with operator commands `C`: base commands first.
+#[must_use]
+pub fn command<S: Service, C: Subcommand>() -> clap::Command {
+    let about = S::ABOUT;
+    let command = clap::Command::new(about.name);
+    // The derived subcommands set the command's description to their enum's
+    // documentation: the binary's own goes on after them.
+    C::augment_subcommands(BaseCommand::augment_subcommands(command))
+        .version(about.version)
+        .about(about.description)
+        .long_about(None)
+        .help_template(
+            "{name} {version}\n{about-with-newline}\n{usage-heading} {usage}\n\n{all-args}{after-help}",
+        )
+        .after_help(environment::<S>())
+}
+
+/// The `Environment:` section of `--help`: every variable `S` reads, aligned.
+fn environment<S: Service>() -> String {
+    let about = S::ABOUT;
+    let mut lines = ServiceConfig::variables(&S::Config::DEFAULTS, about.database_name());
+    let own = S::Config::VARIABLES.iter().chain([&TELEMETRY_VARIABLES]);
+    lines.extend(own.flat_map(|text| text.lines()).map(str::to_owned));
+    let entries: Vec<(&str, &str)> = lines
+        .iter()
+        .filter_map(|line| line.trim().split_once(' '))
+        .collect();
+    let width = entries
+        .iter()
+        .map(|(name, _)| name.len())
+        .filter(|len| *len <= 24)
+        .max()
+        .unwrap_or(0);
+    let mut out = String::from("Environment:\n");
+    for (name, meaning) in entries {
+        let _ = writeln!(out, "  {name:width$}  {}", meaning.trim());
+    }
+    out
+}
+
+/// Runs one of the base commands.
+async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
+    let name = S::ABOUT.name;
     if let BaseCommand::Healthcheck = command {
         return healthcheck::<S>().await;
     }
-    let telemetry = crate::telemetry::init(S::NAME);
+    let telemetry = crate::telemetry::init(name);
     let result = async {
-        let config = S::load_config()?;
+        let config = S::Config::from_env()?;
         match command {
             BaseCommand::Run => {
                 let shutdown = crate::shutdown::on_signal();
@@ -87,8 +132,8 @@ pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
                 tracing::info!("stopped");
             }
             BaseCommand::Migrate => {
-                let url = &S::service_config(&config).database_url;
-                crate::db::migrate_command(url, S::DATABASE).await?;
+                let url = &config.service().database_url;
+                crate::db::migrate_command(url, S::ABOUT.database).await?;
             }
             BaseCommand::Healthcheck => unreachable!("handled above"),
         }
@@ -96,44 +141,27 @@ pub async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
     }
     .await;
     telemetry.shutdown().await;
-    exit_code(S::NAME, result, false)
+    exit_code(name, result, false)
 }
 
 /// `<binary> healthcheck`: probes the service's own `/health`; quiet on success,
 /// the reason on stderr otherwise.
 async fn healthcheck<S: Service>() -> ExitCode {
-    let port = match S::load_config() {
-        Ok(config) => S::service_config(&config).port,
+    let name = S::ABOUT.name;
+    let port = match S::Config::from_env() {
+        Ok(config) => config.service().port,
         Err(e) => {
-            eprintln!("{}: {e}", S::NAME);
+            eprintln!("{name}: {e}");
             return ExitCode::FAILURE;
         }
     };
     match crate::http::probe_health(port).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
-            eprintln!("{}: unhealthy: {reason}", S::NAME);
+            eprintln!("{name}: unhealthy: {reason}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// Runs an operator command (status, replay, …): logs go to stderr at `warn`
-/// unless `RUST_LOG` says otherwise, so that stdout holds only the command's
-/// output.
-pub async fn run_operator<S, F, Fut>(command: F) -> ExitCode
-where
-    S: Service,
-    F: FnOnce(S::Config) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    crate::telemetry::init_operator();
-    let result = async {
-        let config = S::load_config()?;
-        command(config).await
-    }
-    .await;
-    exit_code(S::NAME, result, true)
 }
 
 fn exit_code(name: &str, result: anyhow::Result<()>, operator: bool) -> ExitCode {

@@ -107,6 +107,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A service's configuration, as read from the environment.
+pub trait Settings: Sized + Send + Sync + 'static {
+    /// Its defaults for `DATABASE_URL`, `PORT` and the pool.
+    const DEFAULTS: ServiceDefaults;
+    /// What it reads besides the variables of [`ServiceConfig`], for `--help`:
+    /// one variable a line, its name first, then what it means (with its default).
+    const VARIABLES: &'static [&'static str];
+
+    /// Reads the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable that does not parse.
+    fn from_env() -> Result<Self, ConfigError>;
+
+    /// The part every service has.
+    fn service(&self) -> &ServiceConfig;
+}
+
 /// What every service reads: its database, its HTTP address, its pool.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -134,6 +152,34 @@ pub struct ServiceDefaults {
 }
 
 impl ServiceConfig {
+    /// The variables [`ServiceConfig::from_env`] reads, with what they mean and
+    /// the service's `defaults`, for `--help` (see [`Settings::VARIABLES`]).
+    #[must_use]
+    pub fn variables(defaults: &ServiceDefaults, database: &str) -> Vec<String> {
+        vec![
+            format!(
+                "DATABASE_URL PostgreSQL URL of the {database} database (default {}); \
+                 sslmode=require, verify-ca or verify-full connects over TLS",
+                defaults.database_url
+            ),
+            "HOST address the HTTP endpoint listens on (default 0.0.0.0)".to_owned(),
+            format!(
+                "PORT port of the HTTP endpoint (default {}; 0 picks a free one)",
+                defaults.port
+            ),
+            format!(
+                "DB_POOL_SIZE most database connections at once (default {})",
+                defaults.pool.max_size
+            ),
+            format!(
+                "DB_POOL_TIMEOUT longest wait for a free database connection (default {:?})",
+                defaults.pool.wait_timeout
+            ),
+            "MIGRATE_ON_START apply the database's migrations at start-up (default true)"
+                .to_owned(),
+        ]
+    }
+
     /// Reads the variables, falling back to `defaults`.
     ///
     /// # Errors
@@ -165,6 +211,11 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The variables [`BrokerConfig::from_env`] reads (see [`Settings::VARIABLES`]).
+    pub const VARIABLES: &'static str = "\
+BROKER_URL RabbitMQ URL, amqp:// or amqps:// (default the local broker, guest/guest)
+BROKER_NAMESPACE prefix of every exchange and queue name (default none)";
+
     /// Reads `BROKER_URL` and `BROKER_NAMESPACE`.
     ///
     /// # Errors

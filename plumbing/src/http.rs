@@ -1,5 +1,5 @@
 //! The HTTP server skeleton every service uses: bind, log the address, serve until
-//! the shutdown token fires, and the liveness endpoint.
+//! the shutdown token fires, probe a running service's health, answer problems.
 
 use std::net::SocketAddr;
 
@@ -93,16 +93,6 @@ pub async fn probe_health(port: u16) -> Result<(), String> {
         .map_err(|_| "no answer within 3 s".to_owned())?
 }
 
-/// `GET /health`: liveness, `200 text/plain OK` as long as the process serves HTTP.
-pub async fn health() -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "OK",
-    )
-        .into_response()
-}
-
 /// An `application/problem+json` response (RFC 9457) with a stable `code`.
 #[must_use]
 pub fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
@@ -119,24 +109,4 @@ pub fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-/// The body of a readiness answer: `200 OK` or `503` with what is not ready.
-#[must_use]
-pub fn readiness(problems: &[String]) -> Response {
-    if problems.is_empty() {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "READY".to_owned(),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("NOT READY: {}", problems.join("; ")),
-        )
-            .into_response()
-    }
 }

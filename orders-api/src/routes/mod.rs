@@ -1,6 +1,5 @@
 //! HTTP routes of the orders API.
 
-pub(crate) mod health;
 pub(crate) mod orders;
 
 use std::{sync::Arc, time::Duration};
@@ -47,20 +46,18 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
-/// The API's router with its middleware.
-pub fn router(state: AppState, limits: Limits) -> Router {
+/// The API's routes with `endpoints` (`/health`, `/ready`, `/metrics`), under
+/// its middleware: body limit, timeout, request id, request span.
+pub fn router(state: AppState, limits: Limits, endpoints: Router) -> Router {
     let timeout = limits.request_timeout;
-    let common = state.metrics.common.clone();
-    let router = Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
+    Router::new()
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get))
         .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(endpoints)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             with_timeout(req, next, timeout)
@@ -74,9 +71,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
                         .on_response(record_response),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
-        );
-    // Outermost, so that timeouts are counted too.
-    plumbing::metrics::instrument(router, common)
+        )
 }
 
 /// The server span of a request (OpenTelemetry HTTP semantic conventions),
@@ -127,20 +122,6 @@ async fn with_timeout(mut req: Request, next: Next, timeout: Duration) -> Respon
         Err(_) => ApiError::Unavailable(anyhow::anyhow!("request timed out after {timeout:?}"))
             .into_response(),
     }
-}
-
-/// Prometheus metrics in the OpenMetrics text format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    responses((status = 200, description = "Request, order and pool metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
-    tag = "operations"
-)]
-pub(crate) async fn metrics(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> Response {
-    state.metrics.common.observe_pool(&state.pool);
-    plumbing::metrics::render(&[state.metrics.registry(), state.metrics.common.registry()])
 }
 
 /// `GET /openapi.json`: the API's OpenAPI 3.1 description.
