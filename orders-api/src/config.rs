@@ -35,7 +35,7 @@ impl Settings for Config {
         pool: PoolOptions::DEFAULT,
     };
     const VARIABLES: &'static [&'static str] = &["\
-REQUEST_TIMEOUT longest a request may take; a slower one is answered 503 (default 10s)
+REQUEST_TIMEOUT longest a request may take; a slower one is answered 408 while its body is still arriving, 503 after (default 10s)
 MAX_BODY_BYTES largest request body in bytes (default 65536)
 DEFAULT_CURRENCY ISO 4217 currency of orders that name none (default BRL)
 IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)

@@ -34,6 +34,7 @@ pub enum NoCommand {}
 /// The variables the logs and traces read (see [`crate::telemetry`]).
 const TELEMETRY_VARIABLES: &str = "\
 RUST_LOG log levels, e.g. info,outbox_relay=debug (default info)
+LOG_FORMAT json, text, or auto: text when stdout is a terminal, JSON lines otherwise (default auto)
 OTEL_EXPORTER_OTLP_ENDPOINT collector to export traces to over OTLP/HTTP (default none: trace context is propagated, not exported); the standard OTEL_* variables apply
 OTEL_SDK_DISABLED true turns tracing off";
 
