@@ -405,7 +405,10 @@ async fn three_relays_keep_per_aggregate_order_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     const ROWS: i64 = 5_000;
-    const AGGREGATES: usize = 50;
+    // Ten times a batch: when the survivor is frozen holding a claim (which
+    // takes the oldest event of up to a batch of aggregates), the victim still
+    // has aggregates to claim.
+    const AGGREGATES: usize = 500;
     const BATCH: usize = 50;
     let f = Fixture::new("relay_kill").await;
     let rows = f.insert_interleaved(ROWS, AGGREGATES).await;
@@ -449,7 +452,10 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     // Kill the victim while it holds a claim: freeze it, and if one of its
     // sessions waits inside a transaction that locks outbox rows (a claim, which
     // nothing but the victim can end now), kill it frozen; otherwise let it claim
-    // once more and look again.
+    // once more and look again. The survivor is frozen meanwhile, so that it
+    // cannot drain the rest of the outbox before the victim is caught (on a busy
+    // machine it did, and the victim had nothing left to claim).
+    survivor.pause();
     let held = async {
         for _ in 0..200 {
             victim.pause();
@@ -476,6 +482,7 @@ async fn a_relay_killed_mid_drain_loses_its_claim_and_another_finishes() {
     }
     .await;
     victim.kill();
+    survivor.resume();
     let at_kill = received.count();
     let status = victim.wait(Duration::from_secs(5)).await;
     assert!(!status.success(), "the victim was killed");
