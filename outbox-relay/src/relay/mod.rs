@@ -12,8 +12,8 @@
 //! one only after `RELAY_BATCH_WINDOW`, so each cycle's fixed cost (a transaction,
 //! a claim, a mark) is shared by the events that arrived meanwhile.
 //!
-//! How a batch's outcomes are written down is in [`outcomes`]; the deliberately
-//! broken mode the fault suite uses, in [`marking_first`].
+//! How a batch's outcomes are written down is in `relay/outcomes.rs`; the deliberately
+//! broken mode the fault suite uses, in `relay/marking_first.rs`.
 
 use std::{
     sync::Arc,
