@@ -11,6 +11,9 @@
 //! In steady traffic a claim that did not fill its batch is followed by the next
 //! one only after `RELAY_BATCH_WINDOW`, so each cycle's fixed cost (a transaction,
 //! a claim, a mark) is shared by the events that arrived meanwhile.
+//!
+//! How a batch's outcomes are written down is in `relay/outcomes.rs`; the deliberately
+//! broken mode the fault suite uses, in `relay/marking_first.rs`.
 
 use std::{
     sync::Arc,
@@ -19,21 +22,21 @@ use std::{
 
 use contracts::Topology;
 use deadpool_postgres::Pool;
-use plumbing::{
-    broker::BrokerError,
-    db::DbConfig,
-    publish::{Lost, Rejection},
-};
-use time::OffsetDateTime;
+use plumbing::{broker::BrokerError, db::DbConfig, publish::Lost};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+mod marking_first;
+mod outcomes;
+
+use outcomes::{Marking, Settled};
 
 use crate::{
     config::RelaySettings,
     floor::Floor,
     listener::Listener,
-    metrics::{FailureReason, RelayMetrics},
-    publisher::{Outcome, Publisher},
+    metrics::RelayMetrics,
+    publisher::Publisher,
     store::{self, Claim, StoreError},
 };
 
@@ -79,15 +82,6 @@ pub enum RelayError {
     /// its rows are published again).
     #[error("recording a batch failed")]
     Recording(#[source] tokio::task::JoinError),
-}
-
-/// A batch's outcomes being written down on a task of its own.
-type Marking = tokio::task::JoinHandle<Result<(BatchReport, Option<Lost>), RelayError>>;
-
-/// A batch whose confirms are in: what remains is to write the outcomes down.
-struct Settled {
-    claim: Claim,
-    outcomes: Vec<Outcome>,
 }
 
 /// Locks a mutex that only holds plain values (a panic elsewhere cannot leave
@@ -348,140 +342,6 @@ impl Relay {
                 }
             };
         }
-    }
-
-    /// Writes a settled batch down on a task of its own, so that the relay
-    /// publishes the next batch meanwhile.
-    fn mark_in_background(&self, settled: Settled) -> Marking {
-        let (metrics, settings) = (self.metrics.clone(), self.settings);
-        tokio::spawn(async move { Self::write_outcomes(&metrics, &settings, settled).await })
-    }
-
-    /// Waits for a batch's marks; returns how many events were published. On a
-    /// lost channel, drops the publisher and fails, so that the caller backs off
-    /// and reconnects.
-    async fn marked(&mut self, marking: Marking) -> Result<usize, RelayError> {
-        let (report, lost) = marking.await.map_err(RelayError::Recording)??;
-        if let Some(lost) = lost {
-            self.disconnect().await;
-            return Err(lost.into());
-        }
-        Ok(report.published)
-    }
-
-    /// The deliberately broken drain of `RELAY_UNSAFE_MARK_BEFORE_PUBLISH`: each
-    /// batch is marked published (committed) first, then published, and whatever
-    /// the broker answers is ignored. A crash or a broker failure between the two
-    /// loses the batch: the fault suite uses it to prove its checker sees losses.
-    async fn drain_marking_first(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<usize, RelayError> {
-        let mut published = 0;
-        while !shutdown.is_cancelled() {
-            let claim = self.claim().await?;
-            if claim.rows.is_empty() {
-                break;
-            }
-            let rows = claim.rows.clone();
-            let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-            self.metrics.in_flight.dec_by(rows.len() as i64);
-            claim.finish(&ids, &[], self.settings.max_attempts).await?;
-            self.metrics.published.inc_by(rows.len() as u64);
-            published += rows.len();
-            let timeout = self.settings.confirm_timeout;
-            let outcomes = self
-                .ensure_publisher()
-                .await?
-                .publish_batch(&rows, timeout, &[])
-                .await;
-            if outcomes.iter().any(|o| matches!(o, Outcome::Lost(_))) {
-                self.disconnect().await;
-            }
-        }
-        Ok(published)
-    }
-
-    /// Unlocks a batch claimed but not published (a drain that failed). Errors
-    /// are logged: an unfinished claim's connection is closed, which rolls back
-    /// and frees its rows anyway.
-    async fn release(&self, unpublished: Option<Claim>) {
-        if let Some(claim) = unpublished {
-            self.metrics.in_flight.dec_by(claim.rows.len() as i64);
-            if let Err(e) = claim.finish(&[], &[], self.settings.max_attempts).await {
-                tracing::warn!(error = %e, "could not unlock claimed rows; closed their connection");
-            }
-        }
-    }
-
-    /// Writes a settled batch down; on a lost channel, drops the publisher and
-    /// fails, so that the caller backs off and reconnects.
-    async fn record(&mut self, settled: Settled) -> Result<BatchReport, RelayError> {
-        let (report, lost) = Self::write_outcomes(&self.metrics, &self.settings, settled).await?;
-        if let Some(lost) = lost {
-            self.disconnect().await;
-            return Err(lost.into());
-        }
-        Ok(report)
-    }
-
-    /// Marks the confirmed rows and records the refused ones (blocking those at
-    /// the attempt limit) in the claim's transaction and commits it, which unlocks
-    /// the lost ones for the next cycle. Returns the report and, if the channel was
-    /// lost, why.
-    async fn write_outcomes(
-        metrics: &RelayMetrics,
-        settings: &RelaySettings,
-        settled: Settled,
-    ) -> Result<(BatchReport, Option<Lost>), RelayError> {
-        let Settled { claim, outcomes } = settled;
-        let mut confirmed = Vec::new();
-        let mut rejected = Vec::new();
-        let mut lost = 0;
-        let mut lost_reason = None;
-        let now = OffsetDateTime::now_utc();
-        for (row, outcome) in claim.rows.iter().zip(outcomes) {
-            match outcome {
-                Outcome::Confirmed => {
-                    confirmed.push(row.id);
-                    metrics
-                        .commit_to_confirm
-                        .observe((now - row.created_at).as_seconds_f64().max(0.0));
-                }
-                Outcome::Rejected(rejection) => {
-                    metrics.failed(match rejection {
-                        Rejection::Returned { .. } => FailureReason::Returned,
-                        Rejection::Nacked { .. } => FailureReason::Nacked,
-                        Rejection::Invalid(_) => FailureReason::Invalid,
-                    });
-                    let reason = rejection.to_string();
-                    tracing::warn!(outbox_id = row.id, message_id = %row.message_id, attempts = row.attempts + 1, reason, "broker refused event");
-                    rejected.push((row.id, reason));
-                }
-                Outcome::Lost(reason) => {
-                    metrics.failed(FailureReason::Lost);
-                    lost += 1;
-                    lost_reason.get_or_insert(reason);
-                }
-            }
-        }
-        let report = BatchReport {
-            claimed: claim.rows.len(),
-            published: confirmed.len(),
-            rejected: rejected.len(),
-            lost,
-        };
-        metrics.in_flight.dec_by(claim.rows.len() as i64);
-        let blocked = claim
-            .finish(&confirmed, &rejected, settings.max_attempts)
-            .await?;
-        metrics.published.inc_by(confirmed.len() as u64);
-        for b in blocked {
-            metrics.blocked.inc();
-            tracing::error!(outbox_id = b.id, message_id = %b.message_id, aggregate_id = %b.aggregate_id, max_attempts = settings.max_attempts, "event blocked after too many attempts; its aggregate waits for an operator (outbox-relay retry / skip)");
-        }
-        tracing::debug!(?report, "batch recorded");
-        Ok((report, lost_reason))
     }
 
     /// Runs until `shutdown`: drains on every notification and poll tick, backs off
