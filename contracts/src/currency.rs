@@ -37,7 +37,7 @@ impl TryFrom<&str> for Currency {
     fn try_from(code: &str) -> Result<Self, Self::Error> {
         match code.as_bytes() {
             &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
-            _ => Err(CurrencyError(truncate(code))),
+            _ => Err(CurrencyError(crate::event::truncate(code, 20))),
         }
     }
 }
@@ -97,15 +97,6 @@ impl<'de> Deserialize<'de> for Currency {
         }
 
         deserializer.deserialize_str(Visitor)
-    }
-}
-
-/// Bounds untrusted text copied into the error message.
-fn truncate(s: &str) -> String {
-    const MAX: usize = 20;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
     }
 }
 

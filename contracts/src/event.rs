@@ -280,21 +280,23 @@ impl InboundMessage<'_> {
     /// A [`DecodeError`] saying what is wrong; all of them are permanent.
     pub fn decode(&self) -> Result<Decoded, DecodeError> {
         let raw_id = self.message_id.ok_or(DecodeError::MissingMessageId)?;
-        let message_id =
-            Uuid::try_parse(raw_id).map_err(|_| DecodeError::InvalidMessageId(truncate(raw_id)))?;
+        let message_id = Uuid::try_parse(raw_id)
+            .map_err(|_| DecodeError::InvalidMessageId(truncate(raw_id, 100)))?;
         let type_name = self.event_type.ok_or(DecodeError::MissingType)?;
         let event_type = EventType::from_name(type_name)
-            .ok_or_else(|| DecodeError::UnknownType(truncate(type_name)))?;
+            .ok_or_else(|| DecodeError::UnknownType(truncate(type_name, 100)))?;
         let version = match self.schema_version {
             None => return Err(DecodeError::MissingSchemaVersion),
-            Some(Err(found)) => return Err(DecodeError::InvalidSchemaVersion(truncate(found))),
+            Some(Err(found)) => {
+                return Err(DecodeError::InvalidSchemaVersion(truncate(found, 100)));
+            }
             Some(Ok(v)) => v,
         };
         if let Some(ct) = self.content_type {
             // Parameters such as `; charset=utf-8` are allowed.
             let essence = ct.split(';').next().unwrap_or_default().trim();
             if !essence.eq_ignore_ascii_case(crate::CONTENT_TYPE_JSON) {
-                return Err(DecodeError::ContentType(truncate(ct)));
+                return Err(DecodeError::ContentType(truncate(ct, 100)));
             }
         }
         if self.body.len() > MAX_BODY_BYTES {
@@ -328,10 +330,10 @@ impl InboundMessage<'_> {
 /// anything near this is garbage or an attack, dead-lettered unread.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Bounds strings copied from untrusted messages into error text.
-fn truncate(s: &str) -> String {
-    const MAX: usize = 100;
-    match s.char_indices().nth(MAX) {
+/// Bounds strings copied from untrusted input into error text: at most `max`
+/// characters, then an ellipsis.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
     }

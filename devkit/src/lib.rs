@@ -130,6 +130,47 @@ impl Jitter {
     }
 }
 
+/// `GET /ready` of the service on `127.0.0.1:port`: its status and body.
+pub async fn ready(port: u16) -> (u16, String) {
+    let response = http_client()
+        .get(format!("http://127.0.0.1:{port}/ready"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Waits until the service's `/ready` answers `status`; returns the body.
+pub async fn ready_becomes(port: u16, status: u16, what: &str) -> String {
+    eventually(Duration::from_secs(10), what, || async {
+        let (got, body) = ready(port).await;
+        (got == status).then_some(body)
+    })
+    .await
+}
+
+/// Asserts that the service on `port`, which reaches its database through
+/// `db` and its broker through `broker`, is ready exactly while both answer:
+/// 503 naming the broker (and not the database) while the broker is cut, 503
+/// naming the database while the database is cut, ready again after each.
+pub async fn assert_ready_follows(port: u16, db: &proxy::TcpProxy, broker: &proxy::TcpProxy) {
+    ready_becomes(port, 200, "the service to be ready").await;
+
+    broker.cut();
+    let body = ready_becomes(port, 503, "not ready without the broker").await;
+    assert!(body.contains("broker"), "{body}");
+    assert!(!body.contains("database"), "{body}");
+    broker.restore();
+    ready_becomes(port, 200, "ready again with the broker back").await;
+
+    db.cut();
+    let body = ready_becomes(port, 503, "not ready without the database").await;
+    assert!(body.contains("database"), "{body}");
+    db.restore();
+    ready_becomes(port, 200, "ready again with the database back").await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -277,26 +277,6 @@ async fn purge_keeps_dedupe_records_inside_the_window() {
     assert_eq!(db.count("processed_messages").await, 10);
 }
 
-/// `GET /ready` of the service on `port`: (status, body).
-async fn ready(port: u16) -> (u16, String) {
-    let response = devkit::http_client()
-        .get(format!("http://127.0.0.1:{port}/ready"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// Waits until `/ready` answers `status`; returns the body.
-async fn ready_becomes(port: u16, status: u16, what: &str) -> String {
-    eventually(Duration::from_secs(10), what, || async {
-        let (got, body) = ready(port).await;
-        (got == status).then_some(body)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn ready_only_while_the_database_and_the_broker_answer() {
     use invoices_worker::{config::Config, startup::Application};
@@ -334,20 +314,7 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
     let port = app.port().unwrap();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
-    ready_becomes(port, 200, "the worker to be ready").await;
-
-    broker_proxy.cut();
-    let body = ready_becomes(port, 503, "not ready without the broker").await;
-    assert!(body.contains("broker"), "{body}");
-    assert!(!body.contains("database"), "{body}");
-    broker_proxy.restore();
-    ready_becomes(port, 200, "ready again with the broker back").await;
-
-    db_proxy.cut();
-    let body = ready_becomes(port, 503, "not ready without the database").await;
-    assert!(body.contains("database"), "{body}");
-    db_proxy.restore();
-    ready_becomes(port, 200, "ready again with the database back").await;
+    devkit::assert_ready_follows(port, &db_proxy, &broker_proxy).await;
 
     shutdown.cancel();
     task.await.unwrap().unwrap();

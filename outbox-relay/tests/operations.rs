@@ -332,26 +332,6 @@ async fn metrics_describe_the_relay_and_the_outbox() {
     task.await.unwrap().unwrap();
 }
 
-/// `GET /ready` of the service on `port`: (status, body).
-async fn ready(port: u16) -> (u16, String) {
-    let response = devkit::http_client()
-        .get(format!("http://127.0.0.1:{port}/ready"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// Waits until `/ready` answers `status`; returns the body.
-async fn ready_becomes(port: u16, status: u16, what: &str) -> String {
-    devkit::eventually(Duration::from_secs(10), what, || async {
-        let (got, body) = ready(port).await;
-        (got == status).then_some(body)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn ready_only_while_the_database_and_the_broker_answer() {
     use devkit::proxy::TcpProxy;
@@ -388,20 +368,7 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
     let port = app.port().unwrap();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
-    ready_becomes(port, 200, "the relay to be ready").await;
-
-    broker_proxy.cut();
-    let body = ready_becomes(port, 503, "not ready without the broker").await;
-    assert!(body.contains("broker"), "{body}");
-    assert!(!body.contains("database"), "{body}");
-    broker_proxy.restore();
-    ready_becomes(port, 200, "ready again with the broker back").await;
-
-    db_proxy.cut();
-    let body = ready_becomes(port, 503, "not ready without the database").await;
-    assert!(body.contains("database"), "{body}");
-    db_proxy.restore();
-    ready_becomes(port, 200, "ready again with the database back").await;
+    devkit::assert_ready_follows(port, &db_proxy, &broker_proxy).await;
 
     shutdown.cancel();
     task.await.unwrap().unwrap();
