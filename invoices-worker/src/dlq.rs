@@ -163,6 +163,23 @@ async fn get(channel: &Channel, topology: &Topology) -> Result<Option<Delivery>,
         .map(|m| m.delivery))
 }
 
+/// `text` with every control character (C0, DEL, C1: escape sequences among
+/// them) written as a visible `\u{..}` escape: dead-lettered messages come from
+/// anywhere, and what `dlq list` prints must not drive the operator's terminal.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A dead-lettered delivery as `dlq list` shows it: every text taken from the
+/// message is made [`printable`].
 fn describe(d: &Delivery) -> DeadLetter {
     let reason = header_str(&d.properties, headers::DEAD_LETTER_REASON)
         .map(str::to_owned)
@@ -172,11 +189,19 @@ fn describe(d: &Delivery) -> DeadLetter {
         .unwrap_or_else(|| "unknown".into());
     let text = String::from_utf8_lossy(&d.data);
     DeadLetter {
-        message_id: d.properties.message_id().as_ref().map(ToString::to_string),
-        event_type: d.properties.kind().as_ref().map(ToString::to_string),
-        reason,
+        message_id: d
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| printable(id.as_str())),
+        event_type: d
+            .properties
+            .kind()
+            .as_ref()
+            .map(|kind| printable(kind.as_str())),
+        reason: printable(&reason),
         size: d.data.len(),
-        body: text.chars().take(200).collect(),
+        body: printable(&text.chars().take(200).collect::<String>()),
     }
 }
 
@@ -209,4 +234,27 @@ fn without_dead_letter_headers(p: &BasicProperties) -> BasicProperties {
         }
     }
     p.clone().with_headers(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_shown_escaped_not_sent_to_the_terminal() {
+        // Clear screen (ESC), a C1 CSI, a bell, DEL and a newline.
+        let hostile = "a\u{1b}[2J\u{9b}31mb\u{7}\u{7f}\nc";
+
+        let shown = printable(hostile);
+
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "a\\u{1b}[2J\\u{9b}31mb\\u{7}\\u{7f}\\u{a}c");
+    }
+
+    #[test]
+    fn ordinary_text_is_unchanged() {
+        let text = r#"{"amount": "29.99", "note": "café ✓"}"#;
+
+        assert_eq!(printable(text), text);
+    }
 }
