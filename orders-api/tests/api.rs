@@ -149,6 +149,41 @@ async fn order_and_event_are_stored_together() {
 }
 
 #[tokio::test]
+async fn an_untrusted_request_id_is_replaced_by_a_generated_one() {
+    let app = TestApp::spawn().await;
+    let long = "r".repeat(65);
+    let at_limit = "r".repeat(64);
+
+    for (sent, kept) in [
+        ("", false),
+        (long.as_str(), false),
+        ("two words", false),
+        ("<script>", false),
+        ("tab\tand é", false),
+        (at_limit.as_str(), true),
+        ("req-42_a.b:c", true),
+    ] {
+        let res = app
+            .http
+            .get(format!("{}/health", app.base))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+
+        let returned = res.headers()["x-request-id"].to_str().unwrap();
+        if kept {
+            assert_eq!(returned, sent);
+        } else {
+            assert!(
+                uuid::Uuid::parse_str(returned).is_ok(),
+                "{sent:?} was answered with {returned:?}, not a generated id"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn request_id_and_trace_context_travel_with_the_event() {
     let app = TestApp::spawn().await;
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -64,6 +64,7 @@ pub fn router(state: AppState, limits: Limits, endpoints: Router) -> Router {
         }))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::map_request(drop_untrusted_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -72,6 +73,28 @@ pub fn router(state: AppState, limits: Limits, endpoints: Router) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
+}
+
+/// Longest client-sent `x-request-id` kept.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Removes a client's `x-request-id` that is empty, longer than
+/// [`MAX_REQUEST_ID`] or not made of letters, digits and `-_.:`, so that a
+/// fresh one is generated: the id goes into logs, spans and the stored event,
+/// and a client on the internet must not put arbitrary text there.
+async fn drop_untrusted_request_id(mut req: Request) -> Request {
+    let trusted = req.headers().get(&REQUEST_ID).map(|value| {
+        let id = value.as_bytes();
+        !id.is_empty()
+            && id.len() <= MAX_REQUEST_ID
+            && id
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if trusted == Some(false) {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    req
 }
 
 /// The server span of a request (OpenTelemetry HTTP semantic conventions),
