@@ -171,6 +171,20 @@ pub async fn assert_ready_follows(port: u16, db: &proxy::TcpProxy, broker: &prox
     ready_becomes(port, 200, "ready again with the database back").await;
 }
 
+/// The service part of a config for a service run in a test: `database_url`,
+/// a free port on loopback, the default pool, migrations at start. A test that
+/// needs another pool sets `pool` on the result.
+#[must_use]
+pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
+    plumbing::config::ServiceConfig {
+        database_url,
+        host: "127.0.0.1".into(),
+        port: 0,
+        pool: plumbing::db::PoolOptions::default(),
+        migrate_on_start: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

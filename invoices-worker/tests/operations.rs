@@ -292,14 +292,11 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
     let broker_proxy = TcpProxy::start(&devkit::broker::server_addr()).await;
     let config = Config {
         service: ServiceConfig {
-            database_url: db.url_via(db_proxy.addr),
-            host: "127.0.0.1".into(),
-            port: 0,
             pool: PoolOptions {
                 max_size: 2,
                 wait_timeout: Duration::from_millis(500),
             },
-            migrate_on_start: true,
+            ..devkit::service_config(db.url_via(db_proxy.addr))
         },
         broker: BrokerConfig {
             url: devkit::swap_host(&broker.url, broker_proxy.addr),

@@ -24,14 +24,11 @@ impl TestApp {
     async fn spawn_with(db: TestDatabase, via: Option<&TcpProxy>) -> Self {
         let config = Config {
             service: ServiceConfig {
-                database_url: via.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr)),
-                host: "127.0.0.1".into(),
-                port: 0,
                 pool: PoolOptions {
                     max_size: 4,
                     wait_timeout: Duration::from_secs(1),
                 },
-                migrate_on_start: true,
+                ..devkit::service_config(via.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr)))
             },
             request_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,

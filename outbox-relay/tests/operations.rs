@@ -208,22 +208,12 @@ async fn purge_deletes_only_published_rows_older_than_the_window() {
 #[tokio::test]
 async fn metrics_describe_the_relay_and_the_outbox() {
     use outbox_relay::{config::Config, startup::Application};
-    use plumbing::{
-        config::{BrokerConfig, ServiceConfig},
-        db::PoolOptions,
-        service::Service as _,
-    };
+    use plumbing::{config::BrokerConfig, service::Service as _};
 
     let db = TestDatabase::migrated("relay_metrics", Database::Orders).await;
     let broker = TestBroker::new();
     let config = Config {
-        service: ServiceConfig {
-            database_url: db.url.clone(),
-            host: "127.0.0.1".into(),
-            port: 0,
-            pool: PoolOptions::default(),
-            migrate_on_start: true,
-        },
+        service: devkit::service_config(db.url.clone()),
         broker: BrokerConfig {
             url: broker.url.clone(),
             namespace: broker.namespace.clone(),
@@ -336,24 +326,14 @@ async fn metrics_describe_the_relay_and_the_outbox() {
 async fn ready_only_while_the_database_and_the_broker_answer() {
     use devkit::proxy::TcpProxy;
     use outbox_relay::{config::Config, startup::Application};
-    use plumbing::{
-        config::{BrokerConfig, ServiceConfig},
-        db::PoolOptions,
-        service::Service as _,
-    };
+    use plumbing::{config::BrokerConfig, service::Service as _};
 
     let db = TestDatabase::migrated("relay_ready", Database::Orders).await;
     let broker = TestBroker::new();
     let db_proxy = TcpProxy::start(&devkit::db::server_addr()).await;
     let broker_proxy = TcpProxy::start(&devkit::broker::server_addr()).await;
     let config = Config {
-        service: ServiceConfig {
-            database_url: db.url_via(db_proxy.addr),
-            host: "127.0.0.1".into(),
-            port: 0,
-            pool: PoolOptions::default(),
-            migrate_on_start: true,
-        },
+        service: devkit::service_config(db.url_via(db_proxy.addr)),
         broker: BrokerConfig {
             url: devkit::swap_host(&broker.url, broker_proxy.addr),
             namespace: broker.namespace.clone(),
