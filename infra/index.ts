@@ -14,3 +14,8 @@ export const migrationTaskDefinitionArns = outputs.migrationTaskDefinitionArns;
 export const migrationCommands = outputs.migrationCommands;
 export const dbAddress = outputs.dbAddress;
 export const brokerEndpoint = outputs.brokerEndpoint;
+/** The one-off `outbox-relay provision-broker` task (broker users), and its run-task command line. */
+export const provisionBrokerTaskDefinitionArn = outputs.provisionBrokerTaskDefinitionArn;
+export const provisionBrokerCommand = outputs.provisionBrokerCommand;
+/** Attach to a Prometheus inside the VPC: the only way to the services' /metrics. */
+export const metricsScraperSecurityGroupId = outputs.metricsScraperSecurityGroupId;

@@ -42,3 +42,26 @@ export function invoicesQueue(namespace: string): string {
 export const RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem";
 
 export const healthcheckCommand = (binary: Binary): string[] => ["CMD", `/usr/local/bin/${binary}`, "healthcheck"];
+
+/**
+ * The least-privilege PostgreSQL login roles (created by the migrations; `<binary>
+ * migrate` gives them LOGIN and the password of the named variable) and
+ * RabbitMQ users (created by `outbox-relay provision-broker` from the named
+ * variable). The owner of the schema is the RDS master user (or the configured
+ * external URL's user), used by the migrate tasks only.
+ */
+export const DB_ROLES = {
+    ordersApi: { role: "orders_api", database: "orders", passwordVar: "ORDERS_API_DB_PASSWORD" },
+    outboxRelay: { role: "outbox_relay", database: "orders", passwordVar: "OUTBOX_RELAY_DB_PASSWORD" },
+    invoicesWorker: { role: "invoices_worker", database: "invoices", passwordVar: "INVOICES_WORKER_DB_PASSWORD" },
+} as const;
+export type DbRole = keyof typeof DB_ROLES;
+
+export const BROKER_USERS = {
+    outboxRelay: { user: "outbox_relay", passwordVar: "RELAY_BROKER_PASSWORD" },
+    invoicesWorker: { user: "invoices_worker", passwordVar: "WORKER_BROKER_PASSWORD" },
+} as const;
+export type BrokerUser = keyof typeof BROKER_USERS;
+
+/** HTTPS port of the RabbitMQ management API of Amazon MQ (the broker's console URL). */
+export const BROKER_MANAGEMENT_PORT = 443;

@@ -15,15 +15,25 @@ export interface Settings {
     otlpHeaders?: pulumi.Output<string>;
     /** External databases (e.g. Neon): both or neither; RDS is created when neither. */
     externalDatabases?: { orders: pulumi.Output<string>; invoices: pulumi.Output<string> };
-    /** External broker (amqps://…); Amazon MQ is created when unset. */
-    brokerUrl?: pulumi.Output<string>;
+    /**
+     * External broker instead of Amazon MQ: the admin user's amqps:// URL and the
+     * https:// URL of its management API with the same credentials (both or neither).
+     */
+    externalBroker?: { url: pulumi.Output<string>; adminUrl: pulumi.Output<string> };
     brokerNamespace: string;
     dbInstanceClass: string;
     dbDeletionProtection: boolean;
     mqInstanceType: string;
     mqDeploymentMode: "SINGLE_INSTANCE" | "CLUSTER_MULTI_AZ";
-    /** ACM certificate: adds an HTTPS listener and redirects HTTP to it. */
+    /** ACM certificate of the HTTPS listener; port 80 only redirects to it. */
     certificateArn?: string;
+    /**
+     * Development only: without a certificate, serve the API over plain HTTP on
+     * port 80. Without either, the program refuses to deploy.
+     */
+    allowPlainHttp: boolean;
+    /** AWS WAF: block an IP above this many requests per 5 minutes (no WAF when unset). */
+    wafRateLimit?: number;
     logRetentionDays: number;
 }
 
@@ -46,6 +56,29 @@ export function loadSettings(): Settings {
     const invoicesDatabaseUrl = config.getSecret("invoicesDatabaseUrl");
     if ((ordersDatabaseUrl === undefined) !== (invoicesDatabaseUrl === undefined)) {
         throw new Error("set both ordersDatabaseUrl and invoicesDatabaseUrl (external databases) or neither (RDS)");
+    }
+
+    const brokerUrl = config.getSecret("brokerUrl");
+    const brokerAdminUrl = config.getSecret("brokerAdminUrl");
+    if ((brokerUrl === undefined) !== (brokerAdminUrl === undefined)) {
+        throw new Error(
+            "set both brokerUrl and brokerAdminUrl (external broker: its admin user's amqps:// URL and management API https:// URL) or neither (Amazon MQ)",
+        );
+    }
+
+    const certificateArn = config.get("certificateArn");
+    const allowPlainHttp = config.getBoolean("allowPlainHttp") ?? false;
+    if (certificateArn === undefined && !allowPlainHttp) {
+        throw new pulumi.RunError(
+            "config certificateArn is required: the load balancer serves the API over HTTPS only " +
+                "(pulumi config set certificateArn arn:aws:acm:…). For a development stack without a domain, " +
+                "`pulumi config set allowPlainHttp true` serves it over unencrypted HTTP on port 80 instead.",
+        );
+    }
+
+    const wafRateLimit = config.getNumber("wafRateLimit");
+    if (wafRateLimit !== undefined && (!Number.isInteger(wafRateLimit) || wafRateLimit < 10 || wafRateLimit > 2_000_000_000)) {
+        throw new Error(`config wafRateLimit must be an integer from 10 to 2000000000 (requests per 5 minutes per IP), got ${wafRateLimit}`);
     }
 
     const mqDeploymentMode = config.get("mqDeploymentMode") ?? "SINGLE_INSTANCE";
@@ -81,13 +114,15 @@ export function loadSettings(): Settings {
             ordersDatabaseUrl && invoicesDatabaseUrl
                 ? { orders: ordersDatabaseUrl, invoices: invoicesDatabaseUrl }
                 : undefined,
-        brokerUrl: config.getSecret("brokerUrl"),
+        externalBroker: brokerUrl && brokerAdminUrl ? { url: brokerUrl, adminUrl: brokerAdminUrl } : undefined,
         brokerNamespace,
         dbInstanceClass: config.get("dbInstanceClass") ?? "db.t4g.micro",
         dbDeletionProtection: config.getBoolean("dbDeletionProtection") ?? false,
         mqInstanceType,
         mqDeploymentMode,
-        certificateArn: config.get("certificateArn"),
+        certificateArn,
+        allowPlainHttp,
+        wafRateLimit,
         logRetentionDays: int("logRetentionDays", 30, 1),
     };
 }

@@ -1,7 +1,7 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 
-import { AMQPS_PORT, PORTS, POSTGRES_PORT, API } from "./app";
+import { AMQPS_PORT, API, BROKER_MANAGEMENT_PORT, PORTS, POSTGRES_PORT, RELAY, WORKER } from "./app";
 
 export interface SecurityGroups {
     /** Internet-facing ALB. */
@@ -12,6 +12,13 @@ export interface SecurityGroups {
     worker: aws.ec2.SecurityGroup;
     /** One-off migration tasks: no inbound, outbound to the databases. */
     migrate: aws.ec2.SecurityGroup;
+    /** One-off `outbox-relay provision-broker` task: no inbound, outbound HTTPS (the management API). */
+    provision: aws.ec2.SecurityGroup;
+    /**
+     * For a Prometheus (or other) scraper inside the VPC: the only source allowed
+     * to reach the services' ports besides the ALB, i.e. the only way to `/metrics`.
+     */
+    scraper: aws.ec2.SecurityGroup;
     /** RDS (absent with external databases). */
     db?: aws.ec2.SecurityGroup;
     /** Amazon MQ (absent with an external broker). */
@@ -38,9 +45,11 @@ const ANYWHERE = "0.0.0.0/0";
  * allow-all egress), and one rule resource per permitted flow, so that each
  * flow is explicit (and testable): the ALB takes 80/443 from the internet and
  * talks to the API on 3333 only; the API takes 3333 from the ALB only; the
- * worker and migration tasks take nothing; the database takes 5432 from the
- * API, worker and migration SGs only; the broker takes 5671 from the API (relay)
- * and worker SGs only.
+ * services' HTTP ports (/health, /ready, /metrics) take the scraper SG; the
+ * worker, migration and provision tasks take nothing else; the database takes
+ * 5432 from the API, worker and migration SGs only; the broker takes 5671 from
+ * the API (relay) and worker SGs, and 443 (management API) from the provision
+ * task only.
  */
 export function createSecurityGroups(o: SecurityOptions): SecurityGroups {
     const sg = (name: string, description: string) =>
@@ -55,6 +64,8 @@ export function createSecurityGroups(o: SecurityOptions): SecurityGroups {
         api: sg("api", "orders task: orders-api + outbox-relay"),
         worker: sg("worker", "invoices-worker tasks"),
         migrate: sg("migrate", "one-off migration tasks"),
+        provision: sg("provision", "one-off outbox-relay provision-broker task"),
+        scraper: sg("scraper", "metrics scraper inside the VPC (attach to Prometheus)"),
         db: o.rds ? sg("db", "RDS PostgreSQL") : undefined,
         mq: o.amazonMq ? sg("mq", "Amazon MQ for RabbitMQ") : undefined,
     };
@@ -101,12 +112,26 @@ export function createSecurityGroups(o: SecurityOptions): SecurityGroups {
     // ECS health checks run inside the task).
     ingress("api-in-alb", groups.api, PORTS[API], { sg: groups.alb }, "orders-api from the ALB");
 
+    // Metrics: each service's own port from the scraper SG, inside the VPC. The
+    // ALB reaches 3333 too, but its listener forwards the public routes only.
+    const scraped: [string, aws.ec2.SecurityGroup, typeof API | typeof RELAY | typeof WORKER][] = [
+        ["api", groups.api, API],
+        ["relay", groups.api, RELAY],
+        ["worker", groups.worker, WORKER],
+    ];
+    for (const [name, group, binary] of scraped) {
+        ingress(`${name}-in-scraper`, group, PORTS[binary], { sg: groups.scraper }, `${binary} /metrics from the scraper`);
+        egress(`scraper-out-${name}`, groups.scraper, PORTS[binary], { sg: group }, `${binary} /metrics`);
+    }
+
     // Outbound of the tasks: HTTPS (ECR, Secrets Manager, CloudWatch Logs, OTLP)
     // through the NAT gateway, the database, the broker.
     const tasks: [string, aws.ec2.SecurityGroup, { db: boolean; mq: boolean }][] = [
         ["api", groups.api, { db: true, mq: true }],
         ["worker", groups.worker, { db: true, mq: true }],
         ["migrate", groups.migrate, { db: true, mq: false }],
+        // The management API is HTTPS: on 443 of Amazon MQ's SG, or on the internet.
+        ["provision", groups.provision, { db: false, mq: false }],
     ];
     for (const [name, group, needs] of tasks) {
         egress(`${name}-out-https`, group, 443, { cidr: ANYWHERE }, "HTTPS: ECR, Secrets Manager, logs, OTLP");
@@ -129,6 +154,7 @@ export function createSecurityGroups(o: SecurityOptions): SecurityGroups {
     if (groups.mq) {
         ingress("mq-in-api", groups.mq, AMQPS_PORT, { sg: groups.api }, "outbox-relay");
         ingress("mq-in-worker", groups.mq, AMQPS_PORT, { sg: groups.worker }, "invoices-worker");
+        ingress("mq-in-provision", groups.mq, BROKER_MANAGEMENT_PORT, { sg: groups.provision }, "management API: provision-broker");
     }
 
     return groups;

@@ -6,7 +6,8 @@ import {
     API_STOP_TIMEOUT_SECONDS,
     Binary,
     BINARIES,
-    HEALTH_PATH,
+    BROKER_USERS,
+    DB_ROLES,
     invoicesQueue,
     PORTS,
     RELAY,
@@ -16,7 +17,8 @@ import {
 } from "./app";
 import { Settings } from "./config";
 import { container, ContainerDefinition } from "./containers";
-import { Data } from "./data";
+import { allSecrets, Data } from "./data";
+import { Edge } from "./edge";
 import { Network } from "./network";
 import { SecurityGroups } from "./security";
 
@@ -24,12 +26,6 @@ export interface Services {
     cluster: aws.ecs.Cluster;
     repositories: Record<Binary, aws.ecr.Repository>;
     logGroups: Record<Binary | "migrate", aws.cloudwatch.LogGroup>;
-    alb: aws.lb.LoadBalancer;
-    targetGroup: aws.lb.TargetGroup;
-    /** The listener forwarding to the target group (HTTPS when a certificate is set). */
-    listener: aws.lb.Listener;
-    /** Port 80: forwards, or redirects to HTTPS when a certificate is set. */
-    httpListener: aws.lb.Listener;
     /** orders-api + outbox-relay sidecar. */
     ordersTask: aws.ecs.TaskDefinition;
     workerTask: aws.ecs.TaskDefinition;
@@ -37,7 +33,14 @@ export interface Services {
     workerService: aws.ecs.Service;
     migrations: Record<"orders" | "invoices", aws.ecs.TaskDefinition>;
     migrationCommands: Record<"orders" | "invoices", pulumi.Output<string>>;
-    executionRoles: Record<"orders" | "worker" | "migrate", { role: aws.iam.Role; secrets: aws.iam.RolePolicy }>;
+    /** One-off `outbox-relay provision-broker`: the broker users and their permissions. */
+    provisionBroker: aws.ecs.TaskDefinition;
+    provisionBrokerCommand: pulumi.Output<string>;
+    /** One per task definition: each may read exactly the secrets its containers inject. */
+    executionRoles: Record<
+        "orders" | "worker" | "migrate-orders" | "migrate-invoices" | "provision-broker",
+        { role: aws.iam.Role; secrets: aws.iam.RolePolicy }
+    >;
     scaling: {
         api: { target: aws.appautoscaling.Target; policies: aws.appautoscaling.Policy[] };
         worker: {
@@ -78,7 +81,14 @@ const secretArnsOf = (containers: ContainerDefinition[]) => [
     ...new Set(containers.flatMap((c) => c.secrets.map((s) => s.valueFrom))),
 ];
 
-export function createServices(s: Settings, net: Network, sgs: SecurityGroups, data: Data, tags: Record<string, string>): Services {
+export function createServices(
+    s: Settings,
+    net: Network,
+    sgs: SecurityGroups,
+    data: Data,
+    edge: Edge,
+    tags: Record<string, string>,
+): Services {
     const region = aws.getRegionOutput().region;
     const privateSubnetIds = net.privateSubnets.map((x) => x.id);
 
@@ -131,8 +141,11 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
     });
 
     // ---- Secrets, by container ------------------------------------------
-    const otlp: Record<string, pulumi.Input<string>> = data.otlpHeaders
-        ? { OTEL_EXPORTER_OTLP_HEADERS: data.otlpHeaders.secret.arn }
+    // Each service connects as its own database role and broker user; the
+    // owner's URLs and the admin's broker URL go to the one-off tasks only.
+    const secrets = data.secrets;
+    const otlp: Record<string, pulumi.Input<string>> = secrets.otlpHeaders
+        ? { OTEL_EXPORTER_OTLP_HEADERS: secrets.otlpHeaders.secret.arn }
         : {};
     const common = { region, otlpEndpoint: s.otlpEndpoint };
 
@@ -150,7 +163,7 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
             image: image(API),
             essential: true,
             service: true,
-            secrets: { DATABASE_URL: data.ordersDatabaseUrl.secret.arn, ...otlp },
+            secrets: { DATABASE_URL: secrets.databaseUrls.ordersApi.secret.arn, ...otlp },
             dependsOn: [{ containerName: RELAY, condition: "START" }],
             stopTimeout: API_STOP_TIMEOUT_SECONDS,
             logGroup: logGroups[API].name,
@@ -166,8 +179,8 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
                 ...(s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {}),
             },
             secrets: {
-                DATABASE_URL: data.ordersDatabaseUrl.secret.arn,
-                BROKER_URL: data.brokerUrl.secret.arn,
+                DATABASE_URL: secrets.databaseUrls.outboxRelay.secret.arn,
+                BROKER_URL: secrets.brokerUrls.outboxRelay.secret.arn,
                 ...otlp,
             },
             stopTimeout: RELAY_STOP_TIMEOUT_SECONDS,
@@ -183,8 +196,8 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
             service: true,
             environment: s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {},
             secrets: {
-                DATABASE_URL: data.invoicesDatabaseUrl.secret.arn,
-                BROKER_URL: data.brokerUrl.secret.arn,
+                DATABASE_URL: secrets.databaseUrls.invoicesWorker.secret.arn,
+                BROKER_URL: secrets.brokerUrls.invoicesWorker.secret.arn,
                 ...otlp,
             },
             stopTimeout: 30,
@@ -200,7 +213,13 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
             essential: true,
             service: false,
             command: ["migrate"],
-            secrets: { DATABASE_URL: data.ordersDatabaseUrl.secret.arn, ...otlp },
+            // Migrates as the owner, then gives the API's and the relay's roles LOGIN and their passwords.
+            secrets: {
+                DATABASE_URL: secrets.ordersOwnerDatabaseUrl.secret.arn,
+                [DB_ROLES.ordersApi.passwordVar]: secrets.dbPasswords.ordersApi.secret.arn,
+                [DB_ROLES.outboxRelay.passwordVar]: secrets.dbPasswords.outboxRelay.secret.arn,
+                ...otlp,
+            },
             logGroup: logGroups.migrate.name,
         }),
         invoices: container({
@@ -211,15 +230,42 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
             essential: true,
             service: false,
             command: ["migrate"],
-            secrets: { DATABASE_URL: data.invoicesDatabaseUrl.secret.arn, ...otlp },
+            secrets: {
+                DATABASE_URL: secrets.invoicesOwnerDatabaseUrl.secret.arn,
+                [DB_ROLES.invoicesWorker.passwordVar]: secrets.dbPasswords.invoicesWorker.secret.arn,
+                ...otlp,
+            },
             logGroup: logGroups.migrate.name,
         }),
     };
+    // Creates (or updates) the relay's and the worker's broker users and their
+    // permissions through the management API, as the broker's admin user.
+    // BROKER_URL (the relay's) only names the vhost.
+    const provisionContainer = container({
+        ...common,
+        binary: RELAY,
+        name: "provision-broker",
+        image: image(RELAY),
+        essential: true,
+        service: false,
+        command: ["provision-broker"],
+        environment: s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {},
+        secrets: {
+            BROKER_ADMIN_URL: secrets.brokerAdminUrl.secret.arn,
+            BROKER_URL: secrets.brokerUrls.outboxRelay.secret.arn,
+            [BROKER_USERS.outboxRelay.passwordVar]: secrets.brokerPasswords.outboxRelay.secret.arn,
+            [BROKER_USERS.invoicesWorker.passwordVar]: secrets.brokerPasswords.invoicesWorker.secret.arn,
+            ...otlp,
+        },
+        logGroup: logGroups.migrate.name,
+    });
 
     const executionRoles = {
         orders: executionRole("orders", secretArnsOf(ordersContainers), tags),
         worker: executionRole("worker", secretArnsOf(workerContainers), tags),
-        migrate: executionRole("migrate", secretArnsOf([migrateContainers.orders, migrateContainers.invoices]), tags),
+        "migrate-orders": executionRole("migrate-orders", secretArnsOf([migrateContainers.orders]), tags),
+        "migrate-invoices": executionRole("migrate-invoices", secretArnsOf([migrateContainers.invoices]), tags),
+        "provision-broker": executionRole("provision-broker", secretArnsOf([provisionContainer]), tags),
     };
 
     const taskDefinition = (
@@ -244,72 +290,15 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
     const ordersTask = taskDefinition("orders", 512, 1024, executionRoles.orders.role, ordersContainers);
     const workerTask = taskDefinition("invoices-worker", 256, 512, executionRoles.worker.role, workerContainers);
     const migrations = {
-        orders: taskDefinition("migrate-orders", 256, 512, executionRoles.migrate.role, [migrateContainers.orders]),
-        invoices: taskDefinition("migrate-invoices", 256, 512, executionRoles.migrate.role, [migrateContainers.invoices]),
+        orders: taskDefinition("migrate-orders", 256, 512, executionRoles["migrate-orders"].role, [migrateContainers.orders]),
+        invoices: taskDefinition("migrate-invoices", 256, 512, executionRoles["migrate-invoices"].role, [migrateContainers.invoices]),
     };
-
-    // ---- ALB -------------------------------------------------------------
-    const alb = new aws.lb.LoadBalancer("alb", {
-        loadBalancerType: "application",
-        internal: false,
-        securityGroups: [sgs.alb.id],
-        subnets: net.publicSubnets.map((x) => x.id),
-        dropInvalidHeaderFields: true,
-        tags,
-    });
-    const targetGroup = new aws.lb.TargetGroup("api", {
-        vpcId: net.vpc.id,
-        targetType: "ip",
-        protocol: "HTTP",
-        port: PORTS[API],
-        deregistrationDelay: 30,
-        healthCheck: {
-            enabled: true,
-            path: HEALTH_PATH,
-            protocol: "HTTP",
-            port: "traffic-port",
-            matcher: "200",
-            interval: 15,
-            timeout: 5,
-            healthyThreshold: 2,
-            unhealthyThreshold: 3,
-        },
-        tags,
-    });
-    const forward = [{ type: "forward", targetGroupArn: targetGroup.arn }];
-    let listener: aws.lb.Listener;
-    let httpListener: aws.lb.Listener;
-    if (s.certificateArn) {
-        listener = new aws.lb.Listener("https", {
-            loadBalancerArn: alb.arn,
-            port: 443,
-            protocol: "HTTPS",
-            sslPolicy: "ELBSecurityPolicy-TLS13-1-2-2021-06",
-            certificateArn: s.certificateArn,
-            defaultActions: forward,
-            tags,
-        });
-        httpListener = new aws.lb.Listener("http", {
-            loadBalancerArn: alb.arn,
-            port: 80,
-            protocol: "HTTP",
-            defaultActions: [{ type: "redirect", redirect: { protocol: "HTTPS", port: "443", statusCode: "HTTP_301" } }],
-            tags,
-        });
-    } else {
-        listener = httpListener = new aws.lb.Listener("http", {
-            loadBalancerArn: alb.arn,
-            port: 80,
-            protocol: "HTTP",
-            defaultActions: forward,
-            tags,
-        });
-    }
+    const provisionBroker = taskDefinition("provision-broker", 256, 512, executionRoles["provision-broker"].role, [
+        provisionContainer,
+    ]);
 
     // ---- Services ----------------------------------------------------------
-    const secretVersions = [data.ordersDatabaseUrl, data.invoicesDatabaseUrl, data.brokerUrl, data.otlpHeaders]
-        .filter((x) => x !== undefined)
-        .map((x) => x.version);
+    const secretVersions = allSecrets(secrets).map((x) => x.version);
     const service = (
         name: string,
         task: aws.ecs.TaskDefinition,
@@ -345,9 +334,9 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
         ordersTask,
         s.apiDesiredCount,
         sgs.api,
-        [listener, httpListener, executionRoles.orders.secrets],
+        [edge.listener, edge.httpListener, ...edge.rules, executionRoles.orders.secrets],
         {
-            loadBalancers: [{ targetGroupArn: targetGroup.arn, containerName: API, containerPort: PORTS[API] }],
+            loadBalancers: [{ targetGroupArn: edge.targetGroup.arn, containerName: API, containerPort: PORTS[API] }],
             healthCheckGracePeriodSeconds: 60,
         },
     );
@@ -443,26 +432,27 @@ export function createServices(s: Settings, net: Network, sgs: SecurityGroups, d
         workerPolicies.push(cpuPolicy("invoices-worker-cpu", workerTarget, 70));
     }
 
-    // ---- One-off migrations -------------------------------------------------
-    const runTask = (task: aws.ecs.TaskDefinition) =>
+    // ---- One-off tasks -----------------------------------------------------
+    const runTask = (task: aws.ecs.TaskDefinition, sg: aws.ec2.SecurityGroup, startedBy: string) =>
         pulumi.interpolate`aws ecs run-task --region ${region} --cluster ${cluster.name} --launch-type FARGATE --task-definition ${task.arn} --network-configuration 'awsvpcConfiguration={subnets=[${pulumi
             .all(privateSubnetIds)
-            .apply((ids) => ids.join(","))}],securityGroups=[${sgs.migrate.id}],assignPublicIp=DISABLED}' --started-by pulumi-migrate --query 'tasks[0].taskArn' --output text`;
+            .apply((ids) => ids.join(","))}],securityGroups=[${sg.id}],assignPublicIp=DISABLED}' --started-by ${startedBy} --query 'tasks[0].taskArn' --output text`;
 
     return {
         cluster,
         repositories,
         logGroups,
-        alb,
-        targetGroup,
-        listener,
-        httpListener,
         ordersTask,
         workerTask,
         ordersService,
         workerService,
         migrations,
-        migrationCommands: { orders: runTask(migrations.orders), invoices: runTask(migrations.invoices) },
+        migrationCommands: {
+            orders: runTask(migrations.orders, sgs.migrate, "pulumi-migrate"),
+            invoices: runTask(migrations.invoices, sgs.migrate, "pulumi-migrate"),
+        },
+        provisionBroker,
+        provisionBrokerCommand: runTask(provisionBroker, sgs.provision, "pulumi-provision-broker"),
         executionRoles,
         scaling: {
             api: { target: apiTarget, policies: apiPolicies },

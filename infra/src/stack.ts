@@ -2,6 +2,7 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { loadSettings, Settings } from "./config";
 import { createData, Data } from "./data";
+import { createEdge, Edge } from "./edge";
 import { createNetwork, Network } from "./network";
 import { createSecurityGroups, SecurityGroups, urlPort } from "./security";
 import { createServices, Services } from "./services";
@@ -11,6 +12,7 @@ export interface Stack {
     network: Network;
     securityGroups: SecurityGroups;
     data: Data;
+    edge: Edge;
     services: Services;
     outputs: Record<string, pulumi.Input<unknown>>;
 }
@@ -27,16 +29,17 @@ export function createStack(): Stack {
         tags,
         https: settings.certificateArn !== undefined,
         rds: settings.externalDatabases === undefined,
-        amazonMq: settings.brokerUrl === undefined,
+        amazonMq: settings.externalBroker === undefined,
         otlpPort: settings.otlpEndpoint ? urlPort(settings.otlpEndpoint) : undefined,
     });
     const data = createData(settings, network, securityGroups, tags);
-    const services = createServices(settings, network, securityGroups, data, tags);
+    const edge = createEdge(settings, network, securityGroups, tags);
+    const services = createServices(settings, network, securityGroups, data, edge, tags);
 
     const scheme = settings.certificateArn ? "https" : "http";
     const outputs: Record<string, pulumi.Input<unknown>> = {
-        albDnsName: services.alb.dnsName,
-        url: pulumi.interpolate`${scheme}://${services.alb.dnsName}`,
+        albDnsName: edge.alb.dnsName,
+        url: pulumi.interpolate`${scheme}://${edge.alb.dnsName}`,
         clusterName: services.cluster.name,
         ordersServiceName: services.ordersService.name,
         workerServiceName: services.workerService.name,
@@ -50,8 +53,11 @@ export function createStack(): Stack {
             invoices: services.migrations.invoices.arn,
         },
         migrationCommands: services.migrationCommands,
+        provisionBrokerTaskDefinitionArn: services.provisionBroker.arn,
+        provisionBrokerCommand: services.provisionBrokerCommand,
+        metricsScraperSecurityGroupId: securityGroups.scraper.id,
         dbAddress: data.db?.address,
         brokerEndpoint: data.broker?.instances[0].endpoints[0],
     };
-    return { settings, network, securityGroups, data, services, outputs };
+    return { settings, network, securityGroups, data, edge, services, outputs };
 }
