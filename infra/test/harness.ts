@@ -180,6 +180,9 @@ export const T = {
     loadBalancer: "aws:lb/loadBalancer:LoadBalancer",
     targetGroup: "aws:lb/targetGroup:TargetGroup",
     listener: "aws:lb/listener:Listener",
+    listenerRule: "aws:lb/listenerRule:ListenerRule",
+    webAcl: "aws:wafv2/webAcl:WebAcl",
+    webAclAssociation: "aws:wafv2/webAclAssociation:WebAclAssociation",
     scalingTarget: "aws:appautoscaling/target:Target",
     scalingPolicy: "aws:appautoscaling/policy:Policy",
     alarm: "aws:cloudwatch/metricAlarm:MetricAlarm",
@@ -203,3 +206,49 @@ export const envOf = (c: any): Record<string, string> =>
     Object.fromEntries((c.environment ?? []).map((e: any) => [e.name, e.value]));
 export const secretsOf = (c: any): Record<string, string> =>
     Object.fromEntries((c.secrets ?? []).map((e: any) => [e.name, e.valueFrom]));
+
+/** The value stored in the secret with this ARN (its SecretVersion's secretString). */
+export function secretValue(arn: string): string {
+    const secret = ofType(T.secret).find((r) => r.state.arn === arn);
+    if (!secret) {
+        throw new Error(`no secret with ARN ${arn}`);
+    }
+    return one(T.secretVersion, secret.name).inputs.secretString;
+}
+
+/** Actions that send a request to a target (anything but a fixed response or a redirect). */
+const reachesTarget = (action: any) => action.type !== "fixed-response" && action.type !== "redirect";
+
+/**
+ * Every way the load balancer lets a request through to a target, as
+ * "<listener port> <METHOD|*> <path pattern|*>": one per method and path of each
+ * rule that forwards (other conditions only narrow a rule, so they are left
+ * out), "<port> * *" for a listener whose default action forwards.
+ */
+export function exposedRoutes(): string[] {
+    const listeners = ofType(T.listener);
+    const routes: string[] = [];
+    for (const l of listeners) {
+        if ((l.inputs.defaultActions ?? []).some(reachesTarget)) {
+            routes.push(`${l.inputs.port} * *`);
+        }
+    }
+    for (const r of ofType(T.listenerRule)) {
+        if (!(r.inputs.actions ?? []).some(reachesTarget)) {
+            continue;
+        }
+        const listener = listeners.find((l) => l.state.arn === r.inputs.listenerArn);
+        if (!listener) {
+            throw new Error(`listener rule ${r.name} belongs to no listener of this stack`);
+        }
+        const conditions: any[] = r.inputs.conditions ?? [];
+        const methods: string[] = conditions.flatMap((c) => c.httpRequestMethod?.values ?? []);
+        const paths: string[] = conditions.flatMap((c) => c.pathPattern?.values ?? []);
+        for (const m of methods.length ? methods : ["*"]) {
+            for (const p of paths.length ? paths : ["*"]) {
+                routes.push(`${listener.inputs.port} ${m} ${p}`);
+            }
+        }
+    }
+    return routes.sort();
+}

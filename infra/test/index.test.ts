@@ -4,7 +4,7 @@ import { it } from "node:test";
 
 import { REGION, run, setup, value } from "./harness";
 
-setup({ "aws:region": REGION });
+setup({ "aws:region": REGION, allowPlainHttp: "true" });
 
 it("index.ts exports the stack outputs", async () => {
     const index = await run(() => require("../index") as Record<string, unknown>);

@@ -1,15 +1,31 @@
 /**
  * The default stack: RDS PostgreSQL, Amazon MQ for RabbitMQ, OTLP endpoint and
- * headers configured, a broker namespace, a pinned image tag.
+ * headers configured, a broker namespace, a pinned image tag; a development
+ * edge (plain HTTP, allowed by allowPlainHttp) with the WAF rate limit.
  */
 import assert from "node:assert/strict";
 import { before, describe, it } from "node:test";
 
 import * as pulumi from "@pulumi/pulumi";
 
-import { StoredSecret } from "../src/data";
+import { allSecrets } from "../src/data";
 import { createStack, Stack } from "../src/stack";
-import { containersOf, envOf, ofType, one, options, REGION, resources, run, secretsOf, setup, T, value } from "./harness";
+import {
+    containersOf,
+    envOf,
+    exposedRoutes,
+    ofType,
+    one,
+    options,
+    REGION,
+    resources,
+    run,
+    secretsOf,
+    secretValue,
+    setup,
+    T,
+    value,
+} from "./harness";
 
 setup(
     {
@@ -23,6 +39,8 @@ setup(
         otlpHeaders: "x-api-key=s3cr3t",
         brokerNamespace: "prod",
         logRetentionDays: "14",
+        allowPlainHttp: "true",
+        wafRateLimit: "1000",
     },
     ["otlpHeaders"],
 );
@@ -31,20 +49,19 @@ const ORDERS = "orders-pipeline-test-orders";
 const WORKER = "orders-pipeline-test-invoices-worker";
 const MIGRATE_ORDERS = "orders-pipeline-test-migrate-orders";
 const MIGRATE_INVOICES = "orders-pipeline-test-migrate-invoices";
+const PROVISION = "orders-pipeline-test-provision-broker";
+const SERVICES = [ORDERS, WORKER];
+const ONE_OFF = [MIGRATE_ORDERS, MIGRATE_INVOICES, PROVISION];
 const SECRET_ARN = /^arn:aws:secretsmanager:[a-z0-9-]+:\d{12}:secret:/;
 
 let stack: Stack;
-let arns: { ordersDb: string; invoicesDb: string; broker: string; otlpHeaders: string };
+/** Secret ARNs by the secret's resource name. */
+let arns: Record<string, string>;
 const sgId = (name: string) => one(T.sg, name).id;
 
 before(async () => {
     stack = await run(createStack);
-    arns = {
-        ordersDb: one(T.secret, "orders-database-url").state.arn,
-        invoicesDb: one(T.secret, "invoices-database-url").state.arn,
-        broker: one(T.secret, "broker-url").state.arn,
-        otlpHeaders: one(T.secret, "otlp-headers").state.arn,
-    };
+    arns = Object.fromEntries(ofType(T.secret).map((r) => [r.name, r.state.arn]));
 });
 
 describe("network", () => {
@@ -132,31 +149,66 @@ describe("orders task (orders-api + outbox-relay sidecar)", () => {
 });
 
 describe("secrets", () => {
-    it("are Secrets Manager secrets holding the URLs", async () => {
-        const value = (name: string) => one(T.secretVersion, name).inputs.secretString as string;
-        const rds = one(T.rds, "db").state.address;
-        assert.equal(
-            value("orders-database-url"),
-            `postgres://pipeline:Mockdbpassword0123456789abcdef@${rds}:5432/orders?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem`,
-        );
-        assert.match(value("invoices-database-url"), new RegExp(`^postgres://pipeline:[^@]+@${rds}:5432/invoices\\?sslmode=verify-full&`));
-        assert.equal(
-            value("broker-url"),
-            `amqps://pipeline:Mockmqpassword0123456789abcdef@b-1234-abcd.mq.${REGION}.amazonaws.com:5671/%2f`,
-        );
-        assert.equal(value("otlp-headers"), "x-api-key=s3cr3t");
-        for (const name of ["orders-database-url", "invoices-database-url", "broker-url", "otlp-headers"]) {
-            assert.equal(one(T.secretVersion, name).inputs.secretId, `${name}_id`);
+    const rds = () => one(T.rds, "db").state.address;
+    const MQ_HOST = `b-1234-abcd.mq.${REGION}.amazonaws.com`;
+    const TLS = "sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem";
+
+    it("are Secrets Manager secrets holding each role's URL and password", () => {
+        const stored = (name: string) => one(T.secretVersion, name).inputs.secretString as string;
+        assert.equal(stored("orders-migrate-database-url"), `postgres://pipeline:Mockdbpassword0123456789abcdef@${rds()}:5432/orders?${TLS}`);
+        assert.equal(stored("invoices-migrate-database-url"), `postgres://pipeline:Mockdbpassword0123456789abcdef@${rds()}:5432/invoices?${TLS}`);
+        for (const [name, role, db] of [
+            ["orders-api", "orders_api", "orders"],
+            ["outbox-relay", "outbox_relay", "orders"],
+            ["invoices-worker", "invoices_worker", "invoices"],
+        ]) {
+            const pw = `Mockdbpassword${name.replace(/-/g, "")}0123456789abcdef`;
+            assert.equal(stored(`${name}-database-url`), `postgres://${role}:${pw}@${rds()}:5432/${db}?${TLS}`);
+            assert.equal(stored(`${name}-db-password`), pw);
+        }
+        for (const [name, user] of [
+            ["outbox-relay", "outbox_relay"],
+            ["invoices-worker", "invoices_worker"],
+        ]) {
+            const pw = `Mockmqpassword${name.replace(/-/g, "")}0123456789abcdef`;
+            assert.equal(stored(`${name}-broker-url`), `amqps://${user}:${pw}@${MQ_HOST}:5671/%2f`);
+            assert.equal(stored(`${name}-broker-password`), pw);
+        }
+        // The management API of Amazon MQ: https on 443 of the console URL, as the admin user.
+        assert.equal(stored("broker-admin-url"), `https://pipeline:Mockmqpassword0123456789abcdef@${MQ_HOST}`);
+        assert.equal(stored("otlp-headers"), "x-api-key=s3cr3t");
+        for (const secret of ofType(T.secret)) {
+            assert.equal(one(T.secretVersion, secret.name).inputs.secretId, `${secret.name}_id`);
         }
     });
 
-    it("are injected into every container: DATABASE_URL, BROKER_URL where needed, OTLP headers", () => {
+    it("keep the owner's URL secrets under their former names (no replacement on update)", () => {
+        for (const [name, former] of [
+            ["orders-migrate-database-url", "orders-database-url"],
+            ["invoices-migrate-database-url", "invoices-database-url"],
+        ]) {
+            for (const type of [T.secret, T.secretVersion]) {
+                const aliases = (options.get(`${type}::${name}`)?.aliases ?? []) as { name?: string }[];
+                assert.ok(aliases.some((a) => a.name === former), `${type} ${name} has no alias ${former}`);
+            }
+        }
+    });
+
+    it("give each service exactly its own URLs, DATABASE_URL and BROKER_URL, and the OTLP headers", () => {
         const expected: Record<string, Record<string, string>> = {
-            "orders-api": { DATABASE_URL: arns.ordersDb, OTEL_EXPORTER_OTLP_HEADERS: arns.otlpHeaders },
-            "outbox-relay": { DATABASE_URL: arns.ordersDb, BROKER_URL: arns.broker, OTEL_EXPORTER_OTLP_HEADERS: arns.otlpHeaders },
-            "invoices-worker": { DATABASE_URL: arns.invoicesDb, BROKER_URL: arns.broker, OTEL_EXPORTER_OTLP_HEADERS: arns.otlpHeaders },
+            "orders-api": { DATABASE_URL: arns["orders-api-database-url"], OTEL_EXPORTER_OTLP_HEADERS: arns["otlp-headers"] },
+            "outbox-relay": {
+                DATABASE_URL: arns["outbox-relay-database-url"],
+                BROKER_URL: arns["outbox-relay-broker-url"],
+                OTEL_EXPORTER_OTLP_HEADERS: arns["otlp-headers"],
+            },
+            "invoices-worker": {
+                DATABASE_URL: arns["invoices-worker-database-url"],
+                BROKER_URL: arns["invoices-worker-broker-url"],
+                OTEL_EXPORTER_OTLP_HEADERS: arns["otlp-headers"],
+            },
         };
-        const containers = [...containersOf(ORDERS), ...containersOf(WORKER)];
+        const containers = SERVICES.flatMap(containersOf);
         assert.equal(containers.length, 3);
         for (const c of containers) {
             assert.deepEqual(secretsOf(c), expected[c.name], `secrets of ${c.name}`);
@@ -166,11 +218,85 @@ describe("secrets", () => {
         }
     });
 
+    it("let each service connect as its own database role and broker user, never as the owner or the admin", () => {
+        const users: Record<string, { db: string; broker?: string }> = {
+            "orders-api": { db: "orders_api" },
+            "outbox-relay": { db: "outbox_relay", broker: "outbox_relay" },
+            "invoices-worker": { db: "invoices_worker", broker: "invoices_worker" },
+        };
+        const privileged = new Set([
+            secretValue(arns["orders-migrate-database-url"]),
+            secretValue(arns["invoices-migrate-database-url"]),
+            secretValue(arns["broker-admin-url"]),
+        ]);
+        for (const c of SERVICES.flatMap(containersOf)) {
+            const injected = Object.values(secretsOf(c)).map(secretValue);
+            for (const v of injected) {
+                assert.ok(!privileged.has(v), `${c.name} receives an owner's or the admin's URL`);
+                assert.ok(!v.includes("pipeline:"), `${c.name} receives the RDS master or broker admin user`);
+            }
+            const env = secretsOf(c);
+            assert.equal(new URL(secretValue(env.DATABASE_URL)).username, users[c.name].db, `${c.name} DATABASE_URL`);
+            if (users[c.name].broker) {
+                assert.equal(new URL(secretValue(env.BROKER_URL)).username, users[c.name].broker, `${c.name} BROKER_URL`);
+            }
+            assert.equal(env.BROKER_ADMIN_URL, undefined, c.name);
+        }
+    });
+
+    it("give the migrate tasks the owner's URL and the passwords of their database's service roles", () => {
+        const cases: [string, string, Record<string, string>][] = [
+            [MIGRATE_ORDERS, "orders-migrate-database-url", { ORDERS_API_DB_PASSWORD: "orders-api", OUTBOX_RELAY_DB_PASSWORD: "outbox-relay" }],
+            [MIGRATE_INVOICES, "invoices-migrate-database-url", { INVOICES_WORKER_DB_PASSWORD: "invoices-worker" }],
+        ];
+        for (const [family, owner, passwords] of cases) {
+            const [c] = containersOf(family);
+            const env = secretsOf(c);
+            assert.deepEqual(
+                Object.keys(env).sort(),
+                ["DATABASE_URL", "OTEL_EXPORTER_OTLP_HEADERS", ...Object.keys(passwords)].sort(),
+                `secrets of ${family}`,
+            );
+            assert.equal(env.DATABASE_URL, arns[owner]);
+            for (const [variable, service] of Object.entries(passwords)) {
+                // The password the migration sets is the one the service connects with.
+                assert.equal(secretValue(env[variable]), new URL(secretValue(arns[`${service}-database-url`])).password, variable);
+            }
+        }
+    });
+
+    it("give the provision-broker task the admin's management URL and the users' passwords", () => {
+        const [c] = containersOf(PROVISION);
+        const env = secretsOf(c);
+        assert.deepEqual(Object.keys(env).sort(), [
+            "BROKER_ADMIN_URL",
+            "BROKER_URL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "RELAY_BROKER_PASSWORD",
+            "WORKER_BROKER_PASSWORD",
+        ]);
+        assert.match(secretValue(env.BROKER_ADMIN_URL), /^https:\/\/pipeline:[^@]+@b-1234-abcd\.mq\.[a-z0-9-]+\.amazonaws\.com$/);
+        // BROKER_URL names the vhost (and the host); the relay's user, not the admin.
+        assert.equal(new URL(secretValue(env.BROKER_URL)).username, "outbox_relay");
+        assert.equal(secretValue(env.RELAY_BROKER_PASSWORD), new URL(secretValue(arns["outbox-relay-broker-url"])).password);
+        assert.equal(secretValue(env.WORKER_BROKER_PASSWORD), new URL(secretValue(arns["invoices-worker-broker-url"])).password);
+    });
+
     it("never appear as plain environment variables", () => {
-        for (const family of [ORDERS, WORKER, MIGRATE_ORDERS, MIGRATE_INVOICES]) {
+        for (const family of [...SERVICES, ...ONE_OFF]) {
             for (const c of containersOf(family)) {
                 const env = envOf(c);
-                for (const name of ["DATABASE_URL", "BROKER_URL", "OTEL_EXPORTER_OTLP_HEADERS"]) {
+                for (const name of [
+                    "DATABASE_URL",
+                    "BROKER_URL",
+                    "BROKER_ADMIN_URL",
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "ORDERS_API_DB_PASSWORD",
+                    "OUTBOX_RELAY_DB_PASSWORD",
+                    "INVOICES_WORKER_DB_PASSWORD",
+                    "RELAY_BROKER_PASSWORD",
+                    "WORKER_BROKER_PASSWORD",
+                ]) {
                     assert.ok(!(name in env), `${c.name}: ${name} in plain environment`);
                 }
                 assert.ok(!JSON.stringify(c).includes("Mock"), `${c.name}: a password leaked into the task definition`);
@@ -178,13 +304,16 @@ describe("secrets", () => {
         }
     });
 
-    it("are readable by each task's execution role, and nothing else is", () => {
-        for (const [family, role] of [
+    it("are readable by each task's own execution role, exactly those its containers inject", () => {
+        const roles: [string, string][] = [
             [ORDERS, "orders"],
             [WORKER, "worker"],
-            [MIGRATE_ORDERS, "migrate"],
-            [MIGRATE_INVOICES, "migrate"],
-        ]) {
+            [MIGRATE_ORDERS, "migrate-orders"],
+            [MIGRATE_INVOICES, "migrate-invoices"],
+            [PROVISION, "provision-broker"],
+        ];
+        assert.equal(ofType(T.role).length, roles.length, "one execution role per task definition");
+        for (const [family, role] of roles) {
             const td = ofType(T.taskDefinition).find((r) => r.inputs.family === family)!;
             assert.equal(td.inputs.executionRoleArn, one(T.role, `${role}-execution`).state.arn);
             const policy = JSON.parse(one(T.rolePolicy, `${role}-execution-secrets`).inputs.policy);
@@ -194,20 +323,19 @@ describe("secrets", () => {
             assert.deepEqual(statement.Action, ["secretsmanager:GetSecretValue"]);
             const granted = new Set<string>(statement.Resource);
             const used = new Set(containersOf(family).flatMap((c) => c.secrets.map((s: any) => s.valueFrom)));
-            for (const arn of used) {
-                assert.ok(granted.has(arn), `${role} execution role cannot read ${arn}`);
-            }
-            if (role !== "migrate") {
-                assert.deepEqual(granted, used, `${role} execution role reads more than its task needs`);
-            }
+            assert.deepEqual(granted, used, `${role} execution role must read exactly what its task injects`);
             assert.ok([...granted].every((arn) => SECRET_ARN.test(arn)));
-        }
-        const migrate = JSON.parse(one(T.rolePolicy, "migrate-execution-secrets").inputs.policy);
-        assert.ok(!migrate.Statement[0].Resource.includes(arns.broker), "migrations need no broker");
-        for (const role of ["orders", "worker", "migrate"]) {
             const attachment = one(T.rolePolicyAttachment, `${role}-execution`);
             assert.equal(attachment.inputs.policyArn, "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy");
         }
+        const readable = (role: string) => JSON.parse(one(T.rolePolicy, `${role}-execution-secrets`).inputs.policy).Statement[0].Resource;
+        for (const role of ["orders", "worker"]) {
+            for (const privileged of ["orders-migrate-database-url", "invoices-migrate-database-url", "broker-admin-url"]) {
+                assert.ok(!readable(role).includes(arns[privileged]), `${role} may read ${privileged}`);
+            }
+        }
+        assert.ok(!readable("migrate-orders").includes(arns["invoices-migrate-database-url"]), "one database per migrate task");
+        assert.ok(!readable("migrate-invoices").includes(arns["orders-migrate-database-url"]), "one database per migrate task");
     });
 });
 
@@ -236,12 +364,9 @@ describe("services", () => {
             ["invoices-worker", "worker"],
         ]) {
             const deps = (options.get(`${T.service}::${svc}`)?.dependsOn ?? []) as pulumi.Resource[];
-            for (const needed of [
-                ...Object.values(stack.data)
-                    .filter((d): d is StoredSecret => d !== undefined && "version" in d)
-                    .map((d) => d.version),
-                stack.services.executionRoles[role as "orders" | "worker"].secrets,
-            ]) {
+            const versions = allSecrets(stack.data.secrets).map((d) => d.version);
+            assert.equal(versions.length, ofType(T.secretVersion).length);
+            for (const needed of [...versions, stack.services.executionRoles[role as "orders" | "worker"].secrets]) {
                 assert.ok(deps.includes(needed), `${svc} does not wait for ${needed.constructor.name}`);
             }
         }
@@ -282,26 +407,75 @@ describe("load balancer", () => {
         assert.equal(tg.inputs.targetType, "ip");
     });
 
-    it("listens on 80 and forwards to the target group", () => {
+    it("with allowPlainHttp: listens on 80 only, and answers 404 to what no rule forwards", () => {
         const listeners = ofType(T.listener);
         assert.equal(listeners.length, 1);
         const [l] = listeners;
         assert.equal(l.inputs.port, 80);
         assert.equal(l.inputs.protocol, "HTTP");
         assert.equal(l.inputs.loadBalancerArn, one(T.loadBalancer, "alb").state.arn);
-        assert.deepEqual(l.inputs.defaultActions, [{ type: "forward", targetGroupArn: one(T.targetGroup, "api").state.arn }]);
+        assert.equal(l.inputs.defaultActions.length, 1);
+        const [action] = l.inputs.defaultActions;
+        assert.equal(action.type, "fixed-response");
+        assert.equal(action.fixedResponse.statusCode, "404");
+        assert.equal(action.fixedResponse.contentType, "application/json");
+        assert.deepEqual(JSON.parse(action.fixedResponse.messageBody), {
+            type: "about:blank",
+            title: "Not Found",
+            status: 404,
+            detail: "no such route",
+            code: "not_found",
+        });
     });
 
-    it("registers the orders-api container of the orders service", () => {
+    it("forwards the public routes only: POST /orders, GET /orders/{id}, GET /health (not /metrics, /ready, /openapi.json)", () => {
+        assert.deepEqual(exposedRoutes(), ["80 GET /health", "80 GET /orders/*", "80 POST /orders"]);
+        const tg = one(T.targetGroup, "api").state.arn;
+        for (const rule of ofType(T.listenerRule)) {
+            assert.deepEqual(rule.inputs.actions, [{ type: "forward", targetGroupArn: tg }], rule.name);
+        }
+        const priorities = ofType(T.listenerRule).map((r) => r.inputs.priority);
+        assert.equal(new Set(priorities).size, priorities.length, "listener rule priorities must be unique");
+    });
+
+    it("registers the orders-api container of the orders service, once the rules exist", () => {
         const svc = one(T.service, "orders");
         assert.deepEqual(svc.inputs.loadBalancers, [
             { targetGroupArn: one(T.targetGroup, "api").state.arn, containerName: "orders-api", containerPort: 3333 },
         ]);
+        const deps = (options.get(`${T.service}::orders`)?.dependsOn ?? []) as pulumi.Resource[];
+        for (const rule of stack.edge.rules) {
+            assert.ok(deps.includes(rule), "the orders service must wait for the listener rules");
+        }
+    });
+});
+
+describe("WAF (wafRateLimit)", () => {
+    it("blocks a client IP above the configured requests per 5 minutes, with a 429", () => {
+        const [acl, ...others] = ofType(T.webAcl);
+        assert.equal(others.length, 0);
+        assert.equal(acl.inputs.scope, "REGIONAL");
+        assert.deepEqual(acl.inputs.defaultAction, { allow: {} });
+        assert.equal(acl.inputs.rules.length, 1);
+        const [rule] = acl.inputs.rules;
+        assert.deepEqual(rule.statement.rateBasedStatement, { limit: 1000, aggregateKeyType: "IP", evaluationWindowSec: 300 });
+        assert.equal(rule.action.block.customResponse.responseCode, 429);
+        const body = acl.inputs.customResponseBodies.find((b: any) => b.key === rule.action.block.customResponse.customResponseBodyKey);
+        assert.equal(JSON.parse(body.content).status, 429);
+    });
+
+    it("is associated with the load balancer", () => {
+        const [association, ...others] = ofType(T.webAclAssociation);
+        assert.equal(others.length, 0);
+        assert.equal(association.inputs.resourceArn, one(T.loadBalancer, "alb").state.arn);
+        assert.equal(association.inputs.webAclArn, one(T.webAcl, "waf").state.arn);
     });
 });
 
 describe("security groups", () => {
     const rules = (type: string, group: string) => ofType(type).filter((r) => r.inputs.securityGroupId === sgId(group));
+    const flows = (type: string, group: string) =>
+        new Set(rules(type, group).map((r) => `${r.inputs.fromPort}-${r.inputs.toPort}:${r.inputs.referencedSecurityGroupId ?? r.inputs.cidrIpv4}`));
 
     it("ALB: 80 from the internet only, out to the API only", () => {
         const ins = rules(T.ingress, "alb");
@@ -310,20 +484,29 @@ describe("security groups", () => {
         assert.deepEqual(outs.map((r) => [r.inputs.toPort, r.inputs.referencedSecurityGroupId]), [[3333, sgId("api")]]);
     });
 
-    it("API: 3333 from the ALB security group only", () => {
-        const ins = rules(T.ingress, "api");
-        assert.equal(ins.length, 1);
-        const [r] = ins;
-        assert.equal(r.inputs.fromPort, 3333);
-        assert.equal(r.inputs.toPort, 3333);
-        assert.equal(r.inputs.ipProtocol, "tcp");
-        assert.equal(r.inputs.referencedSecurityGroupId, sgId("alb"));
-        assert.equal(r.inputs.cidrIpv4, undefined);
+    it("/metrics stays inside the VPC: the services' ports take the ALB (3333) and the scraper group only", () => {
+        // Only the ALB takes traffic from an address range, on 80 and 443.
+        for (const r of ofType(T.ingress)) {
+            if (r.inputs.cidrIpv4 !== undefined || r.inputs.cidrIpv6 !== undefined || r.inputs.prefixListId !== undefined) {
+                assert.equal(r.inputs.securityGroupId, sgId("alb"), `${r.name} opens a task's port to an address range`);
+                assert.ok([80, 443].includes(r.inputs.fromPort) && r.inputs.toPort === r.inputs.fromPort, r.name);
+            }
+        }
+        assert.deepEqual(flows(T.ingress, "api"), new Set([`3333-3333:${sgId("alb")}`, `3333-3333:${sgId("scraper")}`, `3335-3335:${sgId("scraper")}`]));
+        assert.deepEqual(flows(T.ingress, "worker"), new Set([`3334-3334:${sgId("scraper")}`]));
+        assert.deepEqual(flows(T.ingress, "scraper"), new Set(), "nothing connects to the scraper");
+        assert.deepEqual(
+            flows(T.egress, "scraper"),
+            new Set([`3333-3333:${sgId("api")}`, `3335-3335:${sgId("api")}`, `3334-3334:${sgId("worker")}`]),
+        );
+        for (const r of ofType(T.ingress)) {
+            assert.equal(r.inputs.ipProtocol, "tcp", r.name);
+        }
     });
 
-    it("worker and migration tasks: no inbound at all", () => {
-        assert.deepEqual(rules(T.ingress, "worker"), []);
+    it("one-off tasks (migrations, provision-broker): no inbound at all", () => {
         assert.deepEqual(rules(T.ingress, "migrate"), []);
+        assert.deepEqual(rules(T.ingress, "provision"), []);
     });
 
     it("database: 5432 from the API, worker and migration groups only", () => {
@@ -340,14 +523,11 @@ describe("security groups", () => {
         );
     });
 
-    it("broker: 5671 from the API (relay) and worker groups only", () => {
-        const ins = rules(T.ingress, "mq");
-        for (const r of ins) {
-            assert.equal(r.inputs.fromPort, 5671);
-            assert.equal(r.inputs.toPort, 5671);
-            assert.equal(r.inputs.cidrIpv4, undefined);
-        }
-        assert.deepEqual(new Set(ins.map((r) => r.inputs.referencedSecurityGroupId)), new Set([sgId("api"), sgId("worker")]));
+    it("broker: 5671 from the API (relay) and worker groups, the management API (443) from provision-broker only", () => {
+        assert.deepEqual(
+            flows(T.ingress, "mq"),
+            new Set([`5671-5671:${sgId("api")}`, `5671-5671:${sgId("worker")}`, `443-443:${sgId("provision")}`]),
+        );
     });
 
     it("tasks reach the database and broker through their groups, the rest over HTTPS", () => {
@@ -355,6 +535,8 @@ describe("security groups", () => {
         assert.deepEqual(new Set(outs("api")), new Set(["443>0.0.0.0/0", `5432>${sgId("db")}`, `5671>${sgId("mq")}`]));
         assert.deepEqual(new Set(outs("worker")), new Set(["443>0.0.0.0/0", `5432>${sgId("db")}`, `5671>${sgId("mq")}`]));
         assert.deepEqual(new Set(outs("migrate")), new Set(["443>0.0.0.0/0", `5432>${sgId("db")}`]));
+        // HTTPS to anywhere includes the broker's management API in the VPC.
+        assert.deepEqual(new Set(outs("provision")), new Set(["443>0.0.0.0/0"]));
     });
 
     it("services run in the private subnets without public IPs, each with its group", () => {
@@ -459,7 +641,7 @@ describe("images and logs", () => {
 
     it("sends every container's output to its own CloudWatch log group", () => {
         const groups = new Map(ofType(T.logGroup).map((g) => [g.inputs.name, g]));
-        for (const family of [ORDERS, WORKER, MIGRATE_ORDERS, MIGRATE_INVOICES]) {
+        for (const family of [...SERVICES, ...ONE_OFF]) {
             for (const c of containersOf(family)) {
                 assert.equal(c.logConfiguration.logDriver, "awslogs");
                 const name = c.logConfiguration.options["awslogs-group"];
@@ -474,16 +656,17 @@ describe("images and logs", () => {
     });
 });
 
-describe("migrations", () => {
-    it("are one-off tasks running `<binary> migrate` against each database", () => {
+describe("one-off tasks", () => {
+    it("run `<binary> migrate` against each database, and `outbox-relay provision-broker`", () => {
         const cases = [
-            [MIGRATE_ORDERS, "orders-api", arns.ordersDb],
-            [MIGRATE_INVOICES, "invoices-worker", arns.invoicesDb],
+            [MIGRATE_ORDERS, "orders-api", arns["orders-migrate-database-url"], "migrate"],
+            [MIGRATE_INVOICES, "invoices-worker", arns["invoices-migrate-database-url"], "migrate"],
+            [PROVISION, "outbox-relay", undefined, "provision-broker"],
         ];
-        for (const [family, binary, dbSecret] of cases) {
-            const [c, ...rest] = containersOf(family);
+        for (const [family, binary, dbSecret, command] of cases) {
+            const [c, ...rest] = containersOf(family!);
             assert.equal(rest.length, 0);
-            assert.deepEqual(c.command, ["migrate"]);
+            assert.deepEqual(c.command, [command]);
             assert.equal(c.essential, true);
             assert.match(c.image, new RegExp(`/orders-pipeline-test/${binary}:v1\\.2\\.3$`));
             assert.equal(secretsOf(c).DATABASE_URL, dbSecret);
@@ -498,13 +681,19 @@ describe("migrations", () => {
         const taskArns = (await value(outputs.migrationTaskDefinitionArns)) as Record<string, string>;
         assert.equal(taskArns.orders, `arn:aws:ecs:${REGION}:123456789012:task-definition/${MIGRATE_ORDERS}:1`);
         const commands = (await value(outputs.migrationCommands)) as Record<string, string>;
-        for (const key of ["orders", "invoices"]) {
-            const cmd = commands[key];
+        const provisionArn = (await value(outputs.provisionBrokerTaskDefinitionArn)) as string;
+        assert.equal(provisionArn, `arn:aws:ecs:${REGION}:123456789012:task-definition/${PROVISION}:1`);
+        const cases: [string, string, string][] = [
+            [commands.orders, taskArns.orders, "migrate"],
+            [commands.invoices, taskArns.invoices, "migrate"],
+            [(await value(outputs.provisionBrokerCommand)) as string, provisionArn, "provision"],
+        ];
+        for (const [cmd, arn, sg] of cases) {
             assert.ok(cmd.startsWith("aws ecs run-task "), cmd);
-            assert.ok(cmd.includes(`--task-definition ${taskArns[key]}`), cmd);
+            assert.ok(cmd.includes(`--task-definition ${arn}`), cmd);
             assert.ok(cmd.includes("--cluster orders-pipeline-test"), cmd);
             assert.ok(cmd.includes("subnets=[private-0_id,private-1_id]"), cmd);
-            assert.ok(cmd.includes(`securityGroups=[${sgId("migrate")}]`), cmd);
+            assert.ok(cmd.includes(`securityGroups=[${sgId(sg)}]`), cmd);
             assert.ok(cmd.includes("assignPublicIp=DISABLED"), cmd);
         }
     });
@@ -516,6 +705,7 @@ describe("outputs", () => {
         assert.equal(await value(stack.outputs.clusterName), "orders-pipeline-test");
         const repos = (await value(stack.outputs.ecrRepositoryUrls)) as Record<string, string>;
         assert.deepEqual(Object.keys(repos).sort(), ["invoices-worker", "orders-api", "outbox-relay"]);
+        assert.equal(await value(stack.outputs.metricsScraperSecurityGroupId), sgId("scraper"));
         assert.ok(resources.length > 50);
     });
 });
