@@ -8,7 +8,17 @@ setup({ "aws:region": REGION, allowPlainHttp: "true" });
 
 it("index.ts exports the stack outputs", async () => {
     const index = await run(() => require("../index") as Record<string, unknown>);
-    for (const name of ["albDnsName", "url", "clusterName", "ecrRepositoryUrls", "migrationTaskDefinitionArns", "migrationCommands"]) {
+    for (const name of [
+        "albDnsName",
+        "url",
+        "clusterName",
+        "ecrRepositoryUrls",
+        "migrationTaskDefinitionArns",
+        "migrationCommands",
+        "provisionBrokerTaskDefinitionArn",
+        "provisionBrokerCommand",
+        "metricsScraperSecurityGroupId",
+    ]) {
         assert.ok(name in index, `missing output ${name}`);
     }
     assert.equal(await value(index.url as string), `http://alb-1234567890.${REGION}.elb.amazonaws.com`);
