@@ -1,6 +1,6 @@
 //! The benchmark suite: `cargo bench -p bench` (about 10 minutes) or
 //! `cargo bench -p bench -- --quick` (under 2, only to prove it works).
-//! `--only api,relay,worker,e2e,live` runs some parts. Prints one table and writes
+//! `--only api,relay,worker,e2e,hostile,live` runs some parts. Prints one table and writes
 //! the JSON summary to `target/bench/summary.json`.
 //!
 //! Needs the local PostgreSQL and RabbitMQ, `pgbench` and `wrk`.
@@ -46,6 +46,10 @@ async fn main() {
     if wanted("e2e") {
         eprintln!("bench: end to end …");
         sections.push(bench::e2e::run(scale).await);
+    }
+    if wanted("hostile") {
+        eprintln!("bench: hostile clients …");
+        sections.push(bench::hostile::run(scale).await);
     }
     if wanted("live") {
         eprintln!("bench: live …");

@@ -2,7 +2,9 @@
 //! measured in the same run, printed as a table and written as JSON. The parts:
 //! [`api`] (wrk against `POST /orders` beside pgbench running the same
 //! transaction), [`relay`], [`worker`], [`e2e`] (open-loop load through the
-//! three release binaries, with peak memory), and [`live`] (the relay in steady
+//! three release binaries, with peak memory), [`hostile`] (a normal client's
+//! latency while thousands of slow-header and idle connections attack the API,
+//! and how soon after their timeouts those are closed), and [`live`] (the relay in steady
 //! traffic: what it adds to the API's rate and to every process's CPU, and its
 //! commit→publish latency, over plain TCP and over TLS).
 
@@ -10,6 +12,7 @@
 
 pub mod api;
 pub mod e2e;
+pub mod hostile;
 pub mod live;
 pub mod load;
 pub mod relay;

@@ -9,9 +9,11 @@
 pub mod broker;
 pub mod db;
 pub mod faults;
+pub mod hostile;
 pub mod messages;
 pub mod process;
 pub mod proxy;
+pub mod raw_http;
 pub mod tls_postgres;
 pub mod worker;
 
@@ -130,6 +132,15 @@ impl Jitter {
     }
 }
 
+/// The value of a sample line (`name{labels} value`) of a `/metrics` scrape.
+#[must_use]
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.split(' ').next()?.parse().ok()
+    })
+}
+
 /// `GET /ready` of the service on `127.0.0.1:port`: its status and body.
 pub async fn ready(port: u16) -> (u16, String) {
     let response = http_client()
@@ -172,8 +183,8 @@ pub async fn assert_ready_follows(port: u16, db: &proxy::TcpProxy, broker: &prox
 }
 
 /// The service part of a config for a service run in a test: `database_url`,
-/// a free port on loopback, the default pool, migrations at start. A test that
-/// needs another pool sets `pool` on the result.
+/// a free port on loopback, the default pool, migrations at start, the default
+/// HTTP limits. A test that needs another pool sets `pool` on the result.
 #[must_use]
 pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
     plumbing::config::ServiceConfig {
@@ -182,6 +193,7 @@ pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
         port: 0,
         pool: plumbing::db::PoolOptions::default(),
         migrate_on_start: true,
+        http: plumbing::http::Limits::DEFAULT,
     }
 }
 

@@ -79,7 +79,7 @@ fn rust_files(path: &Path) -> Vec<PathBuf> {
 /// `RUST_LOG` where a log filter is read from the environment.
 fn read_in(source: &str) -> BTreeSet<String> {
     let reader = regex::Regex::new(
-        r#"\b(?:var|var_or|var_os|parse_or|duration_or|env_set)\(\s*"([A-Z][A-Z0-9_]*)""#,
+        r#"\b(?:var|var_or|var_os|parse_or|duration_or|positive_duration_or|env_set)\(\s*"([A-Z][A-Z0-9_]*)""#,
     )
     .unwrap();
     let mut names: BTreeSet<String> = reader
@@ -135,11 +135,16 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         let f = std::env::var_os("FAULTS_ECHO");
         let g = env_set("OTEL_EXPORTER_OTLP_ENDPOINT");
         let h = EnvFilter::try_from_default_env();
+        let i = positive_duration_or(
+            "HTTP_IDLE_TIMEOUT",
+            Duration::from_secs(75),
+        )?;
         let not_a_variable = header("traceparent");
     "#;
     let expected = [
         "DATABASE_URL",
         "FAULTS_ECHO",
+        "HTTP_IDLE_TIMEOUT",
         "LOG_FORMAT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "RELAY_BATCH_SIZE",

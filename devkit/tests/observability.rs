@@ -12,7 +12,7 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service};
+use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service, sample};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value as Any},
@@ -297,14 +297,6 @@ async fn one_trace_runs_from_the_http_request_to_the_invoice() {
     );
 
     pipeline.stop().await;
-}
-
-/// The value of a sample line (`name{labels} value`) of a scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.split(' ').next()?.parse().ok()
-    })
 }
 
 /// Every series name a scrape can have: each family's declared name with the

@@ -78,6 +78,22 @@ pub fn duration_or(name: &str, default: Duration) -> Result<Duration, ConfigErro
     }
 }
 
+/// Like [`duration_or`], and the duration must be longer than zero.
+///
+/// # Errors
+/// [`ConfigError`] when the value is set but is not a duration, or is zero.
+pub fn positive_duration_or(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let duration = duration_or(name, default)?;
+    if duration.is_zero() {
+        return Err(ConfigError {
+            name: name.to_owned(),
+            value: var(name).unwrap_or_default(),
+            reason: "must be longer than zero".into(),
+        });
+    }
+    Ok(duration)
+}
+
 /// Parses a duration written as a whole number and a unit: `250ms`, `30s`, `5m`,
 /// `2h`, `7d`.
 ///
@@ -138,6 +154,8 @@ pub struct ServiceConfig {
     pub pool: crate::db::PoolOptions,
     /// `MIGRATE_ON_START`: apply the database's migrations at start-up (default true).
     pub migrate_on_start: bool,
+    /// `HTTP_HEADER_READ_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `HTTP_MAX_CONNECTIONS`.
+    pub http: crate::http::Limits,
 }
 
 /// A service's defaults for [`ServiceConfig`].
@@ -156,6 +174,7 @@ impl ServiceConfig {
     /// the service's `defaults`, for `--help` (see [`Settings::VARIABLES`]).
     #[must_use]
     pub fn variables(defaults: &ServiceDefaults, database: &str) -> Vec<String> {
+        let http = crate::http::Limits::DEFAULT;
         vec![
             format!(
                 "DATABASE_URL PostgreSQL URL of the {database} database (default {}); \
@@ -177,6 +196,22 @@ impl ServiceConfig {
             ),
             "MIGRATE_ON_START apply the database's migrations at start-up (default true)"
                 .to_owned(),
+            format!(
+                "HTTP_HEADER_READ_TIMEOUT longest a client may take to send a request's head, \
+                 from connecting or from the head's first byte; then the connection is closed \
+                 (default {:?})",
+                http.header_read_timeout
+            ),
+            format!(
+                "HTTP_IDLE_TIMEOUT longest a keep-alive connection may stay idle; keep it above \
+                 the load balancer's idle timeout (an AWS ALB's is 60s) (default {:?})",
+                http.idle_timeout
+            ),
+            format!(
+                "HTTP_MAX_CONNECTIONS most HTTP connections open at once; more wait to be \
+                 accepted (default {})",
+                http.max_connections
+            ),
         ]
     }
 
@@ -194,6 +229,20 @@ impl ServiceConfig {
                 wait_timeout: duration_or("DB_POOL_TIMEOUT", defaults.pool.wait_timeout)?,
             },
             migrate_on_start: parse_or("MIGRATE_ON_START", true)?,
+            http: crate::http::Limits {
+                header_read_timeout: positive_duration_or(
+                    "HTTP_HEADER_READ_TIMEOUT",
+                    crate::http::Limits::DEFAULT.header_read_timeout,
+                )?,
+                idle_timeout: positive_duration_or(
+                    "HTTP_IDLE_TIMEOUT",
+                    crate::http::Limits::DEFAULT.idle_timeout,
+                )?,
+                max_connections: parse_or(
+                    "HTTP_MAX_CONNECTIONS",
+                    crate::http::Limits::DEFAULT.max_connections,
+                )?,
+            },
         })
     }
 }

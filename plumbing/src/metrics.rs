@@ -1,7 +1,7 @@
 //! Prometheus metrics: every service keeps its own registry and serves it at
 //! `GET /metrics` in the OpenMetrics text format, together with the metrics every
-//! service has ([`CommonMetrics`]: HTTP requests by route and status, database pool
-//! usage).
+//! service has ([`CommonMetrics`]: HTTP connections, HTTP requests by route and
+//! status, database pool usage).
 
 use std::{sync::Arc, time::Instant};
 
@@ -77,12 +77,23 @@ pub struct PoolLabels {
     pub state: &'static str,
 }
 
-/// What every service measures: its HTTP requests and its database pool.
+/// Labels of the count of connections the server closed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `header_timeout` or `idle_timeout` ([`crate::http::CloseReason`]).
+    pub reason: &'static str,
+}
+
+/// What every service measures: its HTTP connections and requests, and its
+/// database pool.
 #[derive(Debug)]
 pub struct CommonMetrics {
     registry: Registry,
     requests: Family<HttpLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    open_connections: Gauge,
+    max_connections: Gauge,
+    closed_connections: Family<CloseLabels, Counter>,
     pool_connections: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
     pool_waiting: Gauge,
@@ -104,6 +115,8 @@ impl CommonMetrics {
             Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let (pool_max, pool_waiting) = (Gauge::default(), Gauge::default());
+        let (open_connections, max_connections) = (Gauge::default(), Gauge::default());
+        let closed_connections = Family::<CloseLabels, Counter>::default();
         registry.register(
             "http_server_requests",
             "HTTP requests answered, by route, method and status",
@@ -113,6 +126,21 @@ impl CommonMetrics {
             "http_server_request_duration_seconds",
             "Time to answer an HTTP request, by route and method",
             duration.clone(),
+        );
+        registry.register(
+            "http_server_open_connections",
+            "HTTP connections open now",
+            open_connections.clone(),
+        );
+        registry.register(
+            "http_server_max_connections",
+            "Most HTTP connections open at once (HTTP_MAX_CONNECTIONS); more wait to be accepted",
+            max_connections.clone(),
+        );
+        registry.register(
+            "http_server_connections_closed",
+            "HTTP connections the server closed itself, by reason (header_timeout, idle_timeout)",
+            closed_connections.clone(),
         );
         registry.register(
             "db_pool_connections",
@@ -133,6 +161,9 @@ impl CommonMetrics {
             registry,
             requests,
             duration,
+            open_connections,
+            max_connections,
+            closed_connections,
             pool_connections,
             pool_max,
             pool_waiting,
@@ -154,6 +185,30 @@ impl CommonMetrics {
                 method: method.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a connection accepted.
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    /// Counts a connection gone (however it ended).
+    pub fn connection_ended(&self) {
+        self.open_connections.dec();
+    }
+
+    /// Counts a connection the server closed itself, for `reason`.
+    pub fn connection_closed(&self, reason: crate::http::CloseReason) {
+        self.closed_connections
+            .get_or_create(&CloseLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Shows the connection cap.
+    pub fn set_max_connections(&self, max: u32) {
+        self.max_connections.set(i64::from(max));
     }
 
     /// Reads the pool's current usage into the gauges (call before rendering).

@@ -140,13 +140,15 @@ pub trait Service: Sized + Send + 'static {
                 crate::endpoints::routes(pool.clone(), service.vitals(), common.clone());
             // Outermost, so that whatever the service's own layers answer (a
             // timeout, a 404) is counted too.
-            let router = crate::metrics::instrument(service.router(endpoints), common);
+            let router = crate::metrics::instrument(service.router(endpoints), common.clone());
             let listener = crate::http::bind(&settings.host, settings.port).await?;
             Ok(Bound {
                 purge: service.purge(),
                 service,
                 listener,
                 router,
+                limits: settings.http,
+                metrics: common,
                 pool,
             })
         }
@@ -158,6 +160,8 @@ pub struct Bound<S> {
     service: S,
     listener: TcpListener,
     router: Router,
+    limits: crate::http::Limits,
+    metrics: Arc<CommonMetrics>,
     pool: Pool,
     purge: Option<Purge>,
 }
@@ -176,7 +180,7 @@ impl<S: Service> Bound<S> {
     /// requests and the main loop its in-flight work.
     ///
     /// # Errors
-    /// The HTTP server's I/O error, or the main loop's panic.
+    /// The main loop's panic.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         // Retention runs beside the service, so that neither waits for the other.
         if let Some(purge) = self.purge {
@@ -187,6 +191,14 @@ impl<S: Service> Bound<S> {
             ));
         }
         let work = tokio::spawn(self.service.run(shutdown.clone()));
-        crate::http::serve_alongside(self.listener, self.router, shutdown, work).await
+        crate::http::serve_alongside(
+            self.listener,
+            self.router,
+            self.limits,
+            self.metrics,
+            shutdown,
+            work,
+        )
+        .await
     }
 }

@@ -1,0 +1,205 @@
+//! Hostile HTTP clients against the real orders-api process: connections that
+//! send half a request head and stop, connections kept idle after a request, and
+//! more connections than the server takes. The server closes each attacking
+//! connection when its timeout passes (not before), keeps answering a normal
+//! client quickly meanwhile, and never holds more connections than its cap.
+//! (The relay and the worker serve HTTP through the same `plumbing::http::serve`.)
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use devkit::{db::TestDatabase, hostile, process::Service, raw_http::RawConnection, sample};
+use tokio::time::Instant;
+
+/// Connections of each kind in the attack (small enough for CI; the benchmark
+/// runs 5,000 of each).
+const ATTACKERS: usize = 400;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How late past its timeout a connection may be seen closed: the server's
+/// timer, closing 400 sockets at once, and this process noticing, on two cores.
+const SLACK: Duration = Duration::from_millis(250);
+/// The normal client's bound.
+const P99: Duration = Duration::from_millis(100);
+/// How long past its timeout an attacker waits to see its connection closed
+/// (longer than the slack, so that a late close is measured, not only missed).
+const WAIT: Duration = Duration::from_secs(1);
+
+/// The API on a fresh database with `env` on top.
+async fn api(label: &str, env: &[(&str, &str)]) -> (Service, TestDatabase) {
+    let db = TestDatabase::reserve(label);
+    let mut all = vec![("DATABASE_URL", db.url.clone()), ("PORT", "0".to_owned())];
+    all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    (Service::spawn("orders-api", &all, false).await, db)
+}
+
+/// The `/metrics` scrape through `connection`.
+async fn scrape(connection: &mut RawConnection) -> String {
+    let res = connection.get("/metrics").await.unwrap();
+    assert_eq!(res.status, 200);
+    res.body
+}
+
+fn open_connections(scrape: &str) -> Option<f64> {
+    sample(scrape, "http_server_open_connections")
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_on_time_while_a_normal_client_is_served() {
+    let header = format!("{}ms", HEADER_READ_TIMEOUT.as_millis());
+    let idle = format!("{}ms", IDLE_TIMEOUT.as_millis());
+    let (api, _db) = api(
+        "hostile",
+        &[
+            ("HTTP_HEADER_READ_TIMEOUT", &header),
+            ("HTTP_IDLE_TIMEOUT", &idle),
+        ],
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let normal = tokio::spawn(hostile::normal_client(api.base_url(), stop.clone()));
+    // The normal client's first requests (connections, database sessions) before
+    // the attack, so that the attack is what its latencies measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let slow: Vec<_> = (0..ATTACKERS)
+        .map(|_| tokio::spawn(hostile::slow_header(api.addr, HEADER_READ_TIMEOUT + WAIT)))
+        .collect();
+    let idle: Vec<_> = (0..ATTACKERS)
+        .map(|_| tokio::spawn(hostile::idle_keep_alive(api.addr, IDLE_TIMEOUT + WAIT)))
+        .collect();
+    let mut slow_closes = Vec::new();
+    for task in slow {
+        let closed = task
+            .await
+            .unwrap()
+            .expect("a slow-header connection failed");
+        slow_closes.push(closed.expect("a slow-header connection was never closed"));
+    }
+    let mut idle_closes = Vec::new();
+    for task in idle {
+        let closed = task.await.unwrap().expect("an idle connection failed");
+        idle_closes.push(closed.expect("an idle connection was never closed"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut normal = normal.await.unwrap();
+
+    // Every attacking connection was held until its timeout and closed right after.
+    let earliest = slow_closes.iter().map(|c| c.from_connecting).min().unwrap();
+    let latest = slow_closes.iter().map(|c| c.from_connected).max().unwrap();
+    assert!(
+        earliest >= HEADER_READ_TIMEOUT && latest <= HEADER_READ_TIMEOUT + SLACK,
+        "slow-header connections closed {earliest:?} after connecting at the earliest and \
+         {latest:?} after connected at the latest, not within {HEADER_READ_TIMEOUT:?} + {SLACK:?}"
+    );
+    let earliest = idle_closes.iter().map(|c| c.from_request).min().unwrap();
+    let latest = idle_closes.iter().map(|c| c.from_answer).max().unwrap();
+    assert!(
+        earliest >= IDLE_TIMEOUT && latest <= IDLE_TIMEOUT + SLACK,
+        "idle connections closed {earliest:?} after their request at the earliest and \
+         {latest:?} after their answer at the latest, not within {IDLE_TIMEOUT:?} + {SLACK:?}"
+    );
+
+    // The normal client was answered throughout, quickly.
+    assert!(normal.failures.is_empty(), "{:?}", normal.failures);
+    assert!(normal.latencies.len() >= 100, "{}", normal.latencies.len());
+    normal.latencies.sort_unstable();
+    let p99 = normal.latencies[normal.latencies.len() * 99 / 100];
+    assert!(
+        p99 < P99,
+        "the normal client's p99 was {p99:?} over {} requests (max {:?})",
+        normal.latencies.len(),
+        normal.latencies.last().unwrap()
+    );
+
+    // Operators see it: each close counted by its reason, and only the
+    // observer's connection left open.
+    let mut observer = RawConnection::open(api.addr).await.unwrap();
+    let metrics = scrape(&mut observer).await;
+    #[allow(clippy::cast_precision_loss)]
+    let attackers = ATTACKERS as f64;
+    for reason in ["header_timeout", "idle_timeout"] {
+        let series = format!(r#"http_server_connections_closed_total{{reason="{reason}"}}"#);
+        assert_eq!(sample(&metrics, &series), Some(attackers), "{metrics}");
+    }
+    // (The normal client's last connections may take a moment to be seen closed.)
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let metrics = scrape(&mut observer).await;
+        if open_connections(&metrics) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_server_holds_no_more_connections_than_its_cap() {
+    const CAP: usize = 8;
+    let (api, _db) = api(
+        "connection_cap",
+        &[
+            ("HTTP_MAX_CONNECTIONS", &CAP.to_string()),
+            // Nothing here may time out.
+            ("HTTP_HEADER_READ_TIMEOUT", "60s"),
+            ("HTTP_IDLE_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    #[allow(clippy::cast_precision_loss)]
+    let cap = CAP as f64;
+
+    // The cap reached: an observer and CAP - 1 idle keep-alive connections.
+    let mut observer = RawConnection::open(api.addr).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 1..CAP {
+        let mut connection = RawConnection::open(api.addr).await.unwrap();
+        assert_eq!(connection.get("/health").await.unwrap().status, 200);
+        held.push(connection);
+    }
+    let metrics = scrape(&mut observer).await;
+    assert_eq!(open_connections(&metrics), Some(cap), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "http_server_max_connections"),
+        Some(cap),
+        "{metrics}"
+    );
+
+    // One more: the kernel completes its handshake (the listen backlog), the
+    // server does not take it.
+    let mut extra = RawConnection::open(api.addr).await.unwrap();
+    extra
+        .send(b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), extra.response()).await;
+    assert!(
+        early.is_err(),
+        "connection {} was answered while {CAP} were held: {early:?}",
+        CAP + 1
+    );
+    assert_eq!(open_connections(&scrape(&mut observer).await), Some(cap));
+
+    // One held connection closes: the waiting one is taken and answered at once.
+    drop(held.pop());
+    let freed = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(2), extra.response())
+        .await
+        .expect("the waiting connection was not answered after a slot freed")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(
+        freed.elapsed() < Duration::from_millis(100),
+        "answered {:?} after a slot freed",
+        freed.elapsed()
+    );
+    assert_eq!(open_connections(&scrape(&mut observer).await), Some(cap));
+}
