@@ -40,10 +40,6 @@ pub struct Provisioning {
     users: [User; 2],
 }
 
-fn required(name: &str) -> anyhow::Result<String> {
-    var(name).with_context(|| format!("{name} is not set"))
-}
-
 impl Provisioning {
     /// Reads the variables (see [`VARIABLES`]).
     ///
@@ -51,17 +47,19 @@ impl Provisioning {
     /// A required variable is missing, or both services would get one user, or a
     /// service would get the admin's user (provisioning would take its rights).
     pub fn from_env(broker: BrokerConfig) -> anyhow::Result<Self> {
-        let admin_url = required("BROKER_ADMIN_URL")?;
+        let admin_url = var("BROKER_ADMIN_URL").context("BROKER_ADMIN_URL is not set")?;
         let topology = broker.topology();
         let users = [
             User {
                 name: var_or("RELAY_BROKER_USER", RELAY_USER),
-                password: required("RELAY_BROKER_PASSWORD")?,
+                password: var("RELAY_BROKER_PASSWORD")
+                    .context("RELAY_BROKER_PASSWORD is not set")?,
                 permissions: Permissions::relay(&topology),
             },
             User {
                 name: var_or("WORKER_BROKER_USER", WORKER_USER),
-                password: required("WORKER_BROKER_PASSWORD")?,
+                password: var("WORKER_BROKER_PASSWORD")
+                    .context("WORKER_BROKER_PASSWORD is not set")?,
                 permissions: Permissions::worker(&topology),
             },
         ];
