@@ -61,6 +61,15 @@ impl Topology {
     pub fn dead_letter_routing_key(&self) -> &str {
         &self.order_created_queue
     }
+
+    /// Routing key by which the dead-letter exchange routes a message back to the
+    /// invoices queue: `dlq requeue` sends dead letters home this way, so the
+    /// worker needs no right to publish to the exchange (and no other queue bound
+    /// there gets a second copy).
+    #[must_use]
+    pub fn requeue_routing_key(&self) -> String {
+        format!("{}.requeue", self.order_created_queue)
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +92,10 @@ mod tests {
         assert_eq!(t.order_created_queue, "t42.invoices.order-created");
         assert_eq!(t.dead_letter_exchange, "t42.invoices.dlx");
         assert_eq!(t.dead_letter_queue, "t42.invoices.order-created.dlq");
+        assert_eq!(
+            t.requeue_routing_key(),
+            "t42.invoices.order-created.requeue"
+        );
+        assert_ne!(t.requeue_routing_key(), t.dead_letter_routing_key());
     }
 }

@@ -345,3 +345,122 @@ impl Drop for TestBroker {
         });
     }
 }
+
+/// The broker's management API with the admin's credentials;
+/// `TEST_BROKER_ADMIN_URL` overrides it.
+#[must_use]
+pub fn admin_url() -> String {
+    std::env::var("TEST_BROKER_ADMIN_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+/// Whether the broker refused an operation for want of permission
+/// (`ACCESS_REFUSED`, 403).
+#[must_use]
+pub fn refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 403)
+}
+
+/// The relay's and the worker's broker users of one test, made by the real
+/// `outbox-relay provision-broker` with unique names and passwords; deleted
+/// (with the vhost, when the test made its own) when the test ends.
+pub struct BrokerUsers {
+    /// The broker URL provisioned for (its vhost), with the admin's credentials.
+    pub url: String,
+    /// The namespace provisioned for.
+    pub namespace: String,
+    /// The relay's user name.
+    pub relay: String,
+    /// The worker's user name.
+    pub worker: String,
+    /// The relay's password.
+    pub relay_password: String,
+    /// The worker's password.
+    pub worker_password: String,
+    own_vhost: Option<String>,
+}
+
+impl BrokerUsers {
+    /// Users for `namespace` in the vhost of `url` (not yet provisioned).
+    /// `own_vhost`: the test's own vhost, deleted at the end.
+    #[must_use]
+    pub fn new(url: &str, namespace: &str, own_vhost: Option<String>) -> Self {
+        let suffix = crate::unique_suffix();
+        Self {
+            url: url.to_owned(),
+            namespace: namespace.to_owned(),
+            relay: format!("t_relay_{suffix}"),
+            worker: format!("t_worker_{suffix}"),
+            relay_password: uuid::Uuid::new_v4().simple().to_string(),
+            worker_password: uuid::Uuid::new_v4().simple().to_string(),
+            own_vhost,
+        }
+    }
+
+    /// The environment of `outbox-relay provision-broker` for these users.
+    #[must_use]
+    pub fn provision_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BROKER_ADMIN_URL", admin_url()),
+            ("BROKER_URL", self.url.clone()),
+            ("BROKER_NAMESPACE", self.namespace.clone()),
+            ("RELAY_BROKER_USER", self.relay.clone()),
+            ("RELAY_BROKER_PASSWORD", self.relay_password.clone()),
+            ("WORKER_BROKER_USER", self.worker.clone()),
+            ("WORKER_BROKER_PASSWORD", self.worker_password.clone()),
+        ]
+    }
+
+    /// Runs `outbox-relay provision-broker` with [`Self::provision_env`] and
+    /// `extra` on top; returns its output whatever its exit status.
+    pub async fn run_provision(&self, extra: &[(&str, String)]) -> std::process::Output {
+        tokio::process::Command::new(crate::process::binary_path("outbox-relay"))
+            .arg("provision-broker")
+            .env_remove("RUST_LOG")
+            .envs(self.provision_env())
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run outbox-relay provision-broker: {e}"))
+    }
+
+    /// Provisions the users; panics with the command's output when it fails.
+    pub async fn provision(&self) {
+        let output = self.run_provision(&[]).await;
+        assert!(
+            output.status.success(),
+            "provision-broker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The broker URL of the relay's user.
+    #[must_use]
+    pub fn relay_url(&self) -> String {
+        plumbing::broker::with_credentials(&self.url, &self.relay, &self.relay_password).unwrap()
+    }
+
+    /// The broker URL of the worker's user.
+    #[must_use]
+    pub fn worker_url(&self) -> String {
+        plumbing::broker::with_credentials(&self.url, &self.worker, &self.worker_password).unwrap()
+    }
+}
+
+impl Drop for BrokerUsers {
+    fn drop(&mut self) {
+        let users = [self.relay.clone(), self.worker.clone()];
+        let vhost = self.own_vhost.take();
+        crate::block_on_cleanup(async move {
+            let Ok(admin) = plumbing::management::Management::new(&admin_url()) else {
+                return;
+            };
+            for user in &users {
+                let _ = admin.delete_user(user).await;
+            }
+            if let Some(vhost) = vhost {
+                let _ = admin.delete_vhost(&vhost).await;
+            }
+        });
+    }
+}

@@ -14,6 +14,9 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     let orders_db = TestDatabase::reserve("e2e_orders");
     let invoices_db = TestDatabase::reserve("e2e_invoices");
     let broker = TestBroker::new();
+    // The worker's queue exists before the relay publishes, as after
+    // provision-broker (the relay declares only its exchange).
+    broker.declare().await;
     let api_env = [("DATABASE_URL", orders_db.url.clone())];
     let relay_env = [
         ("DATABASE_URL", orders_db.url.clone()),

@@ -105,6 +105,9 @@ impl Pipeline {
         let orders = TestDatabase::reserve(&format!("{label}_orders"));
         let invoices = TestDatabase::reserve(&format!("{label}_invoices"));
         let broker = TestBroker::new();
+        // The worker's queue exists before the relay publishes, as after
+        // provision-broker (the relay declares only its exchange).
+        broker.declare().await;
         let env = |db: &TestDatabase, with_broker: bool| {
             let mut env = vec![("DATABASE_URL", db.url.clone()), ("PORT", "0".to_owned())];
             if with_broker {

@@ -19,6 +19,9 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     let orders = TestDatabase::migrated("pipe_orders", Database::Orders).await;
     let invoices = TestDatabase::migrated("pipe_invoices", Database::Invoices).await;
     let broker = TestBroker::new();
+    // The worker's queue exists, as after provision-broker (the relay declares
+    // only its exchange).
+    broker.declare().await;
     let order = orders_api::store::create_order(
         &orders.pool(),
         &NewOrder {

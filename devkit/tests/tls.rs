@@ -102,6 +102,9 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     let orders_url = pg.localhost_url("orders", &tls);
     let invoices_url = pg.localhost_url("invoices", &tls);
     let broker = TestBroker::new();
+    // The worker's queue exists before the relay publishes, as after
+    // provision-broker (the relay declares only its exchange).
+    broker.declare().await;
     let broker_env = || {
         [
             ("BROKER_URL", broker.url.clone()),

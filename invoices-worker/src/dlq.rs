@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use contracts::{EventType, Topology, headers};
+use contracts::{Topology, headers};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -91,8 +91,9 @@ pub async fn list(
     Ok(out)
 }
 
-/// Publishes the selected messages back to the exchange (with confirms, without
-/// their dead-letter headers) and removes them from the DLQ. Returns how many.
+/// Publishes the selected messages back to the invoices queue (with confirms,
+/// without their dead-letter headers) and removes them from the DLQ. Returns how
+/// many.
 ///
 /// # Errors
 /// [`DlqError`]; a message not confirmed stays in the DLQ.
@@ -108,6 +109,7 @@ pub async fn requeue(
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let requeue_key = topology.requeue_routing_key();
     let mut requeued = 0;
     while let Some(message) = get(&channel, topology).await? {
         let id = message
@@ -125,16 +127,11 @@ pub async fn requeue(
         if !selected {
             continue;
         }
-        let routing_key = message
-            .properties
-            .kind()
-            .as_ref()
-            .and_then(|t| EventType::from_name(t.as_str()))
-            .unwrap_or(EventType::OrderCreated)
-            .routing_key();
+        // Straight back to the invoices queue, through the dead-letter exchange
+        // (the worker's broker user may not publish to the events' exchange).
         let requeued_message = Message {
-            exchange: &topology.exchange,
-            routing_key,
+            exchange: &topology.dead_letter_exchange,
+            routing_key: &requeue_key,
             body: &message.data,
             properties: without_dead_letter_headers(&message.properties),
         };

@@ -32,7 +32,7 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send dead-lettered messages back to the exchange after a fix; they keep
+    /// Send dead-lettered messages back to the invoices queue after a fix; they keep
     /// their message ids, so what was already invoiced is skipped.
     Requeue {
         /// The messages with these ids (repeatable).
@@ -77,7 +77,7 @@ async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
                 dlq::Selection::Messages(message_id)
             };
             let n = dlq::requeue(url, &topology, &selection).await?;
-            println!("{n} messages sent back to the exchange");
+            println!("{n} messages sent back to the invoices queue");
         }
         Command::Purge { older_than } => {
             let db = plumbing::db::parse_url(&config.service.database_url)?;

@@ -81,7 +81,10 @@ impl Settings for Config {
             wait_timeout: Duration::from_secs(5),
         },
     };
-    const VARIABLES: &'static [&'static str] = &[BrokerConfig::VARIABLES, "\
+    const VARIABLES: &'static [&'static str] = &[
+        BrokerConfig::VARIABLES,
+        crate::provision::VARIABLES,
+        "\
 RELAY_BATCH_SIZE rows claimed and published per cycle, the window of unconfirmed messages (default 500)
 RELAY_BATCH_WINDOW after a claim that did not fill a batch, least time before the next one (default 2ms)
 RELAY_POLL_INTERVAL scan interval when no notification arrives (default 1s)

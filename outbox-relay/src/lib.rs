@@ -9,6 +9,7 @@ pub mod floor;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod provision;
 pub mod publisher;
 pub mod relay;
 pub mod replay;

@@ -4,7 +4,9 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand};
-use outbox_relay::{config::Config, ops, startup::Application, store::ReplayFilter};
+use outbox_relay::{
+    config::Config, ops, provision::Provisioning, startup::Application, store::ReplayFilter,
+};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
@@ -37,6 +39,10 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Create or update the broker users of the relay and the worker, each
+    /// allowed only its own part of the topology (needs BROKER_ADMIN_URL and both
+    /// passwords); declares the topology as the admin. Idempotent.
+    ProvisionBroker,
 }
 
 #[derive(Debug, Args)]
@@ -125,5 +131,6 @@ async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
             let selection = ops::selection(select.message_id, select.aggregate_id);
             ops::run_skip(&config, selection, &reason).await
         }
+        Command::ProvisionBroker => Provisioning::from_env(config.broker)?.run().await,
     }
 }

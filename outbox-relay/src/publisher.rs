@@ -24,7 +24,7 @@ use crate::store::OutboxRow;
 /// is published again after reconnecting).
 pub use plumbing::publish::Outcome;
 
-/// A confirm-mode channel to the broker, with the topology declared.
+/// A confirm-mode channel to the broker, with the exchange declared.
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
@@ -33,14 +33,14 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects, declares the topology and enables publisher confirms.
+    /// Connects, declares the exchange and enables publisher confirms.
     ///
     /// # Errors
     /// [`BrokerError`] when the broker cannot be reached or refuses a declaration.
     pub async fn connect(url: &str, topology: Topology) -> Result<Self, BrokerError> {
         let connection = plumbing::broker::connect(url, "outbox-relay").await?;
         let channel = connection.create_channel().await?;
-        plumbing::broker::declare_topology(&channel, &topology).await?;
+        plumbing::broker::declare_exchange(&channel, &topology).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

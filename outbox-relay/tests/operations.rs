@@ -212,6 +212,9 @@ async fn metrics_describe_the_relay_and_the_outbox() {
 
     let db = TestDatabase::migrated("relay_metrics", Database::Orders).await;
     let broker = TestBroker::new();
+    // The worker's queue exists, as after provision-broker (the relay declares
+    // only its exchange).
+    broker.declare().await;
     let config = Config {
         service: devkit::service_config(db.url.clone()),
         broker: BrokerConfig {

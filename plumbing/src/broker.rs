@@ -62,8 +62,30 @@ pub fn lost(connection: &Connection) -> impl Future<Output = lapin::Error> + Sen
     }
 }
 
-/// Declares every exchange, queue and binding of the pipeline. Idempotent: the relay
-/// and the worker both call it at start-up, so either may start first.
+/// Declares the exchange events are published to: all the relay declares. The
+/// queues belong to their consumer: declaring the invoices queue, with its
+/// dead-letter exchange, would need read access to it and write access to that
+/// exchange (RabbitMQ checks both), rights the relay's broker user does not have.
+/// `provision-broker` declares the whole topology before either service starts.
+///
+/// # Errors
+/// The broker's error, e.g. `ACCESS_REFUSED` or an exchange of another type.
+pub async fn declare_exchange(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            short_string(&topology.exchange),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares every exchange, queue and binding of the pipeline. Idempotent: the
+/// worker calls it at start-up and `provision-broker` before the services start.
 ///
 /// The invoices queue is a durable quorum queue with a delivery limit whose
 /// dead-letter exchange routes to the dead-letter queue: a message that keeps
@@ -80,14 +102,7 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .exchange_declare(
-            short_string(&topology.exchange),
-            ExchangeKind::Topic,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
+    declare_exchange(channel, topology).await?;
     channel
         .exchange_declare(
             short_string(&topology.dead_letter_exchange),
@@ -137,6 +152,16 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
             args,
         )
         .await?;
+    // Requeued dead letters come back through the dead-letter exchange.
+    channel
+        .queue_bind(
+            short_string(&topology.order_created_queue),
+            short_string(&topology.dead_letter_exchange),
+            short_string(&topology.requeue_routing_key()),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     for event_type in [contracts::EventType::OrderCreated] {
         channel
             .queue_bind(
@@ -149,6 +174,113 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
             .await?;
     }
     Ok(())
+}
+
+/// What a broker user may do in its vhost: RabbitMQ's three regular expressions,
+/// matched against the names of exchanges and queues (see the access-control
+/// guide). Each is anchored and lists exact names, so a user of one namespace
+/// can touch nothing of another, nor anything outside the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Declaring (and deleting) exchanges and queues.
+    pub configure: String,
+    /// Publishing to an exchange; binding a queue (write on the queue); declaring
+    /// a queue with a dead-letter exchange (write on that exchange).
+    pub write: String,
+    /// Consuming from and getting from a queue; binding to an exchange (read on
+    /// the exchange); declaring a queue with a dead-letter exchange (read on the
+    /// queue).
+    pub read: String,
+}
+
+impl Permissions {
+    /// The relay's: it declares the exchange ([`declare_exchange`]) and publishes
+    /// to it, nothing else. It cannot consume, bind, declare a queue or publish
+    /// to the dead-letter exchange.
+    #[must_use]
+    pub fn relay(topology: &Topology) -> Self {
+        Self {
+            configure: only(&[&topology.exchange]),
+            write: only(&[&topology.exchange]),
+            read: only(&[]),
+        }
+    }
+
+    /// The worker's: it declares the whole topology ([`declare_topology`]: the
+    /// exchange too, so that it may start first, and binds its queue to it),
+    /// consumes its queue, publishes dead letters to the dead-letter exchange,
+    /// and its `dlq` commands get from the dead-letter queue and requeue through
+    /// the dead-letter exchange. It cannot publish to the exchange.
+    #[must_use]
+    pub fn worker(topology: &Topology) -> Self {
+        let queues = [&topology.order_created_queue, &topology.dead_letter_queue];
+        let mut everything = vec![&topology.exchange, &topology.dead_letter_exchange];
+        everything.extend(queues);
+        let mut written = vec![&topology.dead_letter_exchange];
+        written.extend(queues);
+        Self {
+            configure: only(&everything),
+            write: only(&written),
+            read: only(&everything),
+        }
+    }
+}
+
+/// A regular expression matching exactly `names` (none: `^$`, which matches no
+/// exchange or queue; the default exchange is checked as `amq.default`).
+fn only(names: &[&String]) -> String {
+    if names.is_empty() {
+        return "^$".to_owned();
+    }
+    let escaped: Vec<String> = names
+        .iter()
+        .map(|name| {
+            name.chars()
+                .flat_map(|c| {
+                    let meta = r"\.^$|?*+()[]{}".contains(c);
+                    meta.then_some('\\').into_iter().chain([c])
+                })
+                .collect()
+        })
+        .collect();
+    format!("^({})$", escaped.join("|"))
+}
+
+/// Why a broker URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{url} is not a broker URL such as amqps://user:password@host:5671/%2f: {reason}")]
+pub struct UrlError {
+    /// The URL, password hidden.
+    pub url: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn parse(url: &str) -> Result<lapin::uri::AMQPUri, UrlError> {
+    url.parse().map_err(|reason| UrlError {
+        url: crate::config::redact_url(url),
+        reason,
+    })
+}
+
+/// The virtual host `url` connects to, as the client library reads it (no path
+/// is the default vhost `/`, `%2f` too).
+///
+/// # Errors
+/// [`UrlError`] when `url` is not an AMQP URL.
+pub fn vhost(url: &str) -> Result<String, UrlError> {
+    Ok(parse(url)?.vhost)
+}
+
+/// `url` with another user and password: the same broker, vhost and options.
+///
+/// # Errors
+/// [`UrlError`] when `url` is not an AMQP URL.
+pub fn with_credentials(url: &str, user: &str, password: &str) -> Result<String, UrlError> {
+    let mut uri = parse(url)?;
+    uri.authority.userinfo.username = user.to_owned();
+    uri.authority.userinfo.password = password.to_owned();
+    Ok(uri.to_string())
 }
 
 /// An AMQP short string (names, routing keys, property values). Ours are short

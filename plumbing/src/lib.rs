@@ -4,7 +4,8 @@
 //! the operational endpoints, purge, run, stop) and its command line ([`cli`]);
 //! configuration from the environment, JSON logs, the shutdown signal, the
 //! PostgreSQL pool, sessions, migrations and store errors, the RabbitMQ
-//! connection and topology, publishing with confirms, retry policies and the
+//! connection, topology and broker users' permissions (and the management
+//! API that sets them), publishing with confirms, retry policies and the
 //! HTTP server skeleton.
 
 pub mod backoff;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod endpoints;
 pub mod http;
+pub mod management;
 pub mod metrics;
 pub mod publish;
 pub mod service;

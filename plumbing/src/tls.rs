@@ -135,7 +135,8 @@ pub fn split_url(url: &str) -> Result<(String, Mode), TlsError> {
     Ok((rest, mode))
 }
 
-fn percent_decode(value: &str) -> String {
+/// `%XX` sequences decoded (invalid UTF-8 replaced).
+pub(crate) fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

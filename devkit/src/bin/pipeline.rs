@@ -7,13 +7,22 @@
 //! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases.
 //! Their logs are human-readable text when this launcher's output is a terminal
 //! (JSON otherwise); `LOG_FORMAT` chooses, as for the services themselves.
+//! When RabbitMQ's management API answers (`BROKER_ADMIN_URL`), the relay and the
+//! worker get broker users of their own (`outbox-relay provision-broker`).
 
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use devkit::process::Service;
+use outbox_relay::provision::{RELAY_USER, WORKER_USER};
+use plumbing::management::{Management, ManagementError};
 
 const ORDERS_DB: &str = "postgres://postgres@127.0.0.1:5432/orders";
 const INVOICES_DB: &str = "postgres://postgres@127.0.0.1:5432/invoices";
+/// The local broker's management API, as its default admin.
+const BROKER_ADMIN_URL: &str = "http://guest:guest@127.0.0.1:15672";
+/// Development passwords of the services' broker users (the local broker only).
+const RELAY_BROKER_PASSWORD: &str = "outbox-relay-dev";
+const WORKER_BROKER_PASSWORD: &str = "invoices-worker-dev";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -56,10 +65,22 @@ async fn run() -> anyhow::Result<()> {
             ("LOG_FORMAT", log_format.clone()),
         ]
     };
+    let broker_users = broker_users().await?;
     println!("pipeline: starting the services (migrations first; databases created if missing)");
     let api = Service::spawn("orders-api", &env(&orders_db), true).await;
-    let relay = Service::spawn("outbox-relay", &env(&orders_db), true).await;
-    let worker = Service::spawn("invoices-worker", &env(&invoices_db), true).await;
+    let with_broker = |database_url: &str, broker_url: Option<&String>| {
+        let mut env = env(database_url).to_vec();
+        env.extend(broker_url.map(|url| ("BROKER_URL", url.clone())));
+        env
+    };
+    let (relay_broker, worker_broker) = broker_users.as_ref().map(|(r, w)| (r, w)).unzip();
+    let relay = Service::spawn("outbox-relay", &with_broker(&orders_db, relay_broker), true).await;
+    let worker = Service::spawn(
+        "invoices-worker",
+        &with_broker(&invoices_db, worker_broker),
+        true,
+    )
+    .await;
     println!(
         "\npipeline running: orders-api {} · outbox-relay {} · invoices-worker {}\n\
          try:  curl -i -X POST {}/orders -H 'content-type: application/json' -d '{{\"amount\": 29.99}}'\n\
@@ -80,6 +101,47 @@ async fn run() -> anyhow::Result<()> {
         println!("{} stopped ({status})", service.name);
     }
     Ok(())
+}
+
+/// The relay's and the worker's `BROKER_URL`s with broker users of their own,
+/// made by `outbox-relay provision-broker` with development passwords. `None`
+/// when the management API does not answer: both then use `BROKER_URL`'s user,
+/// as said once here.
+async fn broker_users() -> anyhow::Result<Option<(String, String)>> {
+    let admin_url = plumbing::config::var_or("BROKER_ADMIN_URL", BROKER_ADMIN_URL);
+    let broker_url = plumbing::config::var_or("BROKER_URL", plumbing::config::DEFAULT_BROKER_URL);
+    match Management::new(&admin_url)?.check().await {
+        Ok(()) => {}
+        Err(ManagementError::Unreachable { url, .. }) => {
+            println!(
+                "pipeline: the RabbitMQ management API does not answer at {url}: the relay and \
+                 the worker share BROKER_URL's user. For users of their own, enable it \
+                 (`rabbitmq-plugins enable rabbitmq_management`) or set BROKER_ADMIN_URL."
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let users = [
+        (RELAY_USER, RELAY_BROKER_PASSWORD),
+        (WORKER_USER, WORKER_BROKER_PASSWORD),
+    ];
+    let status = std::process::Command::new(devkit::process::binary_path("outbox-relay"))
+        .arg("provision-broker")
+        .env("BROKER_ADMIN_URL", &admin_url)
+        .env("BROKER_URL", &broker_url)
+        .env("RELAY_BROKER_USER", RELAY_USER)
+        .env("RELAY_BROKER_PASSWORD", RELAY_BROKER_PASSWORD)
+        .env("WORKER_BROKER_USER", WORKER_USER)
+        .env("WORKER_BROKER_PASSWORD", WORKER_BROKER_PASSWORD)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "outbox-relay provision-broker failed ({status})"
+    );
+    let [relay, worker] = users
+        .map(|(user, password)| plumbing::broker::with_credentials(&broker_url, user, password));
+    Ok(Some((relay?, worker?)))
 }
 
 /// Fails early, with a hint, when PostgreSQL or RabbitMQ cannot be reached.
