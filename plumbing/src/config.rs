@@ -134,7 +134,8 @@ pub struct ServiceConfig {
     pub host: String,
     /// `PORT`: port of the HTTP endpoint (0 picks a free one).
     pub port: u16,
-    /// `DB_POOL_SIZE` and `DB_POOL_TIMEOUT`.
+    /// `DB_POOL_SIZE`, `DB_POOL_TIMEOUT`, and the limits of each session:
+    /// `DB_STATEMENT_TIMEOUT`, `DB_IDLE_IN_TRANSACTION_TIMEOUT`.
     pub pool: crate::db::PoolOptions,
     /// `MIGRATE_ON_START`: apply the database's migrations at start-up (default true).
     pub migrate_on_start: bool,
@@ -175,6 +176,16 @@ impl ServiceConfig {
                 "DB_POOL_TIMEOUT longest wait for a free database connection (default {:?})",
                 defaults.pool.wait_timeout
             ),
+            format!(
+                "DB_STATEMENT_TIMEOUT the database cancels a statement running or waiting \
+                 longer (default {:?}; 0s: no limit)",
+                defaults.pool.limits.statement_timeout
+            ),
+            format!(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT the database ends a session idle this long inside \
+                 a transaction (default {:?}; 0s: no limit)",
+                defaults.pool.limits.idle_in_transaction_timeout
+            ),
             "MIGRATE_ON_START apply the database's migrations at start-up (default true)"
                 .to_owned(),
         ]
@@ -192,6 +203,16 @@ impl ServiceConfig {
             pool: crate::db::PoolOptions {
                 max_size: parse_or("DB_POOL_SIZE", defaults.pool.max_size)?,
                 wait_timeout: duration_or("DB_POOL_TIMEOUT", defaults.pool.wait_timeout)?,
+                limits: crate::db::SessionLimits {
+                    statement_timeout: duration_or(
+                        "DB_STATEMENT_TIMEOUT",
+                        defaults.pool.limits.statement_timeout,
+                    )?,
+                    idle_in_transaction_timeout: duration_or(
+                        "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                        defaults.pool.limits.idle_in_transaction_timeout,
+                    )?,
+                },
             },
             migrate_on_start: parse_or("MIGRATE_ON_START", true)?,
         })

@@ -101,6 +101,8 @@ pub async fn migrate_when_reachable(
 /// A service's database at start-up: parses the URL (naming its sessions
 /// `session_name` unless the URL names them), applies the migrations if
 /// configured (waiting while the server is unreachable), and builds the pool.
+/// The configuration returned, like the pool, opens sessions with the service's
+/// [`super::SessionLimits`].
 ///
 /// # Errors
 /// [`DbError`] for an invalid URL, a failing migration, or shutdown while waiting.
@@ -117,6 +119,9 @@ pub async fn prepare(
     if service.migrate_on_start {
         migrate_when_reachable(&config, database, shutdown).await?;
     }
+    // Migrations (above) run without limits; every session from here on has them,
+    // pooled or dedicated (the relay's notification session).
+    let config = config.limited(service.pool.limits);
     let pool = super::pool(config.clone(), service.pool)?;
     Ok((config, pool))
 }
