@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use devkit::{db::TestDatabase, proxy::TcpProxy};
 use orders_api::{config::Config, startup::Application};
-use plumbing::{config::ServiceConfig, db::{PoolOptions, SessionLimits}, service::Service as _};
+use plumbing::{
+    config::ServiceConfig,
+    db::{PoolOptions, SessionLimits},
+    service::Service as _,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

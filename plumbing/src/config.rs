@@ -156,8 +156,9 @@ impl ServiceConfig {
     /// The variables [`ServiceConfig::from_env`] reads, with what they mean and
     /// the service's `defaults`, for `--help` (see [`Settings::VARIABLES`]).
     #[must_use]
-    pub fn variables(defaults: &ServiceDefaults, database: &str) -> Vec<String> {
-        vec![
+    pub fn variables(defaults: &ServiceDefaults, db: crate::db::Database) -> Vec<String> {
+        let database = db.name();
+        let mut lines = vec![
             format!(
                 "DATABASE_URL PostgreSQL URL of the {database} database (default {}); \
                  sslmode=require, verify-ca or verify-full connects over TLS",
@@ -188,7 +189,17 @@ impl ServiceConfig {
             ),
             "MIGRATE_ON_START apply the database's migrations at start-up (default true)"
                 .to_owned(),
-        ]
+        ];
+        // Read by `migrate` and migrate-on-start (see `db::logins_from_env`).
+        for role in db.service_roles() {
+            let (variable, _) = crate::db::role_password(*role);
+            lines.push(format!(
+                "{variable} migrating gives role {} LOGIN with this password (default unset: \
+                 the role is left as it is)",
+                role.name()
+            ));
+        }
+        lines
     }
 
     /// Reads the variables, falling back to `defaults`.
