@@ -79,6 +79,16 @@ impl TestDatabase {
         crate::swap_host(&self.role_url(role), addr)
     }
 
+    /// A pool on the database as `role`, with the default pool options.
+    #[must_use]
+    pub fn pool_as(&self, role: ServiceRole) -> Pool {
+        plumbing::db::pool(
+            plumbing::db::parse_url(&self.role_url(role)).unwrap(),
+            PoolOptions::default(),
+        )
+        .unwrap()
+    }
+
     /// A dedicated session to the database as `role`.
     pub async fn client_as(&self, role: ServiceRole) -> tokio_postgres::Client {
         let url = self.role_url(role);
