@@ -70,7 +70,7 @@ impl TestDatabase {
     /// Needs a database made by [`TestDatabase::migrated`].
     #[must_use]
     pub fn role_url(&self, role: ServiceRole) -> String {
-        with_user(&self.url, role.name())
+        crate::with_login(&self.url, role.name(), None)
     }
 
     /// [`TestDatabase::role_url`] through another address (e.g. a proxy).
@@ -162,19 +162,6 @@ impl Drop for TestDatabase {
             }
         });
     }
-}
-
-/// `url` with `user` as its user and no password.
-fn with_user(url: &str, user: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        panic!("not a URL: {url}");
-    };
-    let rest = &url[start..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let host = rest[..authority_end]
-        .rfind('@')
-        .map_or(rest, |at| &rest[at + 1..]);
-    format!("{}{user}@{host}", &url[..start])
 }
 
 /// Lets the service roles of `database` log in (once per test process). The

@@ -4,13 +4,19 @@
 //!
 //! The services read their usual environment (`DATABASE_URL` excepted, see
 //! below), so `BROKER_URL`, `RUST_LOG` and the rest can be set as for production.
-//! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases.
+//! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases;
+//! their user is the migration role (the local superuser by default): it creates
+//! and migrates the databases, giving each service's role LOGIN with a password
+//! made up for this run, and the services then log in as their own roles, as
+//! in production.
 //! Their logs are human-readable text when this launcher's output is a terminal
 //! (JSON otherwise); `LOG_FORMAT` chooses, as for the services themselves.
 
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
+use anyhow::Context as _;
 use devkit::process::Service;
+use plumbing::db::{Database, ServiceRole};
 
 const ORDERS_DB: &str = "postgres://postgres@127.0.0.1:5432/orders";
 const INVOICES_DB: &str = "postgres://postgres@127.0.0.1:5432/invoices";
@@ -50,16 +56,45 @@ async fn run() -> anyhow::Result<()> {
             .name()
             .to_owned()
     });
-    let env = |database_url: &str| {
+    println!("pipeline: migrating both databases (created if missing)");
+    let orders_logins = migrate("orders-api", &orders_db, Database::Orders, &log_format)?;
+    let invoices_logins = migrate(
+        "invoices-worker",
+        &invoices_db,
+        Database::Invoices,
+        &log_format,
+    )?;
+    let env = |logins: &[(ServiceRole, String)], role: ServiceRole| {
+        let url = logins
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default();
         [
-            ("DATABASE_URL", database_url.to_owned()),
+            ("DATABASE_URL", url),
+            ("MIGRATE_ON_START", "false".to_owned()),
             ("LOG_FORMAT", log_format.clone()),
         ]
     };
-    println!("pipeline: starting the services (migrations first; databases created if missing)");
-    let api = Service::spawn("orders-api", &env(&orders_db), true).await;
-    let relay = Service::spawn("outbox-relay", &env(&orders_db), true).await;
-    let worker = Service::spawn("invoices-worker", &env(&invoices_db), true).await;
+    println!("pipeline: starting the services, each as its own database role");
+    let api = Service::spawn(
+        "orders-api",
+        &env(&orders_logins, ServiceRole::OrdersApi),
+        true,
+    )
+    .await;
+    let relay = Service::spawn(
+        "outbox-relay",
+        &env(&orders_logins, ServiceRole::OutboxRelay),
+        true,
+    )
+    .await;
+    let worker = Service::spawn(
+        "invoices-worker",
+        &env(&invoices_logins, ServiceRole::InvoicesWorker),
+        true,
+    )
+    .await;
     println!(
         "\npipeline running: orders-api {} · outbox-relay {} · invoices-worker {}\n\
          try:  curl -i -X POST {}/orders -H 'content-type: application/json' -d '{{\"amount\": 29.99}}'\n\
@@ -80,6 +115,36 @@ async fn run() -> anyhow::Result<()> {
         println!("{} stopped ({status})", service.name);
     }
     Ok(())
+}
+
+/// Runs `<binary> migrate` on `database_url` (as its user, the migration
+/// role), giving each service role of `database` LOGIN with a password made up
+/// for this run; returns each role's URL.
+fn migrate(
+    binary: &str,
+    database_url: &str,
+    database: Database,
+    log_format: &str,
+) -> anyhow::Result<Vec<(ServiceRole, String)>> {
+    let mut command = std::process::Command::new(devkit::process::binary_path(binary));
+    command
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("LOG_FORMAT", log_format);
+    let mut logins = Vec::new();
+    for role in database.service_roles() {
+        // Hex digits: nothing to escape in a URL.
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let (variable, _) = plumbing::db::role_password(*role);
+        command.env(variable, &password);
+        let url = devkit::with_login(database_url, role.name(), Some(&password));
+        logins.push((*role, url));
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {binary} migrate"))?;
+    anyhow::ensure!(status.success(), "{binary} migrate failed ({status})");
+    Ok(logins)
 }
 
 /// Fails early, with a hint, when PostgreSQL or RabbitMQ cannot be reached.
