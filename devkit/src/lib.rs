@@ -224,7 +224,11 @@ mod tests {
         );
         assert_eq!(server_addr("amqp://g:g@rabbit/%2f", 5672), "rabbit:5672");
         assert_eq!(
-            with_login("postgres://postgres:pw@db:5432/orders", "orders_api", Some("x")),
+            with_login(
+                "postgres://postgres:pw@db:5432/orders",
+                "orders_api",
+                Some("x")
+            ),
             "postgres://orders_api:x@db:5432/orders"
         );
         assert_eq!(

@@ -128,7 +128,10 @@ async fn the_relay_may_publish_block_skip_replay_and_purge_events_but_never_read
         .unwrap();
     let ids: Vec<i64> = claim.rows.iter().map(|r| r.id).collect();
     assert_eq!(ids.len(), 3, "the premise: three rows claimed");
-    let failures = vec![(ids[1], "refused".to_owned()), (ids[2], "refused".to_owned())];
+    let failures = vec![
+        (ids[1], "refused".to_owned()),
+        (ids[2], "refused".to_owned()),
+    ];
     let blocked = claim.finish(&ids[..1], &failures, 1).await.unwrap();
     assert_eq!(blocked.len(), 2);
     let status = outbox_relay::ops::status(&relay).await.unwrap();
@@ -141,17 +144,26 @@ async fn the_relay_may_publish_block_skip_replay_and_purge_events_but_never_read
         .await
         .unwrap();
     let id = claim.rows[0].id;
-    claim.finish(&[], &[(id, "refused".into())], 1).await.unwrap();
+    claim
+        .finish(&[], &[(id, "refused".into())], 1)
+        .await
+        .unwrap();
     let skipped = relay_store::skip_blocked(&relay, &Selection::All, "test")
         .await
         .unwrap();
     assert_eq!(skipped, 2);
     let filter = ReplayFilter::default();
-    let replay = relay_store::start_replay(&relay, &filter, true).await.unwrap();
+    let replay = relay_store::start_replay(&relay, &filter, true)
+        .await
+        .unwrap();
     let published = relay_store::select_published(&relay, &filter, 0, 10)
         .await
         .unwrap();
-    assert_eq!(published.len(), 1, "the published row, not the skipped ones");
+    assert_eq!(
+        published.len(),
+        1,
+        "the published row, not the skipped ones"
+    );
     relay_store::update_replay(&relay, replay, 1, 0, true)
         .await
         .unwrap();

@@ -40,7 +40,9 @@ async fn every_session_of_a_service_has_its_limits_and_keeps_the_urls_own_option
 
     let pooled = pool.get().await.unwrap();
     let dedicated = plumbing::db::connect(&config).await.unwrap();
-    let listening = plumbing::db::listen(&config, "limits", |_| {}).await.unwrap();
+    let listening = plumbing::db::listen(&config, "limits", |_| {})
+        .await
+        .unwrap();
     for (what, client) in [
         ("pooled", &**pooled),
         ("dedicated", &dedicated),
@@ -52,7 +54,11 @@ async fn every_session_of_a_service_has_its_limits_and_keeps_the_urls_own_option
             "2500ms",
             "{what}"
         );
-        assert_eq!(show(client, "lock_timeout").await, "7s", "{what}: the URL's own");
+        assert_eq!(
+            show(client, "lock_timeout").await,
+            "7s",
+            "{what}: the URL's own"
+        );
     }
 }
 
@@ -94,7 +100,11 @@ async fn a_query_which_blocks_on_a_lock_ends_with_a_clear_error_and_a_503_not_a_
             .timeout(request_timeout * 2)
             .send()
     };
-    assert_eq!(post().await.unwrap().status(), 201, "the premise: orders work");
+    assert_eq!(
+        post().await.unwrap().status(),
+        201,
+        "the premise: orders work"
+    );
 
     // Another transaction holds what the API's insert needs.
     let locker = db.client().await;
@@ -109,7 +119,11 @@ async fn a_query_which_blocks_on_a_lock_ends_with_a_clear_error_and_a_503_not_a_
     eventually(
         statement_timeout,
         "the API's insert to wait on the lock",
-        || async { waits_on_a_lock(&admin, ServiceRole::OrdersApi).await.then_some(()) },
+        || async {
+            waits_on_a_lock(&admin, ServiceRole::OrdersApi)
+                .await
+                .then_some(())
+        },
     )
     .await;
     let response = request.await.unwrap().unwrap();

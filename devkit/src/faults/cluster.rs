@@ -8,7 +8,10 @@ use std::{
 };
 
 use lapin::options::ExchangeDeleteOptions;
-use plumbing::{broker::short_string, db::{Database, ServiceRole}};
+use plumbing::{
+    broker::short_string,
+    db::{Database, ServiceRole},
+};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
