@@ -167,7 +167,7 @@ async fn the_relay_may_publish_block_skip_replay_and_purge_events_but_never_read
     relay_store::update_replay(&relay, replay, 1, 0, true)
         .await
         .unwrap();
-    let purged = relay_store::purge_published(&*relay.get().await.unwrap(), Duration::ZERO, 10)
+    let purged = relay_store::purge_published(&relay.get().await.unwrap(), Duration::ZERO, 10)
         .await
         .unwrap();
     assert_eq!(purged, 3);
