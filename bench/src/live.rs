@@ -90,7 +90,7 @@ impl Transport {
             Self::Tls(pg) => {
                 let name = format!("t_{label}_{}", unique_suffix());
                 let url = verified_url(pg, &name);
-                plumbing::db::migrate(&plumbing::db::parse_url(&url).unwrap(), database)
+                plumbing::db::migrate(&plumbing::db::parse_url(&url).unwrap(), database, &[])
                     .await
                     .unwrap_or_else(|e| panic!("migrating {name} on the TLS server: {e:?}"));
                 Db { url, _shared: None }

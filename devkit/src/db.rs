@@ -1,7 +1,9 @@
 //! Fresh, uniquely named PostgreSQL databases, dropped when the test ends.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use deadpool_postgres::Pool;
-use plumbing::db::{Database, PoolOptions};
+use plumbing::db::{Database, PoolOptions, ServiceRole};
 
 /// Server URL without a database name; `TEST_PG_URL` overrides it.
 #[must_use]
@@ -50,14 +52,49 @@ impl TestDatabase {
         }
     }
 
-    /// Creates a database with `database`'s migrations applied.
+    /// Creates a database with `database`'s migrations applied (by the server's
+    /// administrator, who owns the schema), whose service roles may log in
+    /// (see [`TestDatabase::role_url`]).
     pub async fn migrated(label: &str, database: Database) -> Self {
         let db = Self::create(label).await;
         let config = plumbing::db::parse_url(&db.url).unwrap();
-        plumbing::db::migrate(&config, database)
+        plumbing::db::migrate(&config, database, &[])
             .await
             .unwrap_or_else(|e| panic!("migrating {}: {e:?}", db.name));
+        allow_logins(database).await;
         db
+    }
+
+    /// The URL of this database for a service's own role, as the services run
+    /// in production (the test server trusts local logins: no password).
+    /// Needs a database made by [`TestDatabase::migrated`].
+    #[must_use]
+    pub fn role_url(&self, role: ServiceRole) -> String {
+        crate::with_login(&self.url, role.name(), None)
+    }
+
+    /// [`TestDatabase::role_url`] through another address (e.g. a proxy).
+    #[must_use]
+    pub fn role_url_via(&self, role: ServiceRole, addr: std::net::SocketAddr) -> String {
+        crate::swap_host(&self.role_url(role), addr)
+    }
+
+    /// A pool on the database as `role`, with the default pool options.
+    #[must_use]
+    pub fn pool_as(&self, role: ServiceRole) -> Pool {
+        plumbing::db::pool(
+            plumbing::db::parse_url(&self.role_url(role)).unwrap(),
+            PoolOptions::default(),
+        )
+        .unwrap()
+    }
+
+    /// A dedicated session to the database as `role`.
+    pub async fn client_as(&self, role: ServiceRole) -> tokio_postgres::Client {
+        let url = self.role_url(role);
+        plumbing::db::connect(&plumbing::db::parse_url(&url).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("cannot log in as {}: {e:?}", role.name()))
     }
 
     /// The URL of this database through another address (e.g. a proxy).
@@ -125,6 +162,40 @@ impl Drop for TestDatabase {
             }
         });
     }
+}
+
+/// Lets the service roles of `database` log in (once per test process). The
+/// migrations create them NOLOGIN and they are shared by every test database of
+/// the server: the change is made once, under an advisory lock of the
+/// maintenance database, because the server refuses concurrent changes of one
+/// role (from other test processes).
+async fn allow_logins(database: Database) {
+    static DONE: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+    let done = &DONE[database as usize];
+    if done.load(Ordering::Acquire) {
+        return;
+    }
+    const LOCK: i64 = 0x6465_766b; // "devk"
+    let admin = admin_client().await;
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await
+        .unwrap();
+    for role in database.service_roles() {
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN IF NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = '{0}') \
+                 THEN ALTER ROLE {0} LOGIN; END IF; END $$",
+                role.name()
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cannot let {} log in: {e:?}", role.name()));
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await
+        .unwrap();
+    done.store(true, Ordering::Release);
 }
 
 async fn admin_client() -> tokio_postgres::Client {

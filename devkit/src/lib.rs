@@ -101,6 +101,24 @@ pub fn swap_host(url: &str, addr: SocketAddr) -> String {
     format!("{}{addr}{}", &url[..span.start], &url[span.end..])
 }
 
+/// `url` with `user` (and `password`, which must need no percent-encoding)
+/// as its credentials instead of its own.
+///
+/// # Panics
+/// When `url` has no scheme.
+#[must_use]
+pub fn with_login(url: &str, user: &str, password: Option<&str>) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        panic!("not a URL: {url}");
+    };
+    let host = &url[address_span(url).start..];
+    let credentials = match password {
+        Some(password) => format!("{user}:{password}"),
+        None => user.to_owned(),
+    };
+    format!("{}{credentials}@{host}", &url[..start])
+}
+
 /// `host:port` of a server URL (`default_port` when it names none).
 #[must_use]
 pub fn server_addr(url: &str, default_port: u16) -> String {
@@ -217,5 +235,17 @@ mod tests {
             "postgres://127.0.0.1:4000"
         );
         assert_eq!(server_addr("amqp://g:g@rabbit/%2f", 5672), "rabbit:5672");
+        assert_eq!(
+            with_login(
+                "postgres://postgres:pw@db:5432/orders",
+                "orders_api",
+                Some("x")
+            ),
+            "postgres://orders_api:x@db:5432/orders"
+        );
+        assert_eq!(
+            with_login("postgres://localhost/orders", "orders_api", None),
+            "postgres://orders_api@localhost/orders"
+        );
     }
 }

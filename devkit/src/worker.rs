@@ -39,6 +39,7 @@ impl RunningWorker {
             PoolOptions {
                 max_size: 2,
                 wait_timeout: Duration::from_millis(500),
+                ..PoolOptions::DEFAULT
             },
         )
         .unwrap();

@@ -25,6 +25,7 @@ async fn the_relay_listens_over_verified_tls_and_publishes_a_trickle_within_mill
     plumbing::db::migrate(
         &plumbing::db::parse_url(&url).unwrap(),
         plumbing::db::Database::Orders,
+        &[],
     )
     .await
     .unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::worker::WorkerSettings;
 use plumbing::config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, Settings};
 use plumbing::config::{duration_or, parse_or};
-use plumbing::db::PoolOptions;
+use plumbing::db::{PoolOptions, SessionLimits};
 
 /// Everything the worker reads from the environment.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ impl Settings for Config {
         pool: PoolOptions {
             max_size: 8,
             wait_timeout: Duration::from_secs(5),
+            limits: SessionLimits::DEFAULT,
         },
     };
     const VARIABLES: &'static [&'static str] = &[BrokerConfig::VARIABLES, "\

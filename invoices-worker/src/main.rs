@@ -81,7 +81,7 @@ async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Purge { older_than } => {
             let db = plumbing::db::parse_url(&config.service.database_url)?;
-            let pool = plumbing::db::pool(db, config.service.pool)?;
+            let pool = plumbing::db::pool(db, config.service.pool.for_operator())?;
             let n = store::purge_processed(&pool, older_than, 1_000).await?;
             println!("purged {n} dedupe records older than {older_than:?}");
         }

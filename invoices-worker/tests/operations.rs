@@ -295,6 +295,7 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
             pool: PoolOptions {
                 max_size: 2,
                 wait_timeout: Duration::from_millis(500),
+                ..PoolOptions::DEFAULT
             },
             ..devkit::service_config(db.url_via(db_proxy.addr))
         },

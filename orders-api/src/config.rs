@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use plumbing::config::{ConfigError, ServiceConfig, ServiceDefaults, Settings};
 use plumbing::config::{duration_or, parse_or, var_or};
-use plumbing::db::PoolOptions;
+use plumbing::db::{PoolOptions, SessionLimits};
 
 /// Everything the API reads from the environment.
 #[derive(Debug, Clone)]
@@ -32,7 +32,16 @@ impl Settings for Config {
     const DEFAULTS: ServiceDefaults = ServiceDefaults {
         database_url: "postgres://postgres@127.0.0.1:5432/orders",
         port: 3333,
-        pool: PoolOptions::DEFAULT,
+        // The database gives up on a statement well before REQUEST_TIMEOUT's
+        // default (10s) runs out, so that no query outlives its request; the
+        // API's transactions are single statements, never idle for long.
+        pool: PoolOptions {
+            limits: SessionLimits {
+                statement_timeout: Duration::from_secs(5),
+                idle_in_transaction_timeout: Duration::from_secs(10),
+            },
+            ..PoolOptions::DEFAULT
+        },
     };
     const VARIABLES: &'static [&'static str] = &["\
 REQUEST_TIMEOUT longest a request may take; a slower one is answered 408 while its body is still arriving, 503 after (default 10s)

@@ -29,12 +29,22 @@ impl Service for Application {
     const ABOUT: About = plumbing::about!(Database::Orders);
 
     /// A default currency that is not an ISO 4217 code is refused before the
-    /// database is touched.
+    /// database is touched, and so is a statement timeout that would let a
+    /// query outlive its request.
     fn check(config: &Config) -> anyhow::Result<()> {
         if !contracts::event::is_currency_code(&config.default_currency) {
             anyhow::bail!(
                 "DEFAULT_CURRENCY={:?} is not a three-letter ISO 4217 code",
                 config.default_currency
+            );
+        }
+        let statement_timeout = config.service.pool.limits.statement_timeout;
+        if statement_timeout.is_zero() || statement_timeout >= config.request_timeout {
+            anyhow::bail!(
+                "DB_STATEMENT_TIMEOUT={statement_timeout:?} must be more than 0s and less than \
+                 REQUEST_TIMEOUT ({:?}): the database must give up on a request's statement \
+                 before the request is answered, or the query keeps running after it",
+                config.request_timeout
             );
         }
         Ok(())

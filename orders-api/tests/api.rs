@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use devkit::{db::TestDatabase, proxy::TcpProxy};
 use orders_api::{config::Config, startup::Application};
-use plumbing::{config::ServiceConfig, db::PoolOptions, service::Service as _};
+use plumbing::{
+    config::ServiceConfig,
+    db::{PoolOptions, SessionLimits},
+    service::Service as _,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +31,11 @@ impl TestApp {
                 pool: PoolOptions {
                     max_size: 4,
                     wait_timeout: Duration::from_secs(1),
+                    // Below the request timeout, as the API requires.
+                    limits: SessionLimits {
+                        statement_timeout: Duration::from_secs(2),
+                        ..SessionLimits::DEFAULT
+                    },
                 },
                 ..devkit::service_config(via.map_or_else(|| db.url.clone(), |p| db.url_via(p.addr)))
             },

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use plumbing::config::{BrokerConfig, ConfigError, ServiceConfig, ServiceDefaults, Settings};
 use plumbing::config::{duration_or, parse_or};
-use plumbing::db::PoolOptions;
+use plumbing::db::{PoolOptions, SessionLimits};
 
 /// How the relay claims and publishes.
 #[derive(Debug, Clone, Copy)]
@@ -76,9 +76,13 @@ impl Settings for Config {
     const DEFAULTS: ServiceDefaults = ServiceDefaults {
         database_url: "postgres://postgres@127.0.0.1:5432/orders",
         port: 3335,
+        // A claim's transaction has its own idle limit, RELAY_CLAIM_MAX_IDLE
+        // (it outlives the publishing of its batch); the session's applies to
+        // everything else.
         pool: PoolOptions {
             max_size: 4,
             wait_timeout: Duration::from_secs(5),
+            limits: SessionLimits::DEFAULT,
         },
     };
     const VARIABLES: &'static [&'static str] = &[
@@ -98,7 +102,7 @@ RELAY_UNSAFE_MARK_BEFORE_PUBLISH BREAKS THE GUARANTEE, for the fault suite only:
 
     fn from_env() -> Result<Self, ConfigError> {
         let d = RelaySettings::default();
-        let config = Self {
+        Ok(Self {
             service: ServiceConfig::from_env(Self::DEFAULTS)?,
             broker: BrokerConfig::from_env()?,
             relay: RelaySettings {
@@ -119,9 +123,7 @@ RELAY_UNSAFE_MARK_BEFORE_PUBLISH BREAKS THE GUARANTEE, for the fault suite only:
                     d.unsafe_mark_before_publish,
                 )?,
             },
-        };
-        config.relay.validate()?;
-        Ok(config)
+        })
     }
 
     fn service(&self) -> &ServiceConfig {
@@ -143,7 +145,9 @@ impl RelaySettings {
                 name: "RELAY_CLAIM_MAX_IDLE".into(),
                 value: format!("{:?}", self.max_idle),
                 reason: format!(
-                    "must be at least three times RELAY_CONFIRM_TIMEOUT ({:?})",
+                    "must be at least three times RELAY_CONFIRM_TIMEOUT ({:?}), or a slow \
+                     broker would have the database abort claims still being published and \
+                     their rows published again",
                     self.confirm_timeout
                 ),
             });

@@ -17,13 +17,14 @@ use crate::{
 };
 
 /// Connects to the orders database for an operator command (no migrations: the
-/// command works on whatever schema the relays maintain).
+/// command works on whatever schema the relays maintain; no statement timeout,
+/// see [`plumbing::db::PoolOptions::for_operator`]).
 ///
 /// # Errors
 /// An invalid URL or an unreachable database.
 pub async fn connect(config: &Config) -> anyhow::Result<Pool> {
     let db = plumbing::db::parse_url(&config.service.database_url)?;
-    let pool = plumbing::db::pool(db, config.service.pool)?;
+    let pool = plumbing::db::pool(db, config.service.pool.for_operator())?;
     plumbing::db::ping(&pool)
         .await
         .context("cannot reach the orders database")?;

@@ -27,6 +27,15 @@ impl Service for Application {
     type Config = Config;
     const ABOUT: About = plumbing::about!(Database::Orders);
 
+    /// A claim's transaction stays open while its batch is published and
+    /// confirmed: its idle limit must outlast that (see
+    /// [`RelaySettings::validate`]), or a slow broker would have the server abort
+    /// claims and the relay publish their rows again.
+    fn check(config: &Config) -> anyhow::Result<()> {
+        config.relay.validate()?;
+        Ok(())
+    }
+
     /// Each relay names its sessions after itself, so that `outbox-relay status`
     /// can tell the running relays apart and see which can only poll.
     fn session_name() -> String {

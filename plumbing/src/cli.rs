@@ -96,7 +96,7 @@ pub fn command<S: Service, C: Subcommand>() -> clap::Command {
 /// The `Environment:` section of `--help`: every variable `S` reads, aligned.
 fn environment<S: Service>() -> String {
     let about = S::ABOUT;
-    let mut lines = ServiceConfig::variables(&S::Config::DEFAULTS, about.database_name());
+    let mut lines = ServiceConfig::variables(&S::Config::DEFAULTS, about.database);
     let own = S::Config::VARIABLES.iter().chain([&TELEMETRY_VARIABLES]);
     lines.extend(own.flat_map(|text| text.lines()).map(str::to_owned));
     let entries: Vec<(&str, &str)> = lines

@@ -150,7 +150,8 @@ pub struct ServiceConfig {
     pub host: String,
     /// `PORT`: port of the HTTP endpoint (0 picks a free one).
     pub port: u16,
-    /// `DB_POOL_SIZE` and `DB_POOL_TIMEOUT`.
+    /// `DB_POOL_SIZE`, `DB_POOL_TIMEOUT`, and the limits of each session:
+    /// `DB_STATEMENT_TIMEOUT`, `DB_IDLE_IN_TRANSACTION_TIMEOUT`.
     pub pool: crate::db::PoolOptions,
     /// `MIGRATE_ON_START`: apply the database's migrations at start-up (default true).
     pub migrate_on_start: bool,
@@ -173,9 +174,10 @@ impl ServiceConfig {
     /// The variables [`ServiceConfig::from_env`] reads, with what they mean and
     /// the service's `defaults`, for `--help` (see [`Settings::VARIABLES`]).
     #[must_use]
-    pub fn variables(defaults: &ServiceDefaults, database: &str) -> Vec<String> {
+    pub fn variables(defaults: &ServiceDefaults, db: crate::db::Database) -> Vec<String> {
+        let database = db.name();
         let http = crate::http::Limits::DEFAULT;
-        vec![
+        let mut lines = vec![
             format!(
                 "DATABASE_URL PostgreSQL URL of the {database} database (default {}); \
                  sslmode=require, verify-ca or verify-full connects over TLS",
@@ -193,6 +195,16 @@ impl ServiceConfig {
             format!(
                 "DB_POOL_TIMEOUT longest wait for a free database connection (default {:?})",
                 defaults.pool.wait_timeout
+            ),
+            format!(
+                "DB_STATEMENT_TIMEOUT the database cancels a statement running or waiting \
+                 longer (default {:?}; 0s: no limit)",
+                defaults.pool.limits.statement_timeout
+            ),
+            format!(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT the database ends a session idle this long inside \
+                 a transaction (default {:?}; 0s: no limit)",
+                defaults.pool.limits.idle_in_transaction_timeout
             ),
             "MIGRATE_ON_START apply the database's migrations at start-up (default true)"
                 .to_owned(),
@@ -212,7 +224,17 @@ impl ServiceConfig {
                  accepted (default {})",
                 http.max_connections
             ),
-        ]
+        ];
+        // Read by `migrate` and migrate-on-start (see `db::logins_from_env`).
+        for role in db.service_roles() {
+            let (variable, _) = crate::db::role_password(*role);
+            lines.push(format!(
+                "{variable} migrating gives role {} LOGIN with this password (default unset: \
+                 the role is left as it is)",
+                role.name()
+            ));
+        }
+        lines
     }
 
     /// Reads the variables, falling back to `defaults`.
@@ -227,6 +249,16 @@ impl ServiceConfig {
             pool: crate::db::PoolOptions {
                 max_size: parse_or("DB_POOL_SIZE", defaults.pool.max_size)?,
                 wait_timeout: duration_or("DB_POOL_TIMEOUT", defaults.pool.wait_timeout)?,
+                limits: crate::db::SessionLimits {
+                    statement_timeout: duration_or(
+                        "DB_STATEMENT_TIMEOUT",
+                        defaults.pool.limits.statement_timeout,
+                    )?,
+                    idle_in_transaction_timeout: duration_or(
+                        "DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                        defaults.pool.limits.idle_in_transaction_timeout,
+                    )?,
+                },
             },
             migrate_on_start: parse_or("MIGRATE_ON_START", true)?,
             http: crate::http::Limits {

@@ -40,10 +40,7 @@ impl About {
     /// The database's name (`orders`, `invoices`), for messages.
     #[must_use]
     pub fn database_name(&self) -> &'static str {
-        match self.database {
-            Database::Orders => "orders",
-            Database::Invoices => "invoices",
-        }
+        self.database.name()
     }
 }
 

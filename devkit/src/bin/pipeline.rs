@@ -4,7 +4,11 @@
 //!
 //! The services read their usual environment (`DATABASE_URL` excepted, see
 //! below), so `BROKER_URL`, `RUST_LOG` and the rest can be set as for production.
-//! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases.
+//! `ORDERS_DATABASE_URL` and `INVOICES_DATABASE_URL` choose the two databases;
+//! their user is the migration role (the local superuser by default): it creates
+//! and migrates the databases, giving each service's role LOGIN with a password
+//! made up for this run, and the services then log in as their own roles, as
+//! in production.
 //! Their logs are human-readable text when this launcher's output is a terminal
 //! (JSON otherwise); `LOG_FORMAT` chooses, as for the services themselves.
 //! When RabbitMQ's management API answers (`BROKER_ADMIN_URL`), the relay and the
@@ -12,8 +16,10 @@
 
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
+use anyhow::Context as _;
 use devkit::process::Service;
 use outbox_relay::provision::{RELAY_USER, WORKER_USER};
+use plumbing::db::{Database, ServiceRole};
 use plumbing::management::{Management, ManagementError};
 
 const ORDERS_DB: &str = "postgres://postgres@127.0.0.1:5432/orders";
@@ -59,25 +65,45 @@ async fn run() -> anyhow::Result<()> {
             .name()
             .to_owned()
     });
-    let env = |database_url: &str| {
-        [
-            ("DATABASE_URL", database_url.to_owned()),
+    println!("pipeline: migrating both databases (created if missing)");
+    let orders_logins = migrate("orders-api", &orders_db, Database::Orders, &log_format)?;
+    let invoices_logins = migrate(
+        "invoices-worker",
+        &invoices_db,
+        Database::Invoices,
+        &log_format,
+    )?;
+    let (relay_broker, worker_broker) = broker_users().await?.unzip();
+    let env = |logins: &[(ServiceRole, String)], role: ServiceRole, broker: Option<&String>| {
+        let url = logins
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default();
+        let mut env = vec![
+            ("DATABASE_URL", url),
+            ("MIGRATE_ON_START", "false".to_owned()),
             ("LOG_FORMAT", log_format.clone()),
-        ]
-    };
-    let broker_users = broker_users().await?;
-    println!("pipeline: starting the services (migrations first; databases created if missing)");
-    let api = Service::spawn("orders-api", &env(&orders_db), true).await;
-    let with_broker = |database_url: &str, broker_url: Option<&String>| {
-        let mut env = env(database_url).to_vec();
-        env.extend(broker_url.map(|url| ("BROKER_URL", url.clone())));
+        ];
+        env.extend(broker.map(|url| ("BROKER_URL", url.clone())));
         env
     };
-    let (relay_broker, worker_broker) = broker_users.as_ref().map(|(r, w)| (r, w)).unzip();
-    let relay = Service::spawn("outbox-relay", &with_broker(&orders_db, relay_broker), true).await;
+    println!("pipeline: starting the services, each as its own database role");
+    let api = Service::spawn(
+        "orders-api",
+        &env(&orders_logins, ServiceRole::OrdersApi, None),
+        true,
+    )
+    .await;
+    let relay = Service::spawn(
+        "outbox-relay",
+        &env(&orders_logins, ServiceRole::OutboxRelay, relay_broker.as_ref()),
+        true,
+    )
+    .await;
     let worker = Service::spawn(
         "invoices-worker",
-        &with_broker(&invoices_db, worker_broker),
+        &env(&invoices_logins, ServiceRole::InvoicesWorker, worker_broker.as_ref()),
         true,
     )
     .await;
@@ -142,6 +168,36 @@ async fn broker_users() -> anyhow::Result<Option<(String, String)>> {
     let [relay, worker] = users
         .map(|(user, password)| plumbing::broker::with_credentials(&broker_url, user, password));
     Ok(Some((relay?, worker?)))
+}
+
+/// Runs `<binary> migrate` on `database_url` (as its user, the migration
+/// role), giving each service role of `database` LOGIN with a password made up
+/// for this run; returns each role's URL.
+fn migrate(
+    binary: &str,
+    database_url: &str,
+    database: Database,
+    log_format: &str,
+) -> anyhow::Result<Vec<(ServiceRole, String)>> {
+    let mut command = std::process::Command::new(devkit::process::binary_path(binary));
+    command
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("LOG_FORMAT", log_format);
+    let mut logins = Vec::new();
+    for role in database.service_roles() {
+        // Hex digits: nothing to escape in a URL.
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let (variable, _) = plumbing::db::role_password(*role);
+        command.env(variable, &password);
+        let url = devkit::with_login(database_url, role.name(), Some(&password));
+        logins.push((*role, url));
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {binary} migrate"))?;
+    anyhow::ensure!(status.success(), "{binary} migrate failed ({status})");
+    Ok(logins)
 }
 
 /// Fails early, with a hint, when PostgreSQL or RabbitMQ cannot be reached.

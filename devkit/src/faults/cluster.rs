@@ -8,7 +8,10 @@ use std::{
 };
 
 use lapin::options::ExchangeDeleteOptions;
-use plumbing::{broker::short_string, db::Database};
+use plumbing::{
+    broker::short_string,
+    db::{Database, ServiceRole},
+};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -118,9 +121,19 @@ impl Cluster {
             ("MIGRATE_ON_START", "false".into()),
         ];
         match slot.role {
-            Role::Api => env.push(("DATABASE_URL", self.orders.url_via(self.api_db.addr))),
+            // Each service as its own database role, as in production: the
+            // fault suite proves that the grants suffice for everything it does.
+            Role::Api => env.push((
+                "DATABASE_URL",
+                self.orders
+                    .role_url_via(ServiceRole::OrdersApi, self.api_db.addr),
+            )),
             Role::Relay => env.extend([
-                ("DATABASE_URL", self.orders.url_via(self.relay_db.addr)),
+                (
+                    "DATABASE_URL",
+                    self.orders
+                        .role_url_via(ServiceRole::OutboxRelay, self.relay_db.addr),
+                ),
                 (
                     "BROKER_URL",
                     swap_host(&self.broker.url, self.relay_broker.addr),
@@ -128,7 +141,11 @@ impl Cluster {
                 ("BROKER_NAMESPACE", self.broker.namespace.clone()),
             ]),
             Role::Worker => env.extend([
-                ("DATABASE_URL", self.invoices.url_via(self.worker_db.addr)),
+                (
+                    "DATABASE_URL",
+                    self.invoices
+                        .role_url_via(ServiceRole::InvoicesWorker, self.worker_db.addr),
+                ),
                 (
                     "BROKER_URL",
                     swap_host(&self.broker.url, self.worker_broker.addr),

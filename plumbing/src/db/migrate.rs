@@ -6,9 +6,12 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 
+use migrations::ServiceRole;
+
 use super::{
     Database, DbConfig, DbError, connect, db_message, is_transient, parse_url, quote_ident,
 };
+use crate::config::var;
 
 /// Makes sure the configured database exists, creating it through the `postgres`
 /// maintenance database when it does not (the local default setup). When the role
@@ -53,16 +56,49 @@ pub async fn ensure_database(config: &DbConfig) -> Result<(), DbError> {
 }
 
 /// Creates the database if needed and applies `database`'s migrations on a
-/// dedicated session. Returns how many were applied.
+/// dedicated session, then gives the service roles of `logins` LOGIN and their
+/// passwords. Returns how many migrations were applied.
 ///
 /// # Errors
-/// [`DbError`] when the database is unreachable or a migration fails.
-pub async fn migrate(config: &DbConfig, database: Database) -> Result<usize, DbError> {
+/// [`DbError`] when the database is unreachable, a migration fails or a role
+/// cannot be changed.
+pub async fn migrate(
+    config: &DbConfig,
+    database: Database,
+    logins: &[(ServiceRole, String)],
+) -> Result<usize, DbError> {
     ensure_database(config).await?;
     let mut client = connect(config).await?;
-    migrations::run(&mut client, database)
+    migrations::run(&mut client, database, logins)
         .await
         .map_err(|source| DbError::Migrate { database, source })
+}
+
+/// The service roles of `database` whose password variable is set, with their
+/// passwords: `ORDERS_API_DB_PASSWORD` and `OUTBOX_RELAY_DB_PASSWORD` for the
+/// orders database, `INVOICES_WORKER_DB_PASSWORD` for the invoices database.
+/// What `migrate` and migrate-on-start give LOGIN; a role whose variable is
+/// unset is left as it is.
+#[must_use]
+pub fn logins_from_env(database: Database) -> Vec<(ServiceRole, String)> {
+    database
+        .service_roles()
+        .iter()
+        .filter_map(|role| role_password(*role).1.map(|p| (*role, p)))
+        .collect()
+}
+
+/// The variable that holds `role`'s password, and its value if it is set.
+#[must_use]
+pub fn role_password(role: ServiceRole) -> (&'static str, Option<String>) {
+    match role {
+        ServiceRole::OrdersApi => ("ORDERS_API_DB_PASSWORD", var("ORDERS_API_DB_PASSWORD")),
+        ServiceRole::OutboxRelay => ("OUTBOX_RELAY_DB_PASSWORD", var("OUTBOX_RELAY_DB_PASSWORD")),
+        ServiceRole::InvoicesWorker => (
+            "INVOICES_WORKER_DB_PASSWORD",
+            var("INVOICES_WORKER_DB_PASSWORD"),
+        ),
+    }
 }
 
 /// Applies migrations at start-up, waiting (with backoff) while the database is
@@ -77,8 +113,9 @@ pub async fn migrate_when_reachable(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<usize, DbError> {
     let mut delays = crate::backoff::reconnect_delays();
+    let logins = logins_from_env(database);
     loop {
-        let err = match migrate(config, database).await {
+        let err = match migrate(config, database, &logins).await {
             Ok(applied) => return Ok(applied),
             Err(e) => e,
         };
@@ -101,6 +138,8 @@ pub async fn migrate_when_reachable(
 /// A service's database at start-up: parses the URL (naming its sessions
 /// `session_name` unless the URL names them), applies the migrations if
 /// configured (waiting while the server is unreachable), and builds the pool.
+/// The configuration returned, like the pool, opens sessions with the service's
+/// [`super::SessionLimits`].
 ///
 /// # Errors
 /// [`DbError`] for an invalid URL, a failing migration, or shutdown while waiting.
@@ -117,18 +156,22 @@ pub async fn prepare(
     if service.migrate_on_start {
         migrate_when_reachable(&config, database, shutdown).await?;
     }
+    // Migrations (above) run without limits; every session from here on has them,
+    // pooled or dedicated (the relay's notification session).
+    let config = config.limited(service.pool.limits);
     let pool = super::pool(config.clone(), service.pool)?;
     Ok((config, pool))
 }
 
 /// The `migrate` command of each binary: create the database if needed, apply its
-/// migrations, log the result.
+/// migrations, give the service roles whose password is set LOGIN (see
+/// [`logins_from_env`]), log the result.
 ///
 /// # Errors
 /// [`DbError`] when the URL is invalid, the database unreachable or a migration fails.
 pub async fn migrate_command(database_url: &str, database: Database) -> Result<(), DbError> {
     let config = parse_url(database_url)?;
-    let applied = migrate(&config, database).await?;
+    let applied = migrate(&config, database, &logins_from_env(database)).await?;
     tracing::info!(?database, applied, "database is up to date");
     Ok(())
 }

@@ -17,9 +17,12 @@ use tokio_postgres::error::SqlState;
 use crate::tls;
 
 pub use leader::{Purge, every_as_leader, try_lock, unlock};
-pub use migrate::{ensure_database, migrate, migrate_command, migrate_when_reachable, prepare};
-pub use migrations::{Database, OUTBOX_CHANNEL};
-pub use session::{PoolOptions, SessionEvent, connect, listen, pool};
+pub use migrate::{
+    ensure_database, logins_from_env, migrate, migrate_command, migrate_when_reachable, prepare,
+    role_password,
+};
+pub use migrations::{Database, OUTBOX_CHANNEL, ServiceRole};
+pub use session::{PoolOptions, SessionEvent, SessionLimits, connect, listen, pool};
 pub use store::{StoreError, ping, purge_in_batches};
 pub use url::{DbConfig, parse_url};
 

@@ -16,14 +16,76 @@ pub struct PoolOptions {
     /// Longest wait for a free connection before giving up (a bounded wait is what
     /// turns a database outage into a quick 503 instead of a hang).
     pub wait_timeout: Duration,
+    /// What the server allows each of the pool's sessions.
+    pub limits: SessionLimits,
 }
 
 impl PoolOptions {
-    /// The defaults: 16 connections, a 2 s wait.
+    /// The defaults: 16 connections, a 2 s wait, [`SessionLimits::DEFAULT`].
     pub const DEFAULT: Self = Self {
         max_size: 16,
         wait_timeout: Duration::from_secs(2),
+        limits: SessionLimits::DEFAULT,
     };
+}
+
+/// Limits the server enforces on a session, sent as startup parameters (the
+/// connection's `options`), so that they hold from its first statement and
+/// whatever the code runs. Zero turns a limit off, as in PostgreSQL.
+///
+/// A statement the server cancels fails with SQLSTATE 57014 (`query_canceled`),
+/// which [`super::is_transient`] counts as worth retrying: the API answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `statement_timeout`: the server cancels a statement that runs (or waits
+    /// for a lock) longer, so that no query outlives the request that sent it.
+    pub statement_timeout: Duration,
+    /// `idle_in_transaction_session_timeout`: the server ends a session that
+    /// stays idle inside a transaction longer, freeing its locks and snapshot.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl SessionLimits {
+    /// The defaults: statements of at most 30 s, 30 s idle in a transaction.
+    pub const DEFAULT: Self = Self {
+        statement_timeout: Duration::from_secs(30),
+        idle_in_transaction_timeout: Duration::from_secs(30),
+    };
+
+    /// No limits (migrations, which may rewrite large tables).
+    pub const NONE: Self = Self {
+        statement_timeout: Duration::ZERO,
+        idle_in_transaction_timeout: Duration::ZERO,
+    };
+
+    /// The `options` startup parameter that sets them: `-c name=<ms>` each, the
+    /// server's unit for both. Longer than the server's maximum (about 24 days)
+    /// is sent as that maximum.
+    #[must_use]
+    pub fn startup_options(&self) -> String {
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128);
+        format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            ms(self.statement_timeout),
+            ms(self.idle_in_transaction_timeout)
+        )
+    }
+}
+
+impl PoolOptions {
+    /// The same for an operator's command (a purge, a replay): no statement
+    /// timeout, because such a command may scan a large table and the operator
+    /// who started it is there to stop it; the idle limit stays.
+    #[must_use]
+    pub fn for_operator(self) -> Self {
+        Self {
+            limits: SessionLimits {
+                statement_timeout: Duration::ZERO,
+                ..self.limits
+            },
+            ..self
+        }
+    }
 }
 
 impl Default for PoolOptions {
@@ -121,7 +183,8 @@ fn connect_error(config: &DbConfig, source: tokio_postgres::Error) -> DbError {
     }
 }
 
-/// Builds a connection pool. Connections are opened lazily, so this succeeds while
+/// Builds a connection pool whose sessions have `options.limits` (see
+/// [`DbConfig::limited`]). Connections are opened lazily, so this succeeds while
 /// the database is down; requests then fail fast with
 /// [`deadpool_postgres::PoolError::Timeout`] or
 /// [`deadpool_postgres::PoolError::Backend`] and succeed again once it is back.
@@ -129,6 +192,7 @@ fn connect_error(config: &DbConfig, source: tokio_postgres::Error) -> DbError {
 /// # Errors
 /// [`DbError::Pool`] when the pool cannot be built.
 pub fn pool(config: DbConfig, options: PoolOptions) -> Result<Pool, DbError> {
+    let config = config.limited(options.limits);
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };

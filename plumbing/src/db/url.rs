@@ -6,7 +6,7 @@ use std::{str::FromStr, time::Duration};
 use tokio_postgres::{Config, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{CONNECT_TIMEOUT, DbError};
+use super::{CONNECT_TIMEOUT, DbError, SessionLimits};
 use crate::tls;
 
 /// A parsed database URL: the driver's settings and, when the URL asks for TLS
@@ -22,6 +22,11 @@ pub struct DbConfig {
     pub(super) config: Config,
     /// The TLS connector, when the URL asks for TLS.
     pub(super) tls: Option<MakeRustlsConnect>,
+    /// The URL's own `options`, kept so that [`DbConfig::limited`] adds to them
+    /// instead of replacing them.
+    url_options: Option<String>,
+    /// The server-side limits of the sessions, if set.
+    limits: Option<SessionLimits>,
 }
 
 impl DbConfig {
@@ -65,6 +70,28 @@ impl DbConfig {
         self
     }
 
+    /// The same, with sessions that the server holds to `limits` from their
+    /// first statement: they are sent as startup parameters, after the URL's own
+    /// `options` (so they win over a `-c` of the same name there). Replaces
+    /// earlier limits.
+    #[must_use]
+    pub fn limited(mut self, limits: SessionLimits) -> Self {
+        let ours = limits.startup_options();
+        let options = match &self.url_options {
+            Some(theirs) => format!("{theirs} {ours}"),
+            None => ours,
+        };
+        self.config.options(&options);
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The limits set by [`DbConfig::limited`], if any.
+    #[must_use]
+    pub fn limits(&self) -> Option<SessionLimits> {
+        self.limits
+    }
+
     /// The sessions' `application_name`, if any.
     #[must_use]
     pub fn application_name(&self) -> Option<&str> {
@@ -78,6 +105,7 @@ impl std::fmt::Debug for DbConfig {
             .field("target", &describe_host(&self.config))
             .field("database", &database_name(&self.config))
             .field("tls", &self.uses_tls())
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -101,7 +129,13 @@ pub fn parse_url(url: &str) -> Result<DbConfig, DbError> {
     } else {
         SslMode::Disable
     });
-    Ok(DbConfig { config, tls })
+    let url_options = config.get_options().map(str::to_owned);
+    Ok(DbConfig {
+        config,
+        tls,
+        url_options,
+        limits: None,
+    })
 }
 
 /// Database name of a configuration (`postgres` when none is given, as libpq does).
@@ -142,5 +176,23 @@ mod tests {
         assert_eq!(c.connect_timeout(), Some(CONNECT_TIMEOUT));
         let err = parse_url("postgres://x:y@h:notaport/db").unwrap_err();
         assert!(!err.to_string().contains("y@"), "{err}");
+    }
+
+    #[test]
+    fn limits_go_after_the_urls_own_options_and_replace_earlier_ones() {
+        let c = parse_url("postgres://h/db?options=-c%20search_path%3Dx").unwrap();
+        let limits = SessionLimits {
+            statement_timeout: Duration::from_millis(300),
+            idle_in_transaction_timeout: Duration::from_secs(2),
+        };
+        let c = c.limited(SessionLimits::NONE).limited(limits);
+        assert_eq!(
+            c.config.get_options(),
+            Some(
+                "-c search_path=x -c statement_timeout=300 \
+                 -c idle_in_transaction_session_timeout=2000"
+            )
+        );
+        assert_eq!(c.limits(), Some(limits));
     }
 }
