@@ -97,13 +97,21 @@ async fn run() -> anyhow::Result<()> {
     .await;
     let relay = Service::spawn(
         "outbox-relay",
-        &env(&orders_logins, ServiceRole::OutboxRelay, relay_broker.as_ref()),
+        &env(
+            &orders_logins,
+            ServiceRole::OutboxRelay,
+            relay_broker.as_ref(),
+        ),
         true,
     )
     .await;
     let worker = Service::spawn(
         "invoices-worker",
-        &env(&invoices_logins, ServiceRole::InvoicesWorker, worker_broker.as_ref()),
+        &env(
+            &invoices_logins,
+            ServiceRole::InvoicesWorker,
+            worker_broker.as_ref(),
+        ),
         true,
     )
     .await;
