@@ -177,7 +177,7 @@ pub async fn assert_ready_follows(port: u16, db: &proxy::TcpProxy, broker: &prox
 #[must_use]
 pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
     plumbing::config::ServiceConfig {
-        database_url,
+        database_url: plumbing::config::Secret::url(database_url),
         host: "127.0.0.1".into(),
         port: 0,
         pool: plumbing::db::PoolOptions::default(),

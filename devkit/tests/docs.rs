@@ -74,12 +74,12 @@ fn rust_files(path: &Path) -> Vec<PathBuf> {
 }
 
 /// The variables a piece of source reads: the name given to one of the readers
-/// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`, the
+/// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`, `fault_switch`, the
 /// standard library's `env::var` and `env::var_os`, telemetry's `env_set`), and
 /// `RUST_LOG` where a log filter is read from the environment.
 fn read_in(source: &str) -> BTreeSet<String> {
     let reader = regex::Regex::new(
-        r#"\b(?:var|var_or|var_os|parse_or|duration_or|env_set)\(\s*"([A-Z][A-Z0-9_]*)""#,
+        r#"\b(?:var|var_or|var_os|parse_or|duration_or|env_set|fault_switch)\(\s*"([A-Z][A-Z0-9_]*)""#,
     )
     .unwrap();
     let mut names: BTreeSet<String> = reader
@@ -135,6 +135,7 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         let f = std::env::var_os("FAULTS_ECHO");
         let g = env_set("OTEL_EXPORTER_OTLP_ENDPOINT");
         let h = EnvFilter::try_from_default_env();
+        let i = plumbing::config::fault_switch("WORKER_UNSAFE_ACK_BEFORE_COMMIT", "…")?;
         let not_a_variable = header("traceparent");
     "#;
     let expected = [
@@ -146,6 +147,7 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         "REQUEST_TIMEOUT",
         "RUST_LOG",
         "USER",
+        "WORKER_UNSAFE_ACK_BEFORE_COMMIT",
     ];
     assert_eq!(read_in(source), expected.map(String::from).into());
 }

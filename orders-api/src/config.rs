@@ -22,9 +22,10 @@ pub struct Config {
     /// (default 24h); expired keys are purged hourly by one API replica.
     pub idempotency_key_ttl: Duration,
     /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT`: BREAKS THE GUARANTEE, for the fault
-    /// suite only (default false). Answers 201 at once and writes the order 200 ms
+    /// suite only (default false; exists only with the `fault-injection` feature). Answers 201 at once and writes the order 200 ms
     /// later, ignoring a failed write (idempotency keys are ignored too): the fault suite
     /// runs with it to show that its checker reports the 201s that were lost.
+    #[cfg(feature = "fault-injection")]
     pub unsafe_reply_before_commit: bool,
 }
 
@@ -38,21 +39,52 @@ impl Settings for Config {
 REQUEST_TIMEOUT longest a request may take; a slower one is answered 408 while its body is still arriving, 503 after (default 10s)
 MAX_BODY_BYTES largest request body in bytes (default 65536)
 DEFAULT_CURRENCY ISO 4217 currency of orders that name none (default BRL)
-IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)
-ORDERS_UNSAFE_REPLY_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: answer 201 before the order is stored (default false)"];
+IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)",
+        #[cfg(feature = "fault-injection")]
+        "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: answer 201 before the order is stored (default false)",
+    ];
 
     fn from_env() -> Result<Self, ConfigError> {
+        #[cfg(not(feature = "fault-injection"))]
+        plumbing::config::ignored_fault_switch("ORDERS_UNSAFE_REPLY_BEFORE_COMMIT");
         Ok(Self {
             service: ServiceConfig::from_env(Self::DEFAULTS)?,
             request_timeout: duration_or("REQUEST_TIMEOUT", Duration::from_secs(10))?,
             max_body_bytes: parse_or("MAX_BODY_BYTES", 64 * 1024)?,
             default_currency: var_or("DEFAULT_CURRENCY", "BRL"),
             idempotency_key_ttl: duration_or("IDEMPOTENCY_KEY_TTL", Duration::from_secs(86_400))?,
-            unsafe_reply_before_commit: parse_or("ORDERS_UNSAFE_REPLY_BEFORE_COMMIT", false)?,
+            #[cfg(feature = "fault-injection")]
+            unsafe_reply_before_commit: plumbing::config::fault_switch(
+                "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT",
+                "orders are answered 201 before they are committed",
+            )?,
         })
     }
 
     fn service(&self) -> &ServiceConfig {
         &self.service
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "Pa55-s3cret";
+
+    #[test]
+    fn debug_shows_no_password() {
+        let config = Config {
+            service: devkit::service_config(format!("postgres://app:{PASSWORD}@db.internal/x")),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024,
+            default_currency: "BRL".into(),
+            idempotency_key_ttl: Duration::from_secs(60),
+            #[cfg(feature = "fault-injection")]
+            unsafe_reply_before_commit: false,
+        };
+        let shown = format!("{config:?} {config:#?}");
+        assert!(shown.contains("db.internal"), "{shown}");
+        assert!(!shown.contains(PASSWORD), "{shown}");
     }
 }

@@ -32,25 +32,22 @@ impl Service for Application {
     /// database is touched.
     fn check(config: &Config) -> anyhow::Result<()> {
         if !contracts::event::is_currency_code(&config.default_currency) {
-            anyhow::bail!(
-                "DEFAULT_CURRENCY={:?} is not a three-letter ISO 4217 code",
-                config.default_currency
-            );
+            return Err(plumbing::config::ConfigError {
+                name: "DEFAULT_CURRENCY".into(),
+                value: config.default_currency.clone(),
+                reason: "not a three-letter ISO 4217 code".into(),
+            }
+            .into());
         }
         Ok(())
     }
 
     fn assemble(config: &Config, _db: DbConfig, pool: Pool) -> anyhow::Result<Self> {
-        if config.unsafe_reply_before_commit {
-            tracing::error!(
-                "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT is set: orders are answered 201 before they are \
-                 committed and CAN BE LOST; this mode exists for the fault suite only"
-            );
-        }
         let state = AppState {
             pool,
             default_currency: Arc::from(config.default_currency.as_str()),
             metrics: Arc::new(ApiMetrics::default()),
+            #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: config.unsafe_reply_before_commit,
         };
         let limits = Limits {

@@ -34,6 +34,7 @@ impl TestApp {
             max_body_bytes: 64 * 1024,
             default_currency: "BRL".into(),
             idempotency_key_ttl: Duration::from_secs(86_400),
+            #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: false,
         };
         let shutdown = CancellationToken::new();

@@ -34,6 +34,7 @@ pub struct AppState {
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<crate::metrics::ApiMetrics>,
     /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT` (fault suite only; see the config).
+    #[cfg(feature = "fault-injection")]
     pub unsafe_reply_before_commit: bool,
 }
 

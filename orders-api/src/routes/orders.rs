@@ -60,6 +60,7 @@ pub async fn create(
         }
     })?;
     let context = request_context(&headers);
+    #[cfg(feature = "fault-injection")]
     if state.unsafe_reply_before_commit {
         let order = store::create_order_unsafely(&state.pool, &new, &context);
         state.metrics.created.inc();

@@ -110,7 +110,7 @@ pub async fn prepare(
     session_name: &str,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(DbConfig, Pool), DbError> {
-    let mut config = parse_url(&service.database_url)?;
+    let mut config = parse_url(service.database_url.expose())?;
     if config.application_name().is_none() {
         config = config.named(session_name);
     }
