@@ -74,12 +74,13 @@ fn rust_files(path: &Path) -> Vec<PathBuf> {
 }
 
 /// The variables a piece of source reads: the name given to one of the readers
-/// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`, `fault_switch`, the
-/// standard library's `env::var` and `env::var_os`, telemetry's `env_set`), and
+/// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`,
+/// `fault_switch`, `database_url`, `broker_url`, the standard library's
+/// `env::var` and `env::var_os`, telemetry's `env_set`), and
 /// `RUST_LOG` where a log filter is read from the environment.
 fn read_in(source: &str) -> BTreeSet<String> {
     let reader = regex::Regex::new(
-        r#"\b(?:var|var_or|var_os|parse_or|duration_or|env_set|fault_switch)\(\s*"([A-Z][A-Z0-9_]*)""#,
+        r#"\b(?:var|var_or|var_os|parse_or|duration_or|env_set|fault_switch|database_url|broker_url)\(\s*"([A-Z][A-Z0-9_]*)""#,
     )
     .unwrap();
     let mut names: BTreeSet<String> = reader
@@ -136,9 +137,11 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         let g = env_set("OTEL_EXPORTER_OTLP_ENDPOINT");
         let h = EnvFilter::try_from_default_env();
         let i = plumbing::config::fault_switch("WORKER_UNSAFE_ACK_BEFORE_COMMIT", "…")?;
+        let j = broker_url("BROKER_URL", DEFAULT_BROKER_URL)?;
         let not_a_variable = header("traceparent");
     "#;
     let expected = [
+        "BROKER_URL",
         "DATABASE_URL",
         "FAULTS_ECHO",
         "LOG_FORMAT",

@@ -21,6 +21,13 @@ pub struct Config {
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` is remembered
     /// (default 24h); expired keys are purged hourly by one API replica.
     pub idempotency_key_ttl: Duration,
+    /// `HTTP_TRUST_TRACEPARENT`: continue the trace of a client's W3C
+    /// `traceparent`/`tracestate` (default false: they are dropped and each
+    /// request starts a trace of its own, which the relay and the worker continue).
+    /// Only for an API whose callers are trusted, e.g. behind a gateway that sets
+    /// these headers itself: a public client could otherwise choose trace ids
+    /// (joining or polluting other traces) and force sampling.
+    pub trust_traceparent: bool,
     /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT`: BREAKS THE GUARANTEE, for the fault
     /// suite only (default false; exists only with the `fault-injection` feature). Answers 201 at once and writes the order 200 ms
     /// later, ignoring a failed write (idempotency keys are ignored too): the fault suite
@@ -39,7 +46,8 @@ impl Settings for Config {
 REQUEST_TIMEOUT longest a request may take; a slower one is answered 408 while its body is still arriving, 503 after (default 10s)
 MAX_BODY_BYTES largest request body in bytes (default 65536)
 DEFAULT_CURRENCY ISO 4217 currency of orders that name none (default BRL)
-IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)",
+IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)
+HTTP_TRUST_TRACEPARENT true continues a client's W3C traceparent/tracestate; false drops them and starts a trace per request (default false: for a public API)",
         #[cfg(feature = "fault-injection")]
         "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: answer 201 before the order is stored (default false)",
     ];
@@ -53,6 +61,7 @@ IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are 
             max_body_bytes: parse_or("MAX_BODY_BYTES", 64 * 1024)?,
             default_currency: var_or("DEFAULT_CURRENCY", "BRL"),
             idempotency_key_ttl: duration_or("IDEMPOTENCY_KEY_TTL", Duration::from_secs(86_400))?,
+            trust_traceparent: parse_or("HTTP_TRUST_TRACEPARENT", false)?,
             #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: plumbing::config::fault_switch(
                 "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT",
@@ -80,6 +89,7 @@ mod tests {
             max_body_bytes: 1024,
             default_currency: "BRL".into(),
             idempotency_key_ttl: Duration::from_secs(60),
+            trust_traceparent: false,
             #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: false,
         };

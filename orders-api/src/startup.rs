@@ -53,6 +53,7 @@ impl Service for Application {
         let limits = Limits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
+            trust_traceparent: config.trust_traceparent,
         };
         let key_ttl = config.idempotency_key_ttl;
         Ok(Self {
