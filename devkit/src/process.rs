@@ -322,6 +322,47 @@ pub async fn assert_fault_switch(binary: &str, name: &str, variable: &str, compi
     );
 }
 
+/// A password the malformed URLs of [`assert_refuses_malformed_urls`] hold.
+const URL_PASSWORD: &str = "Pa55-w0rd-s3cret";
+
+/// [`assert_refuses_config`] for malformed URLs holding a password: a
+/// `DATABASE_URL` without `//`, with a bad port, and as `key=value` text; with
+/// `broker`, a `BROKER_URL` without `//` (`amqps:user:password@host`), with a bad
+/// port, and of another scheme.
+///
+/// # Panics
+/// When the binary starts, is slow to stop, exits otherwise or shows the password.
+pub async fn assert_refuses_malformed_urls(binary: &str, broker: bool) {
+    let p = URL_PASSWORD;
+    let mut cases = vec![
+        (
+            "DATABASE_URL",
+            format!("postgres:app:{p}@db.internal/orders"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("postgres://app:{p}@db.internal:notaport/orders"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("host=db.internal user=app password={p} port=notaport"),
+        ),
+    ];
+    if broker {
+        cases.extend([
+            ("BROKER_URL", format!("amqps:app:{p}@mq.internal")),
+            (
+                "BROKER_URL",
+                format!("amqps://app:{p}@mq.internal:notaport/%2f"),
+            ),
+            ("BROKER_URL", format!("http://app:{p}@mq.internal/")),
+        ]);
+    }
+    for (name, url) in &cases {
+        assert_refuses_config(binary, &[(name, url)], p).await;
+    }
+}
+
 /// Starts the binary at `binary` (the `run` command) with `env` on top of
 /// [`isolated_env`], a configuration it must refuse, which holds `password`:
 /// asserts that it exits within 3 s (a configuration error is found before
