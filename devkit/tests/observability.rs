@@ -183,36 +183,44 @@ impl Pipeline {
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-#[tokio::test]
-async fn one_trace_runs_from_the_http_request_to_the_invoice() {
+/// Starts the pipeline exporting to a collector of the test's own (with `extra`
+/// variables), posts one order carrying the client's trace context, waits for
+/// its invoice, and returns the pipeline, the spans received and the request's
+/// server span.
+async fn one_traced_order(label: &str, extra: &[(&str, String)]) -> (Pipeline, Spans, Received) {
     let (endpoint, received) = collector().await;
-    let pipeline = Pipeline::start(
-        "otel",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-            // The caller's trace is continued only when it is trusted.
-            ("HTTP_TRUST_TRACEPARENT", "true".to_owned()),
-        ],
-        None,
-    )
-    .await;
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    let pipeline = Pipeline::start(label, &env, None).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let res = pipeline
-        .post(r#"{"amount": 29.99}"#, &[("traceparent", &traceparent)])
+        .post(
+            r#"{"amount": 29.99}"#,
+            &[("traceparent", &traceparent), ("tracestate", "vendor=1")],
+        )
         .await;
     assert_eq!(res.status(), 201);
     pipeline.wait_for_invoices(1).await;
+    let http = eventually(
+        Duration::from_secs(20),
+        "the HTTP span",
+        finder(&received, "orders-api", "POST /orders".into()),
+    )
+    .await;
+    (pipeline, received, http)
+}
 
+#[tokio::test]
+async fn one_trace_runs_from_the_http_request_to_the_invoice() {
+    // The caller's trace is continued only when it is trusted.
+    let trusted = [("HTTP_TRUST_TRACEPARENT", "true".to_owned())];
+    let (pipeline, received, http) = one_traced_order("otel", &trusted).await;
     let find = |service, name| finder(&received, service, name);
     let wait = Duration::from_secs(20);
     // The API continues the caller's trace.
-    let http = eventually(
-        wait,
-        "the HTTP span",
-        find("orders-api", "POST /orders".into()),
-    )
-    .await;
     assert_eq!(http.trace_id(), CLIENT_TRACE);
     assert_eq!(hex(&http.span.parent_span_id), CLIENT_SPAN);
     assert_eq!(http.span.kind, SpanKind::Server as i32);
@@ -360,35 +368,10 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn a_public_clients_trace_context_is_not_continued_by_default() {
-    let (endpoint, received) = collector().await;
-    let pipeline = Pipeline::start(
-        "untrusted",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-        ],
-        None,
-    )
-    .await;
-    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    let res = pipeline
-        .post(
-            r#"{"amount": 29.99}"#,
-            &[("traceparent", &traceparent), ("tracestate", "vendor=1")],
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    pipeline.wait_for_invoices(1).await;
-
+    let (pipeline, received, http) = one_traced_order("untrusted", &[]).await;
     let find = |service, name| finder(&received, service, name);
     let wait = Duration::from_secs(20);
     // The request starts a trace of its own: a root span, not the client's id.
-    let http = eventually(
-        wait,
-        "the HTTP span",
-        find("orders-api", "POST /orders".into()),
-    )
-    .await;
     let (trace, http_span) = (http.trace_id(), hex(&http.span.span_id));
     assert_ne!(trace, CLIENT_TRACE);
     assert!(http.span.parent_span_id.is_empty(), "{:?}", http.span);
