@@ -200,13 +200,40 @@ pub async fn assert_ready_follows(port: u16, db: &proxy::TcpProxy, broker: &prox
     ready_becomes(port, 200, "ready again with the database back").await;
 }
 
+/// A service's and a broker's configuration whose URLs hold `password`, for
+/// checking that a configuration never shows it ([`assert_hides`]).
+#[must_use]
+pub fn configs_holding(
+    password: &str,
+) -> (
+    plumbing::config::ServiceConfig,
+    plumbing::config::BrokerConfig,
+) {
+    let service = service_config(format!("postgres://app:{password}@db.internal/x"));
+    let broker = plumbing::config::BrokerConfig {
+        url: plumbing::config::Secret::url(format!("amqps://app:{password}@mq.internal/%2f")),
+        namespace: String::new(),
+    };
+    (service, broker)
+}
+
+/// Asserts that `config`'s `Debug` (plain and pretty) does not show `password`.
+///
+/// # Panics
+/// When it does.
+pub fn assert_hides(password: &str, config: &impl std::fmt::Debug) {
+    let shown = format!("{config:?} {config:#?}");
+    assert!(shown.contains("db.internal"), "{shown}");
+    assert!(!shown.contains(password), "{shown}");
+}
+
 /// The service part of a config for a service run in a test: `database_url`,
 /// a free port on loopback, the default pool, migrations at start, the default
 /// HTTP limits. A test that needs another pool sets `pool` on the result.
 #[must_use]
 pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
     plumbing::config::ServiceConfig {
-        database_url,
+        database_url: plumbing::config::Secret::url(database_url),
         host: "127.0.0.1".into(),
         port: 0,
         pool: plumbing::db::PoolOptions::default(),

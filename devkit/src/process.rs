@@ -60,9 +60,13 @@ pub fn build_services() -> anyhow::Result<()> {
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
-    // The same package selection as `cargo pipeline` (devkit depends on the
-    // services), so features resolve identically and nothing is rebuilt.
+    // The same package selection and features as the launcher (devkit depends
+    // on the services), so features resolve identically and nothing is rebuilt:
+    // `cargo pipeline` leaves out fault injection, `cargo faults` needs it.
     command.args(["-p", "devkit"]);
+    if !cfg!(feature = "fault-injection") {
+        command.arg("--no-default-features");
+    }
     for service in ["orders-api", "outbox-relay", "invoices-worker"] {
         command.args(["-p", service]);
     }
@@ -255,6 +259,157 @@ pub fn assert_describes<S: plumbing::service::Service>(binary: &str, name: &str,
         });
         assert!(described, "--help does not describe {variable}:\n{help}");
     }
+}
+
+/// The environment of a service started only to see how it starts: loopback, a
+/// free port, nothing migrated, and a database and broker that cannot be reached
+/// (port 1), so that nothing outside the test is touched. Entries added after
+/// these win.
+#[must_use]
+pub fn isolated_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("HOST", "127.0.0.1".into()),
+        ("PORT", "0".into()),
+        ("MIGRATE_ON_START", "false".into()),
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/none".into(),
+        ),
+        ("BROKER_URL", "amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        ("OTEL_SDK_DISABLED", "true".into()),
+    ]
+}
+
+/// Checks a fault-injection switch of service `name` (the binary at `binary`)
+/// against `compiled_in`, whether the service was built with its
+/// `fault-injection` feature: with it, `--help` lists `variable` and a start with
+/// it set says that the guarantee is off; without it (the shipped build), `--help`
+/// does not list it and the same start only warns, once, that it is ignored.
+///
+/// # Panics
+/// When the binary behaves otherwise.
+pub async fn assert_fault_switch(binary: &str, name: &str, variable: &str, compiled_in: bool) {
+    let help = std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert_eq!(
+        help.contains(variable),
+        compiled_in,
+        "{name} --help lists {variable} only with fault injection (compiled in: {compiled_in}):\n{help}"
+    );
+    let mut env = isolated_env();
+    env.push((variable, "true".into()));
+    let mut service = Service::spawn(name, &env, false).await;
+    let logs = service.logs();
+    service.kill();
+    let with = |text: &str, level: &str| {
+        logs.iter()
+            .filter(|line| line.contains(variable) && line.contains(text))
+            .filter(|line| line.contains(&format!(r#""level":"{level}""#)))
+            .count()
+    };
+    let switched_off = with("CAN BE LOST", "ERROR");
+    let ignored = with("is ignored: this build has no fault injection", "WARN");
+    let expected = if compiled_in { (1, 0) } else { (0, 1) };
+    assert_eq!(
+        (switched_off, ignored),
+        expected,
+        "{name} started with {variable}=true (fault injection compiled in: {compiled_in}) must \
+         log (guarantee off, ignored) {expected:?} times; its output:\n{}",
+        logs.join("\n")
+    );
+}
+
+/// A password the malformed URLs of [`assert_refuses_malformed_urls`] hold.
+const URL_PASSWORD: &str = "Pa55-w0rd-s3cret";
+
+/// [`assert_refuses_config`] for malformed URLs holding a password: a
+/// `DATABASE_URL` without `//`, with a bad port, and as `key=value` text; with
+/// `broker`, a `BROKER_URL` without `//` (`amqps:user:password@host`), with a bad
+/// port, and of another scheme.
+///
+/// # Panics
+/// When the binary starts, is slow to stop, exits otherwise or shows the password.
+pub async fn assert_refuses_malformed_urls(binary: &str, broker: bool) {
+    let p = URL_PASSWORD;
+    let mut cases = vec![
+        (
+            "DATABASE_URL",
+            format!("postgres:app:{p}@db.internal/orders"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("postgres://app:{p}@db.internal:notaport/orders"),
+        ),
+        (
+            "DATABASE_URL",
+            format!("host=db.internal user=app password={p} port=notaport"),
+        ),
+    ];
+    if broker {
+        cases.extend([
+            ("BROKER_URL", format!("amqps:app:{p}@mq.internal")),
+            (
+                "BROKER_URL",
+                format!("amqps://app:{p}@mq.internal:notaport/%2f"),
+            ),
+            ("BROKER_URL", format!("http://app:{p}@mq.internal/")),
+        ]);
+    }
+    for (name, url) in &cases {
+        assert_refuses_config(binary, &[(name, url)], p).await;
+    }
+}
+
+/// Starts the binary at `binary` (the `run` command) with `env` on top of
+/// [`isolated_env`], a configuration it must refuse, which holds `password`:
+/// asserts that it exits within 3 s (a configuration error is found before
+/// anything is connected; it takes milliseconds) with
+/// [`plumbing::cli::EXIT_CONFIG`], and that `password` appears nowhere in
+/// anything it printed, stdout or stderr, at every log level.
+///
+/// # Panics
+/// When it does not.
+pub async fn assert_refuses_config(binary: &str, env: &[(&str, &str)], password: &str) {
+    use tokio::io::AsyncReadExt as _;
+    let mut child = Command::new(binary)
+        .envs(isolated_env())
+        .env("RUST_LOG", "trace")
+        .env("LOG_FORMAT", "json")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text).await;
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+    if status.is_err() {
+        let _ = child.kill().await;
+    }
+    let output = format!("{}{}", stdout.await.unwrap(), stderr.await.unwrap());
+    let code = status.ok().map(|status| status.unwrap().code());
+    let leaked = output.contains(password);
+    assert!(
+        code == Some(Some(i32::from(plumbing::cli::EXIT_CONFIG))) && !leaked,
+        "{binary} with {env:?} must exit within 3 s with code {} and never print the \
+         password (exit code: {code:?}, None = still running; password printed: {leaked}); \
+         its output:\n{output}",
+        plumbing::cli::EXIT_CONFIG
+    );
 }
 
 /// The `addr` of the log line whose message is `listening`: a JSON line, or a

@@ -298,3 +298,30 @@ fn kong_routes_the_public_api_to_orders_api() {
         "Kong's correlation id is the API's request id"
     );
 }
+
+#[test]
+fn the_images_are_built_without_fault_injection() {
+    // The services alone: selecting devkit (or bench, or the workspace) would turn
+    // on devkit's default feature and compile in the fault suite's switches.
+    let dockerfile = read("Dockerfile").replace("\\\n", " ");
+    let builds: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| line.contains("cargo build") || line.contains("cargo chef cook"))
+        .collect();
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    for line in builds {
+        for service in ["orders-api", "outbox-relay", "invoices-worker"] {
+            assert!(line.contains(&format!("-p {service}")), "{line}");
+        }
+        for flag in [
+            "--workspace",
+            "--all",
+            "--features",
+            "-F ",
+            "devkit",
+            "bench",
+        ] {
+            assert!(!line.contains(flag), "{flag} in {line}");
+        }
+    }
+}

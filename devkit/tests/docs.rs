@@ -74,12 +74,13 @@ fn rust_files(path: &Path) -> Vec<PathBuf> {
 }
 
 /// The variables a piece of source reads: the name given to one of the readers
-/// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`, the
-/// standard library's `env::var` and `env::var_os`, telemetry's `env_set`), and
+/// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`,
+/// `fault_switch`, `database_url`, `broker_url`, the standard library's
+/// `env::var` and `env::var_os`, telemetry's `env_set`), and
 /// `RUST_LOG` where a log filter is read from the environment.
 fn read_in(source: &str) -> BTreeSet<String> {
     let reader = regex::Regex::new(
-        r#"\b(?:var|var_or|var_os|parse_or|duration_or|positive_duration_or|env_set)\(\s*"([A-Z][A-Z0-9_]*)""#,
+        r#"\b(?:var|var_or|var_os|parse_or|duration_or|positive_duration_or|env_set|fault_switch|database_url|broker_url)\(\s*"([A-Z][A-Z0-9_]*)""#,
     )
     .unwrap();
     let mut names: BTreeSet<String> = reader
@@ -139,9 +140,12 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
             "HTTP_IDLE_TIMEOUT",
             Duration::from_secs(75),
         )?;
+        let k = plumbing::config::fault_switch("WORKER_UNSAFE_ACK_BEFORE_COMMIT", "…")?;
+        let j = broker_url("BROKER_URL", DEFAULT_BROKER_URL)?;
         let not_a_variable = header("traceparent");
     "#;
     let expected = [
+        "BROKER_URL",
         "DATABASE_URL",
         "FAULTS_ECHO",
         "HTTP_IDLE_TIMEOUT",
@@ -151,6 +155,7 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         "REQUEST_TIMEOUT",
         "RUST_LOG",
         "USER",
+        "WORKER_UNSAFE_ACK_BEFORE_COMMIT",
     ];
     assert_eq!(read_in(source), expected.map(String::from).into());
 }

@@ -59,6 +59,27 @@ fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
         .map(text)
 }
 
+/// Collected spans.
+type Spans = Arc<Mutex<Vec<Received>>>;
+
+/// A function for [`eventually`] that finds the span `name` of `service`.
+fn finder(
+    received: &Spans,
+    service: &'static str,
+    name: String,
+) -> impl Fn() -> std::future::Ready<Option<Received>> {
+    let received = received.clone();
+    move || {
+        let found = received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.service == service && s.span.name == name)
+            .cloned();
+        std::future::ready(found)
+    }
+}
+
 /// An OTLP/HTTP trace receiver (protobuf) on a free port.
 async fn collector() -> (String, Arc<Mutex<Vec<Received>>>) {
     let spans = Arc::new(Mutex::new(Vec::new()));
@@ -165,45 +186,44 @@ impl Pipeline {
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-#[tokio::test]
-async fn one_trace_runs_from_the_http_request_to_the_invoice() {
+/// Starts the pipeline exporting to a collector of the test's own (with `extra`
+/// variables), posts one order carrying the client's trace context, waits for
+/// its invoice, and returns the pipeline, the spans received and the request's
+/// server span.
+async fn one_traced_order(label: &str, extra: &[(&str, String)]) -> (Pipeline, Spans, Received) {
     let (endpoint, received) = collector().await;
-    let pipeline = Pipeline::start(
-        "otel",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-        ],
-        None,
-    )
-    .await;
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    let pipeline = Pipeline::start(label, &env, None).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let res = pipeline
-        .post(r#"{"amount": 29.99}"#, &[("traceparent", &traceparent)])
+        .post(
+            r#"{"amount": 29.99}"#,
+            &[("traceparent", &traceparent), ("tracestate", "vendor=1")],
+        )
         .await;
     assert_eq!(res.status(), 201);
     pipeline.wait_for_invoices(1).await;
-
-    let find = |service: &'static str, name: String| {
-        let received = received.clone();
-        move || {
-            let found = received
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|s| s.service == service && s.span.name == name)
-                .cloned();
-            async move { found }
-        }
-    };
-    let wait = Duration::from_secs(20);
-    // The API continues the caller's trace.
     let http = eventually(
-        wait,
+        Duration::from_secs(20),
         "the HTTP span",
-        find("orders-api", "POST /orders".into()),
+        finder(&received, "orders-api", "POST /orders".into()),
     )
     .await;
+    (pipeline, received, http)
+}
+
+#[tokio::test]
+async fn one_trace_runs_from_the_http_request_to_the_invoice() {
+    // The caller's trace is continued only when it is trusted.
+    let trusted = [("HTTP_TRUST_TRACEPARENT", "true".to_owned())];
+    let (pipeline, received, http) = one_traced_order("otel", &trusted).await;
+    let find = |service, name| finder(&received, service, name);
+    let wait = Duration::from_secs(20);
+    // The API continues the caller's trace.
     assert_eq!(http.trace_id(), CLIENT_TRACE);
     assert_eq!(hex(&http.span.parent_span_id), CLIENT_SPAN);
     assert_eq!(http.span.kind, SpanKind::Server as i32);
@@ -342,9 +362,66 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test]
+async fn a_public_clients_trace_context_is_not_continued_by_default() {
+    let (pipeline, received, http) = one_traced_order("untrusted", &[]).await;
+    let find = |service, name| finder(&received, service, name);
+    let wait = Duration::from_secs(20);
+    // The request starts a trace of its own: a root span, not the client's id.
+    let (trace, http_span) = (http.trace_id(), hex(&http.span.span_id));
+    assert_ne!(trace, CLIENT_TRACE);
+    assert!(http.span.parent_span_id.is_empty(), "{:?}", http.span);
+    assert!(http.span.trace_state.is_empty(), "{:?}", http.span);
+    // That trace is stored with the event and continued by the worker.
+    let stored: String = pipeline
+        .orders
+        .client()
+        .await
+        .query_one("SELECT headers->>'traceparent' FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, format!("00-{trace}-{http_span}-01"));
+    let queue = pipeline._broker.topology.order_created_queue.clone();
+    let process = eventually(
+        wait,
+        "the consume span",
+        find("invoices-worker", format!("process {queue}")),
+    )
+    .await;
+    assert_eq!(process.trace_id(), trace);
+    assert_eq!(hex(&process.span.parent_span_id), http_span);
+    // No span of any process names the client's trace, as its own or a link.
+    pipeline.stop().await;
+    let spans = received.lock().unwrap();
+    let client_trace = CLIENT_TRACE.to_owned();
+    assert!(
+        spans.iter().all(|s| s.trace_id() != client_trace
+            && s.span
+                .links
+                .iter()
+                .all(|l| hex(&l.trace_id) != client_trace)),
+        "spans naming the client's trace: {:?}",
+        spans
+            .iter()
+            .filter(|s| s
+                .span
+                .links
+                .iter()
+                .any(|l| hex(&l.trace_id) == client_trace)
+                || s.trace_id() == client_trace)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
-    // No exporter: the trace context must travel anyway.
-    let pipeline = Pipeline::start("metrics", &[], Some("info,invoices_worker=debug")).await;
+    // No exporter: the (trusted) trace context must travel anyway.
+    let pipeline = Pipeline::start(
+        "metrics",
+        &[("HTTP_TRUST_TRACEPARENT", "true".to_owned())],
+        Some("info,invoices_worker=debug"),
+    )
+    .await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     for i in 1..=4 {
         let res = pipeline

@@ -72,6 +72,7 @@ impl Worker {
         if good.is_empty() {
             return Ok(true);
         }
+        #[cfg(feature = "fault-injection")]
         if self.settings.unsafe_ack_before_commit {
             return self.store_acked_first(&good).await;
         }
@@ -127,6 +128,7 @@ impl Worker {
     /// deliveries were acknowledged on receipt (auto-ack); store the batch once.
     /// Whatever a crash or an error catches in hand is gone. The fault suite uses
     /// it to prove its checker sees losses.
+    #[cfg(feature = "fault-injection")]
     async fn store_acked_first(&self, good: &[(Delivery, Decoded)]) -> Result<bool, lapin::Error> {
         let events = events_of(good);
         match store::record_invoices(&self.pool, &events).await {

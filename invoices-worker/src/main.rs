@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
 
 /// Runs an operator command.
 async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
-    let (url, topology) = (&config.broker.url, config.broker.topology());
+    let (url, topology) = (config.broker.url.expose(), config.broker.topology());
     match command {
         Command::Dlq(DlqCommand::List { limit, json }) => {
             let messages = dlq::list(url, &topology, limit).await?;
@@ -80,7 +80,7 @@ async fn operate(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{n} messages sent back to the invoices queue");
         }
         Command::Purge { older_than } => {
-            let db = plumbing::db::parse_url(&config.service.database_url)?;
+            let db = plumbing::db::parse_url(config.service.database_url.expose())?;
             let pool = plumbing::db::pool(db, config.service.pool.for_operator())?;
             let n = store::purge_processed(&pool, older_than, 1_000).await?;
             println!("purged {n} dedupe records older than {older_than:?}");

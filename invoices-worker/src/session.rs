@@ -38,12 +38,6 @@ impl Worker {
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker
     /// connection fails.
     pub async fn run(self, shutdown: CancellationToken) {
-        if self.settings.unsafe_ack_before_commit {
-            tracing::error!(
-                "WORKER_UNSAFE_ACK_BEFORE_COMMIT is set: messages are acknowledged before their \
-                 invoices are stored and CAN BE LOST; this mode exists for the fault suite only"
-            );
-        }
         let mut delays = plumbing::backoff::reconnect_delays();
         while !shutdown.is_cancelled() {
             let mut connected = false;
@@ -107,6 +101,7 @@ impl Worker {
                 BasicConsumeOptions {
                     // The broken mode consumes in auto-ack mode: the broker
                     // forgets each message as soon as it has sent it.
+                    #[cfg(feature = "fault-injection")]
                     no_ack: self.settings.unsafe_ack_before_commit,
                     ..BasicConsumeOptions::default()
                 },

@@ -64,7 +64,7 @@ impl Service for Application {
         let topology = config.broker.topology();
         let worker = Worker::new(
             pool.clone(),
-            config.broker.url.clone(),
+            config.broker.url.expose().to_owned(),
             topology,
             config.worker,
         );

@@ -28,6 +28,8 @@ pub struct WorkerSettings {
     /// (acknowledged on receipt), store each batch once, drop it on error (the
     /// naive at-most-once consumer).
     /// The fault suite runs with it to show that its checker reports the loss.
+    /// Exists only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
     pub unsafe_ack_before_commit: bool,
 }
 
@@ -38,6 +40,7 @@ impl Default for WorkerSettings {
             batch_size: 100,
             max_attempts: 20,
             drain_timeout: Duration::from_secs(10),
+            #[cfg(feature = "fault-injection")]
             unsafe_ack_before_commit: false,
         }
     }

@@ -281,7 +281,7 @@ async fn purge_keeps_dedupe_records_inside_the_window() {
 async fn ready_only_while_the_database_and_the_broker_answer() {
     use invoices_worker::{config::Config, startup::Application};
     use plumbing::{
-        config::{BrokerConfig, ServiceConfig},
+        config::{BrokerConfig, Secret, ServiceConfig},
         db::PoolOptions,
         service::Service as _,
     };
@@ -300,7 +300,7 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
             ..devkit::service_config(db.url_via(db_proxy.addr))
         },
         broker: BrokerConfig {
-            url: devkit::swap_host(&broker.url, broker_proxy.addr),
+            url: Secret::url(devkit::swap_host(&broker.url, broker_proxy.addr)),
             namespace: broker.namespace.clone(),
         },
         worker: WorkerSettings::default(),

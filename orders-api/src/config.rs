@@ -21,10 +21,18 @@ pub struct Config {
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` is remembered
     /// (default 24h); expired keys are purged hourly by one API replica.
     pub idempotency_key_ttl: Duration,
+    /// `HTTP_TRUST_TRACEPARENT`: continue the trace of a client's W3C
+    /// `traceparent`/`tracestate` (default false: they are dropped and each
+    /// request starts a trace of its own, which the relay and the worker continue).
+    /// Only for an API whose callers are trusted, e.g. behind a gateway that sets
+    /// these headers itself: a public client could otherwise choose trace ids
+    /// (joining or polluting other traces) and force sampling.
+    pub trust_traceparent: bool,
     /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT`: BREAKS THE GUARANTEE, for the fault
-    /// suite only (default false). Answers 201 at once and writes the order 200 ms
+    /// suite only (default false; exists only with the `fault-injection` feature). Answers 201 at once and writes the order 200 ms
     /// later, ignoring a failed write (idempotency keys are ignored too): the fault suite
     /// runs with it to show that its checker reports the 201s that were lost.
+    #[cfg(feature = "fault-injection")]
     pub unsafe_reply_before_commit: bool,
 }
 
@@ -48,20 +56,52 @@ REQUEST_TIMEOUT longest a request may take; a slower one is answered 408 while i
 MAX_BODY_BYTES largest request body in bytes (default 65536)
 DEFAULT_CURRENCY ISO 4217 currency of orders that name none (default BRL)
 IDEMPOTENCY_KEY_TTL how long an Idempotency-Key is remembered; expired keys are purged hourly (default 24h)
-ORDERS_UNSAFE_REPLY_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: answer 201 before the order is stored (default false)"];
+HTTP_TRUST_TRACEPARENT true continues a client's W3C traceparent/tracestate; false drops them and starts a trace per request (default false: for a public API)",
+        #[cfg(feature = "fault-injection")]
+        "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT BREAKS THE GUARANTEE, for the fault suite only: answer 201 before the order is stored (default false)",
+    ];
 
     fn from_env() -> Result<Self, ConfigError> {
+        #[cfg(not(feature = "fault-injection"))]
+        plumbing::config::ignored_fault_switch("ORDERS_UNSAFE_REPLY_BEFORE_COMMIT");
         Ok(Self {
             service: ServiceConfig::from_env(Self::DEFAULTS)?,
             request_timeout: duration_or("REQUEST_TIMEOUT", Duration::from_secs(10))?,
             max_body_bytes: parse_or("MAX_BODY_BYTES", 64 * 1024)?,
             default_currency: var_or("DEFAULT_CURRENCY", "BRL"),
             idempotency_key_ttl: duration_or("IDEMPOTENCY_KEY_TTL", Duration::from_secs(86_400))?,
-            unsafe_reply_before_commit: parse_or("ORDERS_UNSAFE_REPLY_BEFORE_COMMIT", false)?,
+            trust_traceparent: parse_or("HTTP_TRUST_TRACEPARENT", false)?,
+            #[cfg(feature = "fault-injection")]
+            unsafe_reply_before_commit: plumbing::config::fault_switch(
+                "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT",
+                "orders are answered 201 before they are committed",
+            )?,
         })
     }
 
     fn service(&self) -> &ServiceConfig {
         &self.service
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "Pa55-s3cret";
+
+    #[test]
+    fn debug_shows_no_password() {
+        let config = Config {
+            service: devkit::configs_holding(PASSWORD).0,
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024,
+            default_currency: "BRL".into(),
+            idempotency_key_ttl: Duration::from_secs(60),
+            trust_traceparent: false,
+            #[cfg(feature = "fault-injection")]
+            unsafe_reply_before_commit: false,
+        };
+        devkit::assert_hides(PASSWORD, &config);
     }
 }

@@ -33,10 +33,12 @@ impl Service for Application {
     /// query outlive its request.
     fn check(config: &Config) -> anyhow::Result<()> {
         if !contracts::event::is_currency_code(&config.default_currency) {
-            anyhow::bail!(
-                "DEFAULT_CURRENCY={:?} is not a three-letter ISO 4217 code",
-                config.default_currency
-            );
+            return Err(plumbing::config::ConfigError {
+                name: "DEFAULT_CURRENCY".into(),
+                value: config.default_currency.clone(),
+                reason: "not a three-letter ISO 4217 code".into(),
+            }
+            .into());
         }
         let statement_timeout = config.service.pool.limits.statement_timeout;
         if statement_timeout.is_zero() || statement_timeout >= config.request_timeout {
@@ -51,21 +53,17 @@ impl Service for Application {
     }
 
     fn assemble(config: &Config, _db: DbConfig, pool: Pool) -> anyhow::Result<Self> {
-        if config.unsafe_reply_before_commit {
-            tracing::error!(
-                "ORDERS_UNSAFE_REPLY_BEFORE_COMMIT is set: orders are answered 201 before they are \
-                 committed and CAN BE LOST; this mode exists for the fault suite only"
-            );
-        }
         let state = AppState {
             pool,
             default_currency: Arc::from(config.default_currency.as_str()),
             metrics: Arc::new(ApiMetrics::default()),
+            #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: config.unsafe_reply_before_commit,
         };
         let limits = Limits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
+            trust_traceparent: config.trust_traceparent,
         };
         let key_ttl = config.idempotency_key_ttl;
         Ok(Self {

@@ -93,6 +93,7 @@ pub async fn create_order(
 /// order is returned at once and written 200 ms later in the background (a
 /// write-behind buffer); a failed write is only logged, and a process that stops
 /// meanwhile never writes it. For the fault suite's checker, never for use.
+#[cfg(feature = "fault-injection")]
 #[must_use]
 pub fn create_order_unsafely(pool: &Pool, new: &NewOrder, context: &RequestContext) -> Order {
     let (order, event) = prepare(new, context);

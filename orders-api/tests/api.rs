@@ -24,8 +24,8 @@ struct TestApp {
 
 impl TestApp {
     /// Starts the API on a free port over a fresh database (optionally reached
-    /// through `via`, a proxy).
-    async fn spawn_with(db: TestDatabase, via: Option<&TcpProxy>) -> Self {
+    /// through `via`, a proxy), trusting clients' trace context or not.
+    async fn spawn_with(db: TestDatabase, via: Option<&TcpProxy>, trust_traceparent: bool) -> Self {
         let config = Config {
             service: ServiceConfig {
                 pool: PoolOptions {
@@ -43,6 +43,8 @@ impl TestApp {
             max_body_bytes: 64 * 1024,
             default_currency: "BRL".into(),
             idempotency_key_ttl: Duration::from_secs(86_400),
+            trust_traceparent,
+            #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: false,
         };
         let shutdown = CancellationToken::new();
@@ -58,7 +60,7 @@ impl TestApp {
     }
 
     async fn spawn() -> Self {
-        Self::spawn_with(TestDatabase::create("api").await, None).await
+        Self::spawn_with(TestDatabase::create("api").await, None, false).await
     }
 
     async fn post_raw(
@@ -191,7 +193,8 @@ async fn an_untrusted_request_id_is_replaced_by_a_generated_one() {
 
 #[tokio::test]
 async fn request_id_and_trace_context_travel_with_the_event() {
-    let app = TestApp::spawn().await;
+    // Behind a gateway that sets them: HTTP_TRUST_TRACEPARENT=true.
+    let app = TestApp::spawn_with(TestDatabase::create("api").await, None, true).await;
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     let res = app
@@ -220,6 +223,38 @@ async fn request_id_and_trace_context_travel_with_the_event() {
         headers,
         json!({"x-correlation-id": "req-42", "traceparent": traceparent, "tracestate": "vendor=1"})
     );
+}
+
+#[tokio::test]
+async fn an_untrusted_trace_context_is_not_stored_with_the_event() {
+    // The default: a public client's traceparent and tracestate are dropped.
+    let app = TestApp::spawn().await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    let res = app
+        .http
+        .post(format!("{}/orders", app.base))
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-43")
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=1")
+        .body(r#"{"amount": "10"}"#)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let headers: Value = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT headers FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Tracing is not set up in this process: the request's own trace has no id
+    // to store, and the client's must not take its place.
+    assert_eq!(headers, json!({"x-correlation-id": "req-43"}));
 }
 
 #[tokio::test]
@@ -487,7 +522,7 @@ async fn health_is_plain_ok_and_ready_checks_the_database() {
 async fn database_outage_is_a_quick_503_then_recovers() {
     let db = TestDatabase::create("api_outage").await;
     let proxy = TcpProxy::start(&devkit::db::server_addr()).await;
-    let app = TestApp::spawn_with(db, Some(&proxy)).await;
+    let app = TestApp::spawn_with(db, Some(&proxy), false).await;
     let (status, _, _) = app.post(r#"{"amount": 1}"#).await;
     assert_eq!(status, StatusCode::CREATED);
 

@@ -39,7 +39,9 @@ pub struct RelaySettings {
     /// suite only (default false). Marks each batch published before publishing
     /// it and ignores the broker's answer: the naive at-most-once relay, which
     /// loses events when it dies or the broker fails in between. The fault suite
-    /// runs with it to show that its checker reports the loss.
+    /// runs with it to show that its checker reports the loss. Exists only with
+    /// the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
     pub unsafe_mark_before_publish: bool,
 }
 
@@ -55,6 +57,7 @@ impl Default for RelaySettings {
             retention: Duration::from_secs(7 * 86_400),
             purge_interval: Duration::from_secs(3_600),
             purge_batch: 1_000,
+            #[cfg(feature = "fault-injection")]
             unsafe_mark_before_publish: false,
         }
     }
@@ -97,11 +100,15 @@ RELAY_CONFIRM_TIMEOUT longest wait for a batch's confirms; unconfirmed rows go o
 RELAY_MAX_ATTEMPTS failed attempts after which a row is blocked until an operator acts (default 10)
 RELAY_RETENTION how long published rows are kept for replays (default 7d)
 RELAY_PURGE_INTERVAL how often one relay purges older rows (default 1h)
-RELAY_PURGE_BATCH rows deleted per statement by the purge (default 1000)
-RELAY_UNSAFE_MARK_BEFORE_PUBLISH BREAKS THE GUARANTEE, for the fault suite only: mark rows published before the broker has them (default false)"];
+RELAY_PURGE_BATCH rows deleted per statement by the purge (default 1000)",
+        #[cfg(feature = "fault-injection")]
+        "RELAY_UNSAFE_MARK_BEFORE_PUBLISH BREAKS THE GUARANTEE, for the fault suite only: mark rows published before the broker has them (default false)",
+    ];
 
     fn from_env() -> Result<Self, ConfigError> {
         let d = RelaySettings::default();
+        #[cfg(not(feature = "fault-injection"))]
+        plumbing::config::ignored_fault_switch("RELAY_UNSAFE_MARK_BEFORE_PUBLISH");
         Ok(Self {
             service: ServiceConfig::from_env(Self::DEFAULTS)?,
             broker: BrokerConfig::from_env()?,
@@ -118,9 +125,10 @@ RELAY_UNSAFE_MARK_BEFORE_PUBLISH BREAKS THE GUARANTEE, for the fault suite only:
                 purge_interval: duration_or("RELAY_PURGE_INTERVAL", d.purge_interval)?
                     .max(Duration::from_secs(1)),
                 purge_batch: parse_or("RELAY_PURGE_BATCH", d.purge_batch)?.clamp(1, 100_000),
-                unsafe_mark_before_publish: parse_or(
+                #[cfg(feature = "fault-injection")]
+                unsafe_mark_before_publish: plumbing::config::fault_switch(
                     "RELAY_UNSAFE_MARK_BEFORE_PUBLISH",
-                    d.unsafe_mark_before_publish,
+                    "events are marked published before the broker has them",
                 )?,
             },
         })
@@ -159,6 +167,19 @@ impl RelaySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PASSWORD: &str = "Pa55-s3cret";
+
+    #[test]
+    fn debug_shows_no_password() {
+        let (service, broker) = devkit::configs_holding(PASSWORD);
+        let config = Config {
+            service,
+            broker,
+            relay: RelaySettings::default(),
+        };
+        devkit::assert_hides(PASSWORD, &config);
+    }
 
     #[test]
     fn a_claim_must_outlive_its_publishing() {

@@ -23,7 +23,7 @@ use crate::{
 /// # Errors
 /// An invalid URL or an unreachable database.
 pub async fn connect(config: &Config) -> anyhow::Result<Pool> {
-    let db = plumbing::db::parse_url(&config.service.database_url)?;
+    let db = plumbing::db::parse_url(config.service.database_url.expose())?;
     let pool = plumbing::db::pool(db, config.service.pool.for_operator())?;
     plumbing::db::ping(&pool)
         .await
@@ -172,7 +172,7 @@ pub async fn run_replay(
     let metrics = RelayMetrics::default();
     let report = replay::replay(
         &pool,
-        &config.broker.url,
+        config.broker.url.expose(),
         &config.broker.topology(),
         &filter,
         options,

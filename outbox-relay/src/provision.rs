@@ -8,7 +8,7 @@
 use anyhow::{Context as _, bail};
 use plumbing::{
     broker::{self, Permissions},
-    config::{BrokerConfig, redact_url, var, var_or},
+    config::{BrokerConfig, Secret, redact_url, var, var_or},
     management::Management,
 };
 
@@ -29,13 +29,13 @@ WORKER_BROKER_PASSWORD provision-broker: the worker's broker password (required)
 /// One broker user to create or update.
 struct User {
     name: String,
-    password: String,
+    password: Secret,
     permissions: Permissions,
 }
 
 /// What `provision-broker` reads from the environment.
 pub struct Provisioning {
-    admin_url: String,
+    admin_url: Secret,
     broker: BrokerConfig,
     users: [User; 2],
 }
@@ -47,18 +47,22 @@ impl Provisioning {
     /// A required variable is missing, or both services would get one user, or a
     /// service would get the admin's user (provisioning would take its rights).
     pub fn from_env(broker: BrokerConfig) -> anyhow::Result<Self> {
-        let admin_url = var("BROKER_ADMIN_URL").context("BROKER_ADMIN_URL is not set")?;
+        let admin_url = var("BROKER_ADMIN_URL")
+            .map(Secret::url)
+            .context("BROKER_ADMIN_URL is not set")?;
         let topology = broker.topology();
         let users = [
             User {
                 name: var_or("RELAY_BROKER_USER", RELAY_USER),
                 password: var("RELAY_BROKER_PASSWORD")
+                    .map(Secret::new)
                     .context("RELAY_BROKER_PASSWORD is not set")?,
                 permissions: Permissions::relay(&topology),
             },
             User {
                 name: var_or("WORKER_BROKER_USER", WORKER_USER),
                 password: var("WORKER_BROKER_PASSWORD")
+                    .map(Secret::new)
                     .context("WORKER_BROKER_PASSWORD is not set")?,
                 permissions: Permissions::worker(&topology),
             },
@@ -82,7 +86,7 @@ impl Provisioning {
     /// # Errors
     /// The management API or the broker failed, with the reason.
     pub async fn run(&self) -> anyhow::Result<()> {
-        let admin = Management::new(&self.admin_url)?;
+        let admin = Management::new(self.admin_url.expose())?;
         for user in &self.users {
             if user.name == admin.user() {
                 bail!(
@@ -92,7 +96,7 @@ impl Provisioning {
             }
         }
         admin.check().await?;
-        let vhost = broker::vhost(&self.broker.url)?;
+        let vhost = broker::vhost(self.broker.url.expose())?;
         admin
             .ensure_vhost(&vhost)
             .await
@@ -100,7 +104,7 @@ impl Provisioning {
 
         // As the admin, over AMQP on the services' broker and vhost.
         let admin_amqp =
-            broker::with_credentials(&self.broker.url, admin.user(), admin.password())?;
+            broker::with_credentials(self.broker.url.expose(), admin.user(), admin.password())?;
         let shown = redact_url(&admin_amqp);
         let connection = broker::connect(&admin_amqp, "outbox-relay provision-broker")
             .await
@@ -112,7 +116,7 @@ impl Provisioning {
         let _ = connection.close(200, "provisioned".into()).await;
 
         for user in &self.users {
-            admin.put_user(&user.name, &user.password).await?;
+            admin.put_user(&user.name, user.password.expose()).await?;
             admin
                 .put_permissions(&vhost, &user.name, &user.permissions)
                 .await?;

@@ -47,7 +47,13 @@ impl Service for Application {
     /// The broker is connected lazily, with backoff, by the loop.
     fn assemble(config: &Config, db: DbConfig, pool: Pool) -> anyhow::Result<Self> {
         let topology = config.broker.topology();
-        let relay = Relay::new(pool, db, config.broker.url.clone(), topology, config.relay);
+        let relay = Relay::new(
+            pool,
+            db,
+            config.broker.url.expose().to_owned(),
+            topology,
+            config.relay,
+        );
         Ok(Self {
             relay,
             settings: config.relay,

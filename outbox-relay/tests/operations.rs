@@ -208,7 +208,10 @@ async fn purge_deletes_only_published_rows_older_than_the_window() {
 #[tokio::test]
 async fn metrics_describe_the_relay_and_the_outbox() {
     use outbox_relay::{config::Config, startup::Application};
-    use plumbing::{config::BrokerConfig, service::Service as _};
+    use plumbing::{
+        config::{BrokerConfig, Secret},
+        service::Service as _,
+    };
 
     let db = TestDatabase::migrated("relay_metrics", Database::Orders).await;
     let broker = TestBroker::new();
@@ -218,7 +221,7 @@ async fn metrics_describe_the_relay_and_the_outbox() {
     let config = Config {
         service: devkit::service_config(db.url.clone()),
         broker: BrokerConfig {
-            url: broker.url.clone(),
+            url: Secret::url(broker.url.clone()),
             namespace: broker.namespace.clone(),
         },
         relay: RelaySettings::default(),
@@ -329,7 +332,10 @@ async fn metrics_describe_the_relay_and_the_outbox() {
 async fn ready_only_while_the_database_and_the_broker_answer() {
     use devkit::proxy::TcpProxy;
     use outbox_relay::{config::Config, startup::Application};
-    use plumbing::{config::BrokerConfig, service::Service as _};
+    use plumbing::{
+        config::{BrokerConfig, Secret},
+        service::Service as _,
+    };
 
     let db = TestDatabase::migrated("relay_ready", Database::Orders).await;
     let broker = TestBroker::new();
@@ -338,7 +344,7 @@ async fn ready_only_while_the_database_and_the_broker_answer() {
     let config = Config {
         service: devkit::service_config(db.url_via(db_proxy.addr)),
         broker: BrokerConfig {
-            url: devkit::swap_host(&broker.url, broker_proxy.addr),
+            url: Secret::url(devkit::swap_host(&broker.url, broker_proxy.addr)),
             namespace: broker.namespace.clone(),
         },
         relay: RelaySettings {

@@ -3,16 +3,23 @@
 //! exits, `<binary> healthcheck` probes a running one; binaries add operator
 //! commands of their own. `--version` and `--help` name the binary, and `--help`
 //! says what it does and lists the environment variables it reads. Errors are
-//! logged with their whole chain and turn into a non-zero exit code.
+//! logged with their whole chain and turn into a non-zero exit code:
+//! [`EXIT_CONFIG`] (78) for a configuration error, 1 for any other failure.
 
 use std::{fmt::Write as _, future::Future, process::ExitCode};
 
 use clap::{FromArgMatches as _, Subcommand};
 
 use crate::{
-    config::{ServiceConfig, Settings},
+    config::{ConfigError, ServiceConfig, Settings},
     service::Service,
 };
+
+/// The exit code of a configuration error (`EX_CONFIG` of `sysexits.h`): a
+/// variable that does not parse or check, a database URL or TLS setting the
+/// driver cannot use. Retrying the same start cannot help, so an orchestrator or
+/// an operator can tell it from a failure that a restart may cure (exit 1).
+pub const EXIT_CONFIG: u8 = 78;
 
 /// The commands every service binary has.
 #[derive(Debug, Clone, Copy, Default, clap::Subcommand)]
@@ -133,7 +140,7 @@ async fn run_base<S: Service>(command: BaseCommand) -> ExitCode {
                 tracing::info!("stopped");
             }
             BaseCommand::Migrate => {
-                let url = &config.service().database_url;
+                let url = config.service().database_url.expose();
                 crate::db::migrate_command(url, S::ABOUT.database).await?;
             }
             BaseCommand::Healthcheck => unreachable!("handled above"),
@@ -153,7 +160,7 @@ async fn healthcheck<S: Service>() -> ExitCode {
         Ok(config) => config.service().port,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match crate::http::probe_health(port).await {
@@ -166,15 +173,29 @@ async fn healthcheck<S: Service>() -> ExitCode {
 }
 
 fn exit_code(name: &str, result: anyhow::Result<()>, operator: bool) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if operator => {
-            eprintln!("{name}: error: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            crate::telemetry::log_error(&format!("{name} failed"), &e);
-            ExitCode::FAILURE
-        }
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if operator {
+        eprintln!("{name}: error: {e:#}");
+    } else {
+        crate::telemetry::log_error(&format!("{name} failed"), &e);
     }
+    if is_config_error(&e) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Whether `e` comes from the configuration: a [`ConfigError`], or a database
+/// URL or TLS setting the driver refused (see [`EXIT_CONFIG`]).
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<ConfigError>()
+            || matches!(
+                cause.downcast_ref::<crate::db::DbError>(),
+                Some(crate::db::DbError::Url(_) | crate::db::DbError::Tls(_))
+            )
+    })
 }

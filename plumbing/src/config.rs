@@ -2,6 +2,8 @@
 
 use std::{fmt::Display, str::FromStr, time::Duration};
 
+use lapin::uri::AMQPUri;
+
 /// A configuration value that could not be understood.
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {name}={value:?} is invalid: {reason}")]
@@ -123,6 +125,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A switch that BREAKS A GUARANTEE on purpose, for the fault suite: `name` as a
+/// boolean (default false). Only a service built with its `fault-injection`
+/// feature calls it (see [`ignored_fault_switch`] for the others). When the switch
+/// is on, an error says so at start-up: `breaks` names what can be lost.
+///
+/// # Errors
+/// [`ConfigError`] when the value is not `true` or `false`.
+pub fn fault_switch(name: &str, breaks: &str) -> Result<bool, ConfigError> {
+    let on = parse_or(name, false)?;
+    if on {
+        tracing::error!(
+            "{name} is set: {breaks} and CAN BE LOST; this mode exists for the fault suite only"
+        );
+    }
+    Ok(on)
+}
+
+/// The other side of [`fault_switch`], in a build without fault injection (the
+/// shipped one): the switch does not exist, so the variable is not read as one
+/// (nor listed in `--help`); if it is set all the same, one warning says that it
+/// is ignored, so that nobody believes a guarantee was switched off.
+pub fn ignored_fault_switch(name: &str) {
+    if std::env::var_os(name).is_some() {
+        tracing::warn!("{name} is ignored: this build has no fault injection");
+    }
+}
+
 /// A service's configuration, as read from the environment.
 pub trait Settings: Sized + Send + Sync + 'static {
     /// Its defaults for `DATABASE_URL`, `PORT` and the pool.
@@ -144,8 +173,8 @@ pub trait Settings: Sized + Send + Sync + 'static {
 /// What every service reads: its database, its HTTP address, its pool.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// `DATABASE_URL`: the service's own database.
-    pub database_url: String,
+    /// `DATABASE_URL`: the service's own database (checked when read).
+    pub database_url: Secret,
     /// `HOST`: address of the HTTP endpoint (default `0.0.0.0`).
     pub host: String,
     /// `PORT`: port of the HTTP endpoint (0 picks a free one).
@@ -243,7 +272,7 @@ impl ServiceConfig {
     /// [`ConfigError`] naming the variable that does not parse.
     pub fn from_env(defaults: ServiceDefaults) -> Result<Self, ConfigError> {
         Ok(Self {
-            database_url: var_or("DATABASE_URL", defaults.database_url),
+            database_url: database_url("DATABASE_URL", defaults.database_url)?,
             host: var_or("HOST", "0.0.0.0"),
             port: parse_or("PORT", defaults.port)?,
             pool: crate::db::PoolOptions {
@@ -285,8 +314,8 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Where the broker is and which names to use there.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// `BROKER_URL`: RabbitMQ (`amqp://` or `amqps://`).
-    pub url: String,
+    /// `BROKER_URL`: RabbitMQ (`amqp://` or `amqps://`, checked when read).
+    pub url: Secret,
     /// `BROKER_NAMESPACE`: prefix of every exchange and queue name (default none).
     pub namespace: String,
 }
@@ -303,7 +332,7 @@ BROKER_NAMESPACE prefix of every exchange and queue name (default none)";
     /// [`ConfigError`] when the namespace is invalid.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            url: var_or("BROKER_URL", DEFAULT_BROKER_URL),
+            url: broker_url("BROKER_URL", DEFAULT_BROKER_URL)?,
             namespace: broker_namespace()?,
         })
     }
@@ -313,6 +342,30 @@ BROKER_NAMESPACE prefix of every exchange and queue name (default none)";
     pub fn topology(&self) -> contracts::Topology {
         contracts::Topology::namespaced(&self.namespace)
     }
+}
+
+/// The variable `name` as a PostgreSQL URL (or `key=value` string), or `default`.
+///
+/// # Errors
+/// [`ConfigError`] (password redacted) when the driver cannot read it.
+pub fn database_url(name: &str, default: &str) -> Result<Secret, ConfigError> {
+    let url = Secret::url(var_or(name, default));
+    crate::db::check_url(url.expose()).map_err(|e| url.invalid(name, &e.to_string()))?;
+    Ok(url)
+}
+
+/// The variable `name` as an AMQP URL, or `default`.
+///
+/// # Errors
+/// [`ConfigError`] (password redacted) when it is not an `amqp://` or
+/// `amqps://` URL the client can use.
+pub fn broker_url(name: &str, default: &str) -> Result<Secret, ConfigError> {
+    let url = Secret::url(var_or(name, default));
+    if !(url.expose().starts_with("amqp://") || url.expose().starts_with("amqps://")) {
+        return Err(url.invalid(name, "not an amqp:// or amqps:// URL"));
+    }
+    AMQPUri::from_str(url.expose()).map_err(|e| url.invalid(name, &e))?;
+    Ok(url)
 }
 
 /// `BROKER_NAMESPACE`: the prefix of every exchange and queue name (default none),
@@ -337,27 +390,220 @@ fn broker_namespace() -> Result<String, ConfigError> {
     }
 }
 
-/// A URL with its password replaced by `***`, safe to log.
+/// A setting that must never be shown: a password, a header value, a URL with
+/// credentials. `Debug` and `Display` show it redacted (a URL keeps its scheme,
+/// user, host and database, see [`redact_url`]), so a configuration holding it
+/// can be logged or printed whole; [`Secret::expose`] hands the value to the one
+/// place that needs it (the driver), and [`Secret::redact`] cleans a driver's
+/// message that echoes it.
+///
+/// Every setting with a secret in it is read into one: `Secret::url(var_or(…))`
+/// for a URL, `var(…).map(Secret::new)` for a password or token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    /// What `Debug` and `Display` show.
+    shown: String,
+    /// The parts of `value` that must not appear in any text shown (as written,
+    /// and percent-decoded as a driver may echo them).
+    hidden: Vec<String>,
+}
+
+impl Secret {
+    /// A secret shown as `***` whole (a password, a token, a header value).
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        let value = value.into();
+        Self {
+            shown: "***".to_owned(),
+            hidden: vec![value.clone()],
+            value,
+        }
+    }
+
+    /// A URL (or PostgreSQL `key=value` string) shown with its password hidden.
+    #[must_use]
+    pub fn url(value: impl Into<String>) -> Self {
+        let value = value.into();
+        let mut hidden = Vec::new();
+        for range in secret_ranges(&value) {
+            // A range without `//` holds `user:password`: the password alone
+            // (after any `:`) is hidden too, as a driver may quote it alone.
+            let part = &value[range];
+            let tails = part.match_indices(':').map(|(i, _)| &part[i + 1..]);
+            for piece in std::iter::once(part).chain(tails) {
+                hidden.push(piece.to_owned());
+                hidden.push(percent_decoded(piece));
+            }
+        }
+        // Longest first, so that no shorter one leaves a piece of a longer one.
+        hidden.sort_by_key(|part| std::cmp::Reverse(part.len()));
+        hidden.retain(|part| !part.is_empty());
+        hidden.dedup();
+        Self {
+            shown: redact_url(&value),
+            hidden,
+            value,
+        }
+    }
+
+    /// The value itself, for the driver that needs it. Never log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// `text` (say, a driver's error message about this value) with every
+    /// occurrence of the secret replaced by `***`.
+    #[must_use]
+    pub fn redact(&self, text: &str) -> String {
+        self.hidden.iter().fold(text.to_owned(), |text, part| {
+            text.replace(part.as_str(), "***")
+        })
+    }
+
+    /// A [`ConfigError`] for the variable `name` holding this value: the value
+    /// shown redacted, and `reason` (which may quote it) cleaned by
+    /// [`Secret::redact`].
+    #[must_use]
+    pub fn invalid(&self, name: &str, reason: &str) -> ConfigError {
+        ConfigError {
+            name: name.to_owned(),
+            value: self.shown.clone(),
+            reason: self.redact(reason),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({:?})", self.shown)
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// A URL with its password replaced by `***`, safe to log. Handles
+/// `scheme://user:password@host`, the forms a missing `//` leaves
+/// (`amqps:user:password@host`, `postgres:u:p@h`: everything between the first
+/// `:` and the last `@` is hidden, user included), and `password=…` parameters
+/// (a PostgreSQL `key=value` string, quoted or not, or a URL's query).
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
+    let mut out = String::with_capacity(url.len());
+    let mut at = 0;
+    for range in secret_ranges(url) {
+        out.push_str(&url[at..range.start]);
+        out.push_str("***");
+        at = range.end;
     }
+    out.push_str(&url[at..]);
+    out
+}
+
+/// Where the secrets of a URL or `key=value` string are: sorted, disjoint.
+fn secret_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<_> = userinfo_password(text)
+        .into_iter()
+        .chain(password_parameters(text))
+        .collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+/// The password of a URL's user information.
+fn userinfo_password(url: &str) -> Option<std::ops::Range<usize>> {
+    if let Some(scheme_end) = url.find("://").map(|i| i + 3) {
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        // A password with an unencoded `/` ends the authority early: then the
+        // last `@` anywhere, which hides too much rather than too little.
+        let at = rest[..authority_end]
+            .rfind('@')
+            .or_else(|| rest.rfind('@'))?;
+        let colon = rest[..at].find(':')?;
+        return Some(scheme_end + colon + 1..scheme_end + at);
+    }
+    // No `//`: `scheme:user:password@host` cannot be told from
+    // `user:password@host`, so everything after the first `:` goes.
+    let at = url.rfind('@')?;
+    let colon = url[..at].find(':')?;
+    Some(colon + 1..at)
+}
+
+/// The values of `password=` parameters (`sslpassword` too): quoted or up to the
+/// next space (or `&` and `#` in a URL's query).
+fn password_parameters(text: &str) -> Vec<std::ops::Range<usize>> {
+    let in_url = text.contains("://");
+    let lower = text.to_ascii_lowercase();
+    let mut ranges = Vec::new();
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let key_end = from + found + "password".len();
+        from = key_end;
+        let after = &text[key_end..];
+        let Some(eq) = after.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        let value = eq.trim_start();
+        let start = text.len() - value.len();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // libpq: a quoted value ends at the next unescaped quote.
+            let mut escaped = false;
+            let close = quoted.char_indices().find(|&(_, c)| {
+                let closes = c == '\'' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            });
+            start + 1 + close.map_or(quoted.len(), |(i, _)| i)
+        } else {
+            let stop = |c: char| c.is_whitespace() || (in_url && (c == '&' || c == '#'));
+            start + value.find(stop).unwrap_or(value.len())
+        };
+        let start = if value.starts_with('\'') {
+            start + 1
+        } else {
+            start
+        };
+        if end > start {
+            ranges.push(start..end);
+        }
+        from = end.max(from);
+    }
+    ranges
+}
+
+/// `text` with its `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if let (b'%', Some(hi), Some(lo)) = (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -393,5 +639,47 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("host=h user=u"), "host=h user=u");
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_malformed_urls_and_key_value_strings() {
+        let cases = [
+            ("amqps:user:secret@host", "amqps:***@host"),
+            ("postgres:u:p@h", "postgres:***@h"),
+            ("user:secret@host/db", "user:***@host/db"),
+            ("postgres://u:se/cret@h/db", "postgres://u:***@h/db"),
+            (
+                "host=h user=u password=secret dbname=x",
+                "host=h user=u password=*** dbname=x",
+            ),
+            (
+                "host=h password = 'se cr\\'et' dbname=x",
+                "host=h password = '***' dbname=x",
+            ),
+            ("host=h sslpassword=secret", "host=h sslpassword=***"),
+            (
+                "postgres://h/db?user=u&password=secret&sslmode=require",
+                "postgres://h/db?user=u&password=***&sslmode=require",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_secret_is_shown_redacted_and_cleans_messages_that_echo_it() {
+        let url = Secret::url("amqps:app:s%40cret@mq.example");
+        assert_eq!(url.expose(), "amqps:app:s%40cret@mq.example");
+        assert_eq!(format!("{url}"), "amqps:***@mq.example");
+        assert_eq!(format!("{url:?}"), "Secret(\"amqps:***@mq.example\")");
+        let echoed = "invalid URI 'amqps:app:s%40cret@mq.example' (password s@cret)";
+        let cleaned = url.redact(echoed);
+        assert!(!cleaned.contains("cret"), "{cleaned}");
+        let token = Secret::new("tok3n");
+        assert_eq!(format!("{token} {token:?}"), "*** Secret(\"***\")");
+        assert_eq!(token.redact("Bearer tok3n"), "Bearer ***");
+        let err = url.invalid("BROKER_URL", echoed);
+        assert!(!err.to_string().contains("cret"), "{err}");
     }
 }

@@ -175,7 +175,11 @@ fn provider(service: &'static str) -> (SdkTracerProvider, Export) {
     }
     match exporter.build() {
         Ok(exporter) => (builder.with_batch_exporter(exporter).build(), Export::Otlp),
-        Err(e) => (builder.build(), Export::Failed(e.to_string())),
+        // The message may quote the endpoint, whose URL may hold credentials.
+        Err(e) => (
+            builder.build(),
+            Export::Failed(crate::config::redact_url(&e.to_string())),
+        ),
     }
 }
 

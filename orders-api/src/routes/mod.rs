@@ -34,6 +34,7 @@ pub struct AppState {
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<crate::metrics::ApiMetrics>,
     /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT` (fault suite only; see the config).
+    #[cfg(feature = "fault-injection")]
     pub unsafe_reply_before_commit: bool,
 }
 
@@ -44,12 +45,16 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest a request may take before it is answered with 503.
     pub request_timeout: Duration,
+    /// Whether a client's `traceparent`/`tracestate` are continued (see
+    /// [`crate::config::Config::trust_traceparent`]).
+    pub trust_traceparent: bool,
 }
 
 /// The API's routes with `endpoints` (`/health`, `/ready`, `/metrics`), under
-/// its middleware: body limit, timeout, request id, request span.
+/// its middleware: body limit, timeout, request id, trace context, request span.
 pub fn router(state: AppState, limits: Limits, endpoints: Router) -> Router {
     let timeout = limits.request_timeout;
+    let trust_traceparent = limits.trust_traceparent;
     Router::new()
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get))
@@ -65,6 +70,9 @@ pub fn router(state: AppState, limits: Limits, endpoints: Router) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::map_request(drop_untrusted_request_id))
+                .layer(middleware::map_request(move |req: Request| async move {
+                    drop_untrusted_trace_context(req, trust_traceparent)
+                }))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -97,8 +105,23 @@ async fn drop_untrusted_request_id(mut req: Request) -> Request {
     req
 }
 
+/// Removes a client's W3C trace context unless it is trusted, before the request
+/// span is made: the request then starts a trace of its own, and that trace (not
+/// the client's) is stored with the event and continued by the relay and the
+/// worker. A public client must not choose the trace ids of our spans (joining
+/// someone else's trace, or flooding one) nor force them to be sampled.
+fn drop_untrusted_trace_context(mut req: Request, trusted: bool) -> Request {
+    if !trusted {
+        let headers = req.headers_mut();
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+    }
+    req
+}
+
 /// The server span of a request (OpenTelemetry HTTP semantic conventions),
-/// continuing the caller's trace when it sends a `traceparent`.
+/// continuing the caller's trace when it sends a `traceparent` that is trusted
+/// (see [`drop_untrusted_trace_context`]).
 fn request_span(req: &Request) -> tracing::Span {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let route = req

@@ -60,6 +60,7 @@ pub async fn create(
         }
     })?;
     let context = request_context(&headers);
+    #[cfg(feature = "fault-injection")]
     if state.unsafe_reply_before_commit {
         let order = store::create_order_unsafely(&state.pool, &new, &context);
         state.metrics.created.inc();
@@ -173,9 +174,10 @@ pub async fn get(
 }
 
 /// The request id and W3C trace context to store with the event: the context of
-/// this request's span (a child of the caller's trace, if it sent one), so that
-/// the relay and the worker continue the same trace. With tracing turned off, the
-/// caller's own valid `traceparent` is passed on unchanged.
+/// this request's span (a child of the caller's trace, if it sent one and it is
+/// trusted), so that the relay and the worker continue the same trace. With
+/// tracing turned off, the caller's own valid and trusted `traceparent` is passed
+/// on unchanged (an untrusted one was removed before).
 fn request_context(headers: &HeaderMap) -> RequestContext {
     let text = |name: &str| {
         headers

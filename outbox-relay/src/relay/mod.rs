@@ -26,6 +26,7 @@ use plumbing::{broker::BrokerError, db::DbConfig, publish::Lost};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "fault-injection")]
 mod marking_first;
 mod outcomes;
 
@@ -247,6 +248,7 @@ impl Relay {
     /// # Errors
     /// As [`Relay::run_once`].
     pub async fn drain(&mut self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
+        #[cfg(feature = "fault-injection")]
         if self.settings.unsafe_mark_before_publish {
             return self.drain_marking_first(shutdown).await;
         }
@@ -348,12 +350,6 @@ impl Relay {
     /// (exponential, jittered) while the database or broker is down. A batch in
     /// flight is finished — published, confirmed, marked — before returning.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        if self.settings.unsafe_mark_before_publish {
-            tracing::error!(
-                "RELAY_UNSAFE_MARK_BEFORE_PUBLISH is set: events are marked published before the \
-                 broker has them and CAN BE LOST; this mode exists for the fault suite only"
-            );
-        }
         let wake = Arc::new(Notify::new());
         self.listener = Some(Listener::new(
             &self.db_config,

@@ -11,7 +11,7 @@ use migrations::ServiceRole;
 use super::{
     Database, DbConfig, DbError, connect, db_message, is_transient, parse_url, quote_ident,
 };
-use crate::config::var;
+use crate::config::{Secret, var};
 
 /// Makes sure the configured database exists, creating it through the `postgres`
 /// maintenance database when it does not (the local default setup). When the role
@@ -65,11 +65,17 @@ pub async fn ensure_database(config: &DbConfig) -> Result<(), DbError> {
 pub async fn migrate(
     config: &DbConfig,
     database: Database,
-    logins: &[(ServiceRole, String)],
+    logins: &[(ServiceRole, Secret)],
 ) -> Result<usize, DbError> {
     ensure_database(config).await?;
     let mut client = connect(config).await?;
-    migrations::run(&mut client, database, logins)
+    // Exposed only here, for the statement that sets them (server-side, never
+    // in the statement's text).
+    let logins: Vec<(ServiceRole, String)> = logins
+        .iter()
+        .map(|(role, password)| (*role, password.expose().to_owned()))
+        .collect();
+    migrations::run(&mut client, database, &logins)
         .await
         .map_err(|source| DbError::Migrate { database, source })
 }
@@ -80,7 +86,7 @@ pub async fn migrate(
 /// What `migrate` and migrate-on-start give LOGIN; a role whose variable is
 /// unset is left as it is.
 #[must_use]
-pub fn logins_from_env(database: Database) -> Vec<(ServiceRole, String)> {
+pub fn logins_from_env(database: Database) -> Vec<(ServiceRole, Secret)> {
     database
         .service_roles()
         .iter()
@@ -90,15 +96,16 @@ pub fn logins_from_env(database: Database) -> Vec<(ServiceRole, String)> {
 
 /// The variable that holds `role`'s password, and its value if it is set.
 #[must_use]
-pub fn role_password(role: ServiceRole) -> (&'static str, Option<String>) {
-    match role {
+pub fn role_password(role: ServiceRole) -> (&'static str, Option<Secret>) {
+    let (variable, password) = match role {
         ServiceRole::OrdersApi => ("ORDERS_API_DB_PASSWORD", var("ORDERS_API_DB_PASSWORD")),
         ServiceRole::OutboxRelay => ("OUTBOX_RELAY_DB_PASSWORD", var("OUTBOX_RELAY_DB_PASSWORD")),
         ServiceRole::InvoicesWorker => (
             "INVOICES_WORKER_DB_PASSWORD",
             var("INVOICES_WORKER_DB_PASSWORD"),
         ),
-    }
+    };
+    (variable, password.map(Secret::new))
 }
 
 /// Applies migrations at start-up, waiting (with backoff) while the database is
@@ -149,7 +156,7 @@ pub async fn prepare(
     session_name: &str,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(DbConfig, Pool), DbError> {
-    let mut config = parse_url(&service.database_url)?;
+    let mut config = parse_url(service.database_url.expose())?;
     if config.application_name().is_none() {
         config = config.named(session_name);
     }

@@ -24,7 +24,7 @@ pub use migrate::{
 pub use migrations::{Database, OUTBOX_CHANNEL, ServiceRole};
 pub use session::{PoolOptions, SessionEvent, SessionLimits, connect, listen, pool};
 pub use store::{StoreError, ping, purge_in_batches};
-pub use url::{DbConfig, parse_url};
+pub use url::{DbConfig, check_url, parse_url};
 
 /// How long establishing one connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -118,8 +118,7 @@ impl std::fmt::Debug for DbConfig {
 /// [`DbError::Url`] when the URL does not parse, [`DbError::Tls`] when its TLS
 /// settings cannot be used.
 pub fn parse_url(url: &str) -> Result<DbConfig, DbError> {
-    let (rest, mode) = tls::split_url(url)?;
-    let mut config = Config::from_str(&rest).map_err(|e| DbError::Url(e.to_string()))?;
+    let (mut config, mode) = driver_config(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -136,6 +135,22 @@ pub fn parse_url(url: &str) -> Result<DbConfig, DbError> {
         url_options,
         limits: None,
     })
+}
+
+/// Checks that the driver can read `url` and that its `sslmode` is known, without
+/// loading certificates: for reading the configuration.
+///
+/// # Errors
+/// As [`parse_url`], except that certificate files are not read yet.
+pub fn check_url(url: &str) -> Result<(), DbError> {
+    driver_config(url).map(drop)
+}
+
+/// The driver's settings of `url` and its TLS mode.
+fn driver_config(url: &str) -> Result<(Config, tls::Mode), DbError> {
+    let (rest, mode) = tls::split_url(url)?;
+    let config = Config::from_str(&rest).map_err(|e| DbError::Url(e.to_string()))?;
+    Ok((config, mode))
 }
 
 /// Database name of a configuration (`postgres` when none is given, as libpq does).
