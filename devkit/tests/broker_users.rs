@@ -17,7 +17,7 @@ use lapin::{
     BasicProperties, Confirmation, Connection, ExchangeKind,
     options::{
         BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        QueueDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
     },
     types::FieldTable,
 };
@@ -188,8 +188,23 @@ async fn the_relay_user_may_declare_and_publish_to_its_exchange_and_nothing_else
         .await
         .unwrap();
     publish(&relay, &t.exchange, routing_key).await.unwrap();
+    // A deleted exchange takes its bindings: the relay binds the queue again.
+    plumbing::broker::restore_binding(&relay, t).await.unwrap();
 
     // What it must not.
+    let channel = relay.create_channel().await.unwrap();
+    assert_refused(
+        channel
+            .queue_bind(
+                short_string(&t.order_created_queue),
+                short_string(&t.dead_letter_exchange),
+                short_string(t.dead_letter_routing_key()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+        "bind the invoices queue to another exchange",
+    );
     assert_refused(
         get(&relay, &t.order_created_queue).await,
         "consume the invoices queue",

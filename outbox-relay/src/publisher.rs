@@ -41,6 +41,11 @@ impl Publisher {
         let connection = plumbing::broker::connect(url, "outbox-relay").await?;
         let channel = connection.create_channel().await?;
         plumbing::broker::declare_exchange(&channel, &topology).await?;
+        if let Err(e) = plumbing::broker::restore_binding(&connection, &topology).await {
+            // Publishing works without it; events are returned unroutable (and
+            // retried) until the worker binds its queue.
+            tracing::warn!(error = %e, "cannot bind the invoices queue to the exchange");
+        }
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

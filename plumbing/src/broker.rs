@@ -162,6 +162,11 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
             FieldTable::default(),
         )
         .await?;
+    bind_event_queue(channel, topology).await
+}
+
+/// Binds the invoices queue to the exchange for every event type it consumes.
+async fn bind_event_queue(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
     for event_type in [contracts::EventType::OrderCreated] {
         channel
             .queue_bind(
@@ -174,6 +179,35 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> lapin::
             .await?;
     }
     Ok(())
+}
+
+/// Binds the invoices queue to the exchange again, if the queue exists: what the
+/// relay does after declaring its exchange. An exchange that was deleted (by an
+/// operator, or lost by the broker) takes its bindings with it, and the relay
+/// re-declares it on reconnecting; without the binding, every event it publishes
+/// would come back unroutable until the worker next reconnects, which a worker
+/// that is consuming has no reason to do. Binding needs write access to the queue
+/// and read access to the exchange, nothing that lets the relay consume, purge or
+/// declare a queue.
+///
+/// On a channel of its own: binding a queue that does not exist yet (no worker
+/// has declared it) closes the channel it is asked on, and that is no error here.
+///
+/// # Errors
+/// The broker's error other than a missing queue, e.g. `ACCESS_REFUSED`.
+pub async fn restore_binding(connection: &Connection, topology: &Topology) -> lapin::Result<()> {
+    let channel = connection.create_channel().await?;
+    match bind_event_queue(&channel, topology).await {
+        Ok(()) => {
+            let _ = channel.close(200, "bound".into()).await;
+            Ok(())
+        }
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) => {
+            tracing::debug!(queue = %topology.order_created_queue, "no queue to bind yet");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What a broker user may do in its vhost: RabbitMQ's three regular expressions,
@@ -194,15 +228,16 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    /// The relay's: it declares the exchange ([`declare_exchange`]) and publishes
-    /// to it, nothing else. It cannot consume, bind, declare a queue or publish
-    /// to the dead-letter exchange.
+    /// The relay's: it declares the exchange ([`declare_exchange`]), binds the
+    /// invoices queue to it again ([`restore_binding`]) and publishes to it,
+    /// nothing else. It cannot consume, purge or declare a queue, nor publish to
+    /// the dead-letter exchange or through the default exchange.
     #[must_use]
     pub fn relay(topology: &Topology) -> Self {
         Self {
             configure: only(&[&topology.exchange]),
-            write: only(&[&topology.exchange]),
-            read: only(&[]),
+            write: only(&[&topology.exchange, &topology.order_created_queue]),
+            read: only(&[&topology.exchange]),
         }
     }
 
