@@ -12,8 +12,8 @@ use devkit::{broker::TestBroker, eventually, process::Service, tls_postgres::Tls
 /// The relay on a TLS-only server with `verify-full`: it holds an encrypted
 /// notification session, so an order that trickles in is published within
 /// milliseconds (a relay that could only poll, as it did when its notification
-/// session ignored the URL's TLS settings, takes up to its poll interval: p99
-/// about a second).
+/// session ignored the URL's TLS settings, takes up to its poll interval, set to
+/// 10 s here).
 #[tokio::test]
 async fn the_relay_listens_over_verified_tls_and_publishes_a_trickle_within_milliseconds() {
     let pg = TlsPostgres::start().unwrap();
@@ -41,7 +41,11 @@ async fn the_relay_listens_over_verified_tls_and_publishes_a_trickle_within_mill
         ]
     };
     let api = Service::spawn("orders-api", &env(&url), false).await;
-    let relay = Service::spawn("outbox-relay", &env(&url), false).await;
+    // A relay that could only poll would take up to this long: seconds, far
+    // beyond the bound below, however slow the machine is.
+    let mut relay_env = env(&url);
+    relay_env.push(("RELAY_POLL_INTERVAL", "10s".to_owned()));
+    let relay = Service::spawn("outbox-relay", &relay_env, false).await;
     let db = plumbing::db::connect(&plumbing::db::parse_url(&url).unwrap())
         .await
         .unwrap();
@@ -104,9 +108,11 @@ async fn the_relay_listens_over_verified_tls_and_publishes_a_trickle_within_mill
         .unwrap();
     let (count, p50, p99): (i64, f64, f64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(count, 200);
+    // Woken by notifications: milliseconds (debug builds on a shared 2-core
+    // machine measure p99 12-40 ms); by polling alone: up to 10 s.
     assert!(
-        p99 < 0.020,
-        "commit→publish over verified TLS: p50 {:.1} ms, p99 {:.1} ms (bound 20 ms)",
+        p99 < 0.100,
+        "commit→publish over verified TLS: p50 {:.1} ms, p99 {:.1} ms (bound 100 ms)",
         p50 * 1e3,
         p99 * 1e3
     );
