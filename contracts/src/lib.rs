@@ -5,11 +5,13 @@
 //! This crate does no I/O; the services translate to and from AMQP with these types.
 
 pub mod currency;
+pub mod customer;
 pub mod event;
 pub mod headers;
 pub mod topology;
 
 pub use currency::{Currency, CurrencyError};
+pub use customer::{CustomerId, CustomerIdError};
 pub use event::{DecodeError, Event, EventType, InboundMessage, OrderCreatedV1};
 pub use topology::Topology;
 
