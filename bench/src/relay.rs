@@ -145,6 +145,7 @@ pub async fn run(scale: Scale) -> Section {
 pub(crate) async fn sample_event(db: &TestDatabase) -> (serde_json::Value, serde_json::Value) {
     orders_api::store::create_order(
         &db.pool(),
+        &devkit::messages::customer(),
         &NewOrder {
             id: uuid::Uuid::now_v7(),
             amount: Amount::from_cents(2999).unwrap(),
@@ -256,9 +257,14 @@ async fn latency(
             amount: Amount::from_cents(100 + i64::try_from(i).unwrap()).unwrap(),
             currency: contracts::Currency::BRL,
         };
-        orders_api::store::create_order(&pool, &new, &RequestContext::default())
-            .await
-            .unwrap();
+        orders_api::store::create_order(
+            &pool,
+            &devkit::messages::customer(),
+            &new,
+            &RequestContext::default(),
+        )
+        .await
+        .unwrap();
         let committed = Instant::now();
         tokio::time::timeout(Duration::from_secs(5), seen.recv())
             .await

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::Currency;
+use crate::{Currency, CustomerId};
 
 /// Largest order amount the pipeline accepts, in minor units (1,000,000.00).
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000;
@@ -47,6 +47,24 @@ impl EventType {
 ///
 /// Money is in integer minor units; there is no floating-point amount on the wire.
 /// Deserializing checks every value (see [`OrderCreatedV1::validate`]).
+///
+/// # How the contract evolves
+///
+/// The schema version (the [`crate::headers::SCHEMA_VERSION`] header) is a
+/// *major* version: it changes only when a consumer that does not know the change
+/// would misread the event. Within a version:
+/// - a field may be **added**, optional (absent in events written before it):
+///   consumers ignore fields they do not know, so an older consumer reads a newer
+///   event, and a newer consumer reads an older one as "not given";
+/// - nothing is ever removed, renamed, retyped or given a new meaning.
+///
+/// Revisions of version 1: `1.0` (`order_id`, `amount_cents`, `currency`,
+/// `created_at`); `1.1` adds `customer_id`. Any other change is a new version
+/// (`OrderCreatedV2`, schema version 2): a consumer that does not know it
+/// refuses it loudly (dead-lettered as `unsupported-version`, counted, alerted
+/// on) instead of guessing; it is published only once every consumer reads it.
+/// `devkit/tests/event_compatibility.rs` pins every revision's wire format and
+/// keeps the decoder of 1.0 to check both directions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "OrderCreatedV1Body")]
 pub struct OrderCreatedV1 {
@@ -59,6 +77,10 @@ pub struct OrderCreatedV1 {
     /// When the order was stored, RFC 3339.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The customer the order belongs to (since 1.1; absent in events written
+    /// before orders had customers, and then not sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
 }
 
 /// The body of an `OrderCreated` v1 message as it arrives, before its values are
@@ -71,6 +93,8 @@ struct OrderCreatedV1Body {
     currency: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    #[serde(default)]
+    customer_id: Option<String>,
 }
 
 impl TryFrom<OrderCreatedV1Body> for OrderCreatedV1 {
@@ -79,11 +103,17 @@ impl TryFrom<OrderCreatedV1Body> for OrderCreatedV1 {
     fn try_from(body: OrderCreatedV1Body) -> Result<Self, DecodeError> {
         let currency = Currency::try_from(body.currency.as_str())
             .map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        let customer_id = body
+            .customer_id
+            .map(CustomerId::try_from)
+            .transpose()
+            .map_err(|e| DecodeError::Invalid(e.to_string()))?;
         let event = Self {
             order_id: body.order_id,
             amount_cents: body.amount_cents,
             currency,
             created_at: body.created_at,
+            customer_id,
         };
         event.validate()?;
         Ok(event)
@@ -378,6 +408,7 @@ mod tests {
             amount_cents: 2999,
             currency: Currency::BRL,
             created_at: datetime!(2026-11-27 12:34:56.789 UTC),
+            customer_id: None,
         }
     }
 
@@ -559,14 +590,20 @@ mod fuzz {
             "[A-Z]{3}",
             // 2000-01-01 .. 2100-01-01, microsecond precision.
             946_684_800_000_000_i64..4_102_444_800_000_000,
+            prop::option::of("[a-zA-Z0-9|@._-]{1,64}"),
         )
-            .prop_map(|(id, amount_cents, currency, micros)| OrderCreatedV1 {
-                order_id: Uuid::from_u128(id),
-                amount_cents,
-                currency: Currency::try_from(currency.as_str()).unwrap(),
-                created_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+            .prop_map(
+                |(id, amount_cents, currency, micros, customer)| OrderCreatedV1 {
+                    order_id: Uuid::from_u128(id),
+                    amount_cents,
+                    currency: Currency::try_from(currency.as_str()).unwrap(),
+                    created_at: OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(micros) * 1_000,
+                    )
                     .unwrap(),
-            })
+                    customer_id: customer.map(|c| CustomerId::try_from(c).unwrap()),
+                },
+            )
     }
 
     /// Bodies near the real thing: valid JSON with values of every type in the
@@ -662,6 +699,7 @@ mod fuzz {
                     e.amount_cents != event.amount_cents,
                     e.currency != event.currency,
                     e.created_at != event.created_at,
+                    e.customer_id != event.customer_id,
                 ];
                 prop_assert!(
                     changed.iter().filter(|c| **c).count() <= 1,
@@ -695,6 +733,7 @@ mod fuzz {
                 amount_cents: 1,
                 currency: Currency::BRL,
                 created_at: OffsetDateTime::UNIX_EPOCH,
+                customer_id: None,
             })
             .unwrap();
             let message = InboundMessage {

@@ -52,6 +52,27 @@ impl TestDatabase {
         }
     }
 
+    /// Creates a database with `database`'s migrations applied up to and
+    /// including `version` only: the schema an upgrade starts from. Then
+    /// [`TestDatabase::upgrade`] applies the rest.
+    pub async fn at_version(label: &str, database: Database, version: i32) -> Self {
+        let db = Self::create(label).await;
+        migrations::run_until(&mut db.client().await, database, version)
+            .await
+            .unwrap_or_else(|e| panic!("migrating {} to V{version}: {e:?}", db.name));
+        db
+    }
+
+    /// Applies every migration of `database` not applied yet, as a deploy's
+    /// `migrate` step does, and lets the service roles log in.
+    pub async fn upgrade(&self, database: Database) {
+        let config = plumbing::db::parse_url(&self.url).unwrap();
+        plumbing::db::migrate(&config, database, &[])
+            .await
+            .unwrap_or_else(|e| panic!("upgrading {}: {e:?}", self.name));
+        allow_logins(database).await;
+    }
+
     /// Creates a database with `database`'s migrations applied (by the server's
     /// administrator, who owns the schema), whose service roles may log in
     /// (see [`TestDatabase::role_url`]).

@@ -10,6 +10,7 @@ pub mod broker;
 pub mod db;
 pub mod faults;
 pub mod hostile;
+pub mod legacy;
 pub mod messages;
 pub mod process;
 pub mod proxy;

@@ -6,14 +6,36 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-/// A new order's event with a fresh order id.
+/// The customer of the events [`order_created`] makes, and of orders tests
+/// write without naming one.
+pub const CUSTOMER: &str = "customer-1";
+
+/// [`CUSTOMER`] as a customer id.
+#[must_use]
+pub fn customer() -> contracts::CustomerId {
+    contracts::CustomerId::try_from(CUSTOMER).unwrap()
+}
+
+/// A new order's event with a fresh order id, as an API of today writes it
+/// (revision 1.1: with its customer).
 #[must_use]
 pub fn order_created(cents: i64) -> OrderCreatedV1 {
+    OrderCreatedV1 {
+        customer_id: Some(customer()),
+        ..order_created_v1_0(cents)
+    }
+}
+
+/// A new order's event as an API from before customers wrote it (revision 1.0:
+/// no `customer_id` on the wire).
+#[must_use]
+pub fn order_created_v1_0(cents: i64) -> OrderCreatedV1 {
     OrderCreatedV1 {
         order_id: uuid::Uuid::now_v7(),
         amount_cents: cents,
         currency: contracts::Currency::BRL,
         created_at: time::OffsetDateTime::now_utc(),
+        customer_id: None,
     }
 }
 

@@ -24,6 +24,7 @@ async fn relay_crash_after_publish_before_mark_still_gives_one_invoice() {
     broker.declare().await;
     let order = orders_api::store::create_order(
         &orders.pool(),
+        &devkit::messages::customer(),
         &NewOrder {
             id: uuid::Uuid::now_v7(),
             amount: Amount::from_cents(1234).unwrap(),
@@ -118,6 +119,7 @@ async fn a_replay_redelivers_the_same_ids_and_still_one_invoice_per_order() {
     for cents in [100, 200, 300, 400] {
         let order = orders_api::store::create_order(
             &orders.pool(),
+            &devkit::messages::customer(),
             &NewOrder {
                 id: uuid::Uuid::now_v7(),
                 amount: Amount::from_cents(cents).unwrap(),

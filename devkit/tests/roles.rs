@@ -73,21 +73,38 @@ async fn the_api_may_write_orders_with_their_events_but_never_change_an_event() 
     let context = RequestContext::default();
 
     // Everything the API does.
-    let order = orders_api::store::create_order(&api, &new_order(), &context)
-        .await
-        .unwrap();
+    let order = orders_api::store::create_order(
+        &api,
+        &devkit::messages::customer(),
+        &new_order(),
+        &context,
+    )
+    .await
+    .unwrap();
     let key = IdempotencyKey {
         key: "roles-test".into(),
         fingerprint: "2999 BRL".into(),
     };
-    orders_api::store::create_order_once(&api, &new_order(), &context, &key)
-        .await
-        .unwrap();
-    orders_api::store::create_order_once(&api, &new_order(), &context, &key)
-        .await
-        .unwrap();
+    orders_api::store::create_order_once(
+        &api,
+        &devkit::messages::customer(),
+        &new_order(),
+        &context,
+        &key,
+    )
+    .await
+    .unwrap();
+    orders_api::store::create_order_once(
+        &api,
+        &devkit::messages::customer(),
+        &new_order(),
+        &context,
+        &key,
+    )
+    .await
+    .unwrap();
     assert!(
-        orders_api::store::find_order(&api, order.id)
+        orders_api::store::find_order(&api, &devkit::messages::customer(), order.id)
             .await
             .unwrap()
             .is_some()
@@ -125,9 +142,14 @@ async fn the_relay_may_publish_block_skip_replay_and_purge_events_but_never_read
     let db = TestDatabase::migrated("roles_relay", Database::Orders).await;
     let admin = db.pool();
     for _ in 0..3 {
-        orders_api::store::create_order(&admin, &new_order(), &RequestContext::default())
-            .await
-            .unwrap();
+        orders_api::store::create_order(
+            &admin,
+            &devkit::messages::customer(),
+            &new_order(),
+            &RequestContext::default(),
+        )
+        .await
+        .unwrap();
     }
     let relay = db.pool_as(ServiceRole::OutboxRelay);
 

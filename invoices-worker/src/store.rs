@@ -29,17 +29,19 @@ pub use plumbing::db::StoreError;
 const RECORD_AND_INVOICE: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
-                         $6::timestamptz[])
-        AS t(message_id, invoice_id, order_id, amount_cents, currency, order_created_at)
+                         $6::timestamptz[], $7::text[])
+        AS t(message_id, invoice_id, order_id, amount_cents, currency, order_created_at,
+             customer_id)
 ), seen AS (
     INSERT INTO processed_messages (message_id)
     SELECT message_id FROM input
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id
 ), invoice AS (
-    INSERT INTO invoices (id, order_id, message_id, amount_cents, currency, order_created_at)
+    INSERT INTO invoices (id, order_id, message_id, amount_cents, currency, order_created_at,
+                          customer_id)
     SELECT input.invoice_id, input.order_id, input.message_id, input.amount_cents,
-           input.currency, input.order_created_at
+           input.currency, input.order_created_at, input.customer_id
     FROM input JOIN seen USING (message_id)
     ON CONFLICT (order_id) DO NOTHING
     RETURNING message_id, id
@@ -67,6 +69,7 @@ pub async fn record_invoices(
     let mut amounts = Vec::with_capacity(events.len());
     let mut currencies = Vec::with_capacity(events.len());
     let mut created = Vec::with_capacity(events.len());
+    let mut customers = Vec::with_capacity(events.len());
     for (message_id, event) in events {
         message_ids.push(*message_id);
         invoice_ids.push(Uuid::now_v7());
@@ -74,6 +77,13 @@ pub async fn record_invoices(
         amounts.push(event.amount_cents);
         currencies.push(event.currency.as_str());
         created.push(event.created_at);
+        // None for an event of 1.0, written before orders had customers.
+        customers.push(
+            event
+                .customer_id
+                .as_ref()
+                .map(contracts::CustomerId::as_str),
+        );
     }
     let client = pool.get().await?;
     let statement = client.prepare_cached(RECORD_AND_INVOICE).await?;
@@ -87,6 +97,7 @@ pub async fn record_invoices(
                 &amounts,
                 &currencies,
                 &created,
+                &customers,
             ],
         )
         .await?;
@@ -117,6 +128,9 @@ pub struct Invoice {
     pub id: Uuid,
     /// The order it bills.
     pub order_id: Uuid,
+    /// The order's customer; `null` for an order from before orders had
+    /// customers (an `OrderCreated` 1.0 event).
+    pub customer_id: Option<String>,
     /// Amount in cents.
     pub amount_cents: i64,
     /// ISO 4217 code.
@@ -139,7 +153,8 @@ pub async fn find_invoice(pool: &Pool, order_id: Uuid) -> Result<Option<Invoice>
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT id, order_id, amount_cents, currency, message_id, order_created_at, created_at
+            "SELECT id, order_id, amount_cents, currency, message_id, order_created_at, created_at,
+                    customer_id
              FROM invoices WHERE order_id = $1",
         )
         .await?;
@@ -154,6 +169,7 @@ pub async fn find_invoice(pool: &Pool, order_id: Uuid) -> Result<Option<Invoice>
         message_id: r.try_get(4)?,
         order_created_at: r.try_get(5)?,
         created_at: r.try_get(6)?,
+        customer_id: r.try_get(7)?,
     }))
 }
 

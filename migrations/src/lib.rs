@@ -163,6 +163,26 @@ pub async fn run(
     Ok(applied.len())
 }
 
+/// Applies the migrations of `database` up to and including `version`, and no
+/// further: for tests that start from an earlier schema with data in it, as an
+/// upgrade finds it. Returns how many were applied.
+///
+/// # Errors
+/// [`MigrateError::Apply`] when a migration fails.
+pub async fn run_until(
+    client: &mut Client,
+    database: Database,
+    version: i32,
+) -> Result<usize, MigrateError> {
+    let report = database
+        .runner()
+        .set_target(refinery::Target::Version(version))
+        .run_async(client)
+        .await
+        .map_err(MigrateError::Apply)?;
+    Ok(report.applied_migrations().len())
+}
+
 /// Gives `role` LOGIN with `password`. The statement is built by the server
 /// (`format` with `%I` and `%L`), never by concatenating text here, and run
 /// inside a `DO` block, whose statements the server's `log_statement` does not

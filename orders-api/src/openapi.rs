@@ -162,10 +162,15 @@ impl Modify for OperationalEndpoints {
     ),
     paths(
         crate::routes::orders::create,
+        crate::routes::orders::list,
         crate::routes::orders::get,
         crate::routes::openapi,
     ),
-    components(schemas(crate::domain::CreateOrderRequest, crate::domain::order::OrderBody)),
+    components(schemas(
+        crate::domain::CreateOrderRequest,
+        crate::domain::order::OrderBody,
+        crate::routes::orders::OrderPage
+    )),
     modifiers(&ProblemSchema, &OperationalEndpoints)
 )]
 pub struct ApiDoc;

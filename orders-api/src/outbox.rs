@@ -45,6 +45,7 @@ impl OutboxEvent {
             amount_cents: order.amount.cents(),
             currency: order.currency,
             created_at: order.created_at,
+            customer_id: Some(order.customer_id.clone()),
         });
         let mut headers = Map::new();
         for (name, value) in [
@@ -91,6 +92,7 @@ mod tests {
     fn order_created_event_carries_the_order_and_context() {
         let order = Order {
             id: Uuid::nil(),
+            customer_id: contracts::CustomerId::try_from("customer-7").unwrap(),
             amount: Amount::from_cents(2999).unwrap(),
             currency: contracts::Currency::BRL,
             created_at: time::macros::datetime!(2026-11-27 10:00 UTC),
@@ -104,6 +106,7 @@ mod tests {
         assert_eq!(e.event_type, "OrderCreated");
         assert_eq!(e.schema_version, 1);
         assert_eq!(e.payload["amount_cents"], 2999);
+        assert_eq!(e.payload["customer_id"], "customer-7");
         assert_eq!(e.headers["x-correlation-id"], "req-1");
         assert!(e.headers.get("tracestate").is_none());
     }

@@ -67,9 +67,10 @@ impl Fixture {
             request_id: Some(format!("req-{cents}")),
             ..RequestContext::default()
         };
-        let order = orders_api::store::create_order(&pool, &new, &context)
-            .await
-            .unwrap();
+        let order =
+            orders_api::store::create_order(&pool, &devkit::messages::customer(), &new, &context)
+                .await
+                .unwrap();
         let message_id: Uuid = self
             .db
             .client()

@@ -1,6 +1,6 @@
 //! Orders: the request body, the validated new order and the stored order.
 
-use contracts::Currency;
+use contracts::{Currency, CustomerId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -73,6 +73,8 @@ impl NewOrder {
 pub struct Order {
     /// Id.
     pub id: Uuid,
+    /// The customer it belongs to.
+    pub customer_id: CustomerId,
     /// Amount.
     pub amount: Amount,
     /// ISO 4217 code.
@@ -87,6 +89,9 @@ pub struct Order {
 pub struct OrderBody {
     /// Order id (UUIDv7).
     pub id: Uuid,
+    /// The customer the order belongs to: the `sub` of the token that created it.
+    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    pub customer_id: CustomerId,
     /// The amount as a number with two decimal places.
     #[schema(value_type = f64)]
     pub amount: Box<RawValue>,
@@ -109,6 +114,7 @@ impl Order {
     pub fn to_body(&self) -> Result<OrderBody, serde_json::Error> {
         Ok(OrderBody {
             id: self.id,
+            customer_id: self.customer_id.clone(),
             amount: self.amount.to_json_number()?,
             amount_cents: self.amount.cents(),
             currency: self.currency,

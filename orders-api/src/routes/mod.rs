@@ -56,7 +56,10 @@ pub fn router(state: AppState, limits: Limits, endpoints: Router) -> Router {
     let timeout = limits.request_timeout;
     let trust_traceparent = limits.trust_traceparent;
     Router::new()
-        .route("/orders", axum::routing::post(orders::create))
+        .route(
+            "/orders",
+            axum::routing::post(orders::create).get(orders::list),
+        )
         .route("/orders/{id}", get(orders::get))
         .route("/openapi.json", get(openapi))
         .with_state(state)

@@ -1,8 +1,8 @@
-//! `POST /orders` and `GET /orders/{id}`.
+//! `POST /orders`, `GET /orders` and `GET /orders/{id}`: a customer's orders.
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{AppState, REQUEST_ID};
 use crate::{
+    auth::Caller,
     domain::{
         CreateOrderRequest, NewOrder, Order,
         order::{OrderBody, OrderError},
@@ -17,10 +18,11 @@ use crate::{
     error::ApiError,
     extract::JsonBody,
     outbox::{RequestContext, is_valid_traceparent},
-    store::{self, IdempotencyKey, Keyed},
+    store::{self, After, IdempotencyKey, Keyed},
 };
 
-/// Creates an order and its `OrderCreated` event in one transaction.
+/// Creates an order of the calling customer and its `OrderCreated` event in one
+/// transaction.
 #[utoipa::path(
     post,
     path = "/orders",
@@ -46,6 +48,7 @@ use crate::{
 )]
 pub async fn create(
     State(state): State<AppState>,
+    Caller(customer): Caller,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
@@ -62,16 +65,16 @@ pub async fn create(
     let context = request_context(&headers);
     #[cfg(feature = "fault-injection")]
     if state.unsafe_reply_before_commit {
-        let order = store::create_order_unsafely(&state.pool, &new, &context);
+        let order = store::create_order_unsafely(&state.pool, &customer, &new, &context);
         state.metrics.created.inc();
         return created(&order);
     }
     let Some(key) = idempotency_key(&headers, &new)? else {
-        let order = store::create_order(&state.pool, &new, &context).await?;
+        let order = store::create_order(&state.pool, &customer, &new, &context).await?;
         state.metrics.created.inc();
         return created(&order);
     };
-    match store::create_order_once(&state.pool, &new, &context, &key).await? {
+    match store::create_order_once(&state.pool, &customer, &new, &context, &key).await? {
         Keyed::Created(order) => {
             state.metrics.created.inc();
             created(&order)
@@ -142,7 +145,7 @@ fn idempotency_key(
     }))
 }
 
-/// Returns one order.
+/// Returns one of the calling customer's orders.
 #[utoipa::path(
     get,
     path = "/orders/{id}",
@@ -151,26 +154,144 @@ fn idempotency_key(
     responses(
         (status = 200, description = "The order", body = OrderBody),
         (status = 400, description = "The id is not a UUID", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
-        (status = 404, description = "No such order", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 404, description = "No such order of the calling customer (another customer's order is not found either)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
     ),
     tag = "orders"
 )]
 pub async fn get(
     State(state): State<AppState>,
+    Caller(customer): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::BadRequest {
         code: "invalid_id",
         detail: "order id must be a UUID".into(),
     })?;
-    let order = store::find_order(&state.pool, id)
+    let order = store::find_order(&state.pool, &customer, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} does not exist")))?;
     let body = order
         .to_body()
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
     Ok(Json(body).into_response())
+}
+
+/// Orders per page of `GET /orders` unless `limit` says otherwise.
+const DEFAULT_PAGE: i64 = 20;
+/// Largest `limit` of `GET /orders`.
+const MAX_PAGE: i64 = 100;
+
+/// Query of `GET /orders`, taken as text so that a bad value gets our own
+/// problem body.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Orders per page, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page; absent for the first page.
+    #[param(value_type = Option<String>, pattern = "^[0-9a-f]{1,16}-[0-9a-f]{32}$")]
+    cursor: Option<String>,
+}
+
+/// A page of the calling customer's orders, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = OrderPage)]
+pub struct OrderPage {
+    /// The orders, newest first.
+    orders: Vec<OrderBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Lists the calling customer's orders, newest first, a page at a time.
+///
+/// Pages follow each other by cursor (keyset pagination): orders created while a
+/// client pages through appear at the start of the list and never shift, repeat
+/// or hide the orders of the pages that follow.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    operation_id = "list_orders",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "An invalid limit or cursor", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+    ),
+    tag = "orders"
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(customer): Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest {
+        code: "invalid_query",
+        detail: e.body_text(),
+    })?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::BadRequest {
+                code: "invalid_limit",
+                detail: format!("limit must be an integer from 1 to {MAX_PAGE}"),
+            })?,
+    };
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|text| {
+            parse_cursor(text).ok_or_else(|| ApiError::BadRequest {
+                code: "invalid_cursor",
+                detail: "cursor is not a next_cursor this API returned".into(),
+            })
+        })
+        .transpose()?;
+    // One more than asked: whether it comes tells whether there is a next page.
+    let mut orders = store::list_orders(&state.pool, &customer, limit + 1, after).await?;
+    let more = orders.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    orders.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = more
+        .then(|| orders.last().map(|o| cursor(o.created_at, o.id)))
+        .flatten();
+    let orders = orders
+        .iter()
+        .map(Order::to_body)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+    Ok(Json(OrderPage {
+        orders,
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// The cursor of the page after the order created at `created_at` with `id`:
+/// its creation time in microseconds since the epoch and its id, in hex. Opaque
+/// to clients.
+fn cursor(created_at: time::OffsetDateTime, id: Uuid) -> String {
+    let micros = created_at.unix_timestamp_nanos() / 1_000;
+    // Orders are created after 1970: the time is positive and fits in 64 bits.
+    let micros = u64::try_from(micros).unwrap_or_default();
+    format!("{micros:x}-{}", id.simple())
+}
+
+/// The position a [`cursor`] names, if `text` is one.
+fn parse_cursor(text: &str) -> Option<After> {
+    let (micros, id) = text.split_once('-')?;
+    if micros.is_empty() || micros.len() > 16 || id.len() != 32 {
+        return None;
+    }
+    let micros = u64::from_str_radix(micros, 16).ok()?;
+    let created_at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()?;
+    let id = Uuid::try_parse(id).ok()?;
+    Some(After { created_at, id })
 }
 
 /// The request id and W3C trace context to store with the event: the context of
@@ -200,5 +321,30 @@ fn request_context(headers: &HeaderMap) -> RequestContext {
             .map(|s| s.chars().take(128).collect()),
         tracestate: tracestate.map(|s| s.chars().take(512).collect()),
         traceparent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_names_the_order_it_was_made_from() {
+        let created_at = time::macros::datetime!(2026-12-03 10:11:12.345678 UTC);
+        let id = Uuid::now_v7();
+        let text = cursor(created_at, id);
+        assert_eq!(parse_cursor(&text), Some(After { created_at, id }));
+        for bad in [
+            "",
+            "-",
+            "x-y",
+            &format!("-{}", id.simple()),
+            &format!("{}-{}", "f".repeat(17), id.simple()),
+            &format!("zz-{}", id.simple()),
+            &format!("10-{id}"),
+            "ffffffffffffffff-00000000000000000000000000000000",
+        ] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
     }
 }
