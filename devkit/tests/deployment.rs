@@ -254,6 +254,7 @@ fn kong_routes_the_public_api_to_orders_api() {
     };
     for (method, path) in [
         ("POST", "/orders"),
+        ("GET", "/orders"),
         ("GET", "/orders/0190a3f2-7c1e-7d3b-9f7a-1b2c3d4e5f60"),
         ("GET", "/health"),
         ("GET", "/ready"),
@@ -291,6 +292,32 @@ fn kong_routes_the_public_api_to_orders_api() {
         kib * 1024 <= max_body,
         "Kong's limit ({kib} KiB) must not exceed the API's MAX_BODY_BYTES ({max_body})"
     );
+    // The API authenticates every request by its bearer token: Kong must pass
+    // the Authorization header through, so no plugin (on the service, a route,
+    // or global) may strip, rename or hide it.
+    let mut all_plugins: Vec<&Yaml> = api["plugins"].as_vec().unwrap().iter().collect();
+    for route in api["routes"].as_vec().unwrap() {
+        all_plugins.extend(route["plugins"].as_vec().into_iter().flatten());
+    }
+    all_plugins.extend(kong["plugins"].as_vec().into_iter().flatten());
+    assert!(all_plugins.len() >= 3, "the premise: plugins are found");
+    for plugin in all_plugins {
+        let name = text(&plugin["name"]);
+        let config = &plugin["config"];
+        assert!(
+            !matches!(config["hide_credentials"].as_bool(), Some(true)),
+            "{name} hides the Authorization header from the API"
+        );
+        for action in ["remove", "rename", "replace"] {
+            let headers = config[action]["headers"].as_vec().into_iter().flatten();
+            for header in headers {
+                assert!(
+                    !text(header).to_ascii_lowercase().starts_with("authorization"),
+                    "{name} {action}s the Authorization header"
+                );
+            }
+        }
+    }
     let correlation = plugins["correlation-id"];
     assert_eq!(
         text(&correlation["header_name"]),

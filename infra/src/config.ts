@@ -35,6 +35,36 @@ export interface Settings {
     /** AWS WAF: block an IP above this many requests per 5 minutes (no WAF when unset). */
     wafRateLimit?: number;
     logRetentionDays: number;
+    /**
+     * The API's bearer-token authentication (AUTH_JWKS_URL, AUTH_ISSUER,
+     * AUTH_AUDIENCE): the identity provider's JWKS over https, and the `iss` and
+     * `aud` its tokens must carry. Required: the program never turns
+     * authentication off (AUTH_DISABLED is for local development only).
+     */
+    auth: { jwksUrl: string; issuer: string; audience: string };
+}
+
+/** The authentication settings: all three, the JWKS over https. */
+function loadAuth(config: pulumi.Config): Settings["auth"] {
+    const missing = ["authJwksUrl", "authIssuer", "authAudience"].filter((key) => !config.get(key));
+    if (missing.length > 0) {
+        throw new pulumi.RunError(
+            `config ${missing.join(", ")} required: the API accepts only bearer tokens of your identity provider ` +
+                "(pulumi config set authJwksUrl https://idp.example.com/.well-known/jwks.json; authIssuer and " +
+                "authAudience are the iss and aud its access tokens carry). Authentication cannot be turned off here.",
+        );
+    }
+    const jwksUrl = config.require("authJwksUrl");
+    let protocol: string;
+    try {
+        protocol = new URL(jwksUrl).protocol;
+    } catch {
+        throw new Error(`config authJwksUrl is not a URL: ${jwksUrl}`);
+    }
+    if (protocol !== "https:") {
+        throw new Error(`config authJwksUrl must be an https:// URL (the keys that sign tokens), got ${jwksUrl}`);
+    }
+    return { jwksUrl, issuer: config.require("authIssuer"), audience: config.require("authAudience") };
 }
 
 export function loadSettings(): Settings {
@@ -124,5 +154,6 @@ export function loadSettings(): Settings {
         allowPlainHttp,
         wafRateLimit,
         logRetentionDays: int("logRetentionDays", 30, 1),
+        auth: loadAuth(config),
     };
 }

@@ -13,6 +13,7 @@ import { SecurityGroups } from "./security";
  */
 export const PUBLIC_ROUTES: { name: string; method: string; path: string }[] = [
     { name: "create-order", method: "POST", path: "/orders" },
+    { name: "list-orders", method: "GET", path: "/orders" },
     { name: "get-order", method: "GET", path: "/orders/*" },
     { name: "health", method: "GET", path: HEALTH_PATH },
 ];

@@ -163,6 +163,13 @@ export function createServices(
             image: image(API),
             essential: true,
             service: true,
+            // Bearer tokens of the configured identity provider, always: the
+            // program has no way to set AUTH_DISABLED.
+            environment: {
+                AUTH_JWKS_URL: s.auth.jwksUrl,
+                AUTH_ISSUER: s.auth.issuer,
+                AUTH_AUDIENCE: s.auth.audience,
+            },
             secrets: { DATABASE_URL: secrets.databaseUrls.ordersApi.secret.arn, ...otlp },
             dependsOn: [{ containerName: RELAY, condition: "START" }],
             stopTimeout: API_STOP_TIMEOUT_SECONDS,

@@ -26,6 +26,9 @@ const CONFIG = {
     brokerAdminUrl: BROKER_ADMIN_URL,
     certificateArn: CERT,
     otlpEndpoint: "http://collector.example.com:4318",
+    authJwksUrl: "https://tenant.eu.auth0.com/.well-known/jwks.json",
+    authIssuer: "https://tenant.eu.auth0.com/",
+    authAudience: "https://orders.example.com",
 };
 const SECRET_KEYS = ["ordersDatabaseUrl", "invoicesDatabaseUrl", "brokerUrl", "brokerAdminUrl"];
 setup(CONFIG, SECRET_KEYS);
@@ -124,7 +127,7 @@ describe("HTTPS", () => {
     });
 
     it("forwards the public routes on 443 only; port 80 only redirects to 443 (301)", () => {
-        assert.deepEqual(exposedRoutes(), ["443 GET /health", "443 GET /orders/*", "443 POST /orders"]);
+        assert.deepEqual(exposedRoutes(), ["443 GET /health", "443 GET /orders", "443 GET /orders/*", "443 POST /orders"]);
         const http = one(T.listener, "http");
         assert.equal(http.inputs.port, 80);
         assert.equal(http.inputs.protocol, "HTTP");
@@ -170,6 +173,21 @@ describe("configuration checks", () => {
 
     it("rejects a single external database URL", () => {
         assert.throws(withConfig({ invoicesDatabaseUrl: undefined }), /both ordersDatabaseUrl and invoicesDatabaseUrl/);
+    });
+
+    it("requires the identity provider's JWKS (https), issuer and audience: authentication cannot be left out", () => {
+        for (const key of ["authJwksUrl", "authIssuer", "authAudience"]) {
+            assert.throws(withConfig({ [key]: undefined }), new RegExp(`config ${key} required.*cannot be turned off`, "s"));
+        }
+        for (const url of ["http://idp.example.com/jwks.json", "file:///etc/jwks.json", "idp.example.com"]) {
+            assert.throws(withConfig({ authJwksUrl: url }), /authJwksUrl/);
+        }
+        // A stray AUTH_DISABLED in the stack configuration has no effect.
+        assert.deepEqual(withConfig({ authDisabled: "true", AUTH_DISABLED: "true" })().auth, {
+            jwksUrl: CONFIG.authJwksUrl,
+            issuer: CONFIG.authIssuer,
+            audience: CONFIG.authAudience,
+        });
     });
 
     it("refuses plain HTTP unless allowPlainHttp says so", () => {

@@ -4,7 +4,13 @@ import { it } from "node:test";
 
 import { REGION, run, setup, value } from "./harness";
 
-setup({ "aws:region": REGION, allowPlainHttp: "true" });
+setup({
+    "aws:region": REGION,
+    allowPlainHttp: "true",
+    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
+    authIssuer: "https://idp.example.com/",
+    authAudience: "orders-api",
+});
 
 it("index.ts exports the stack outputs", async () => {
     const index = await run(() => require("../index") as Record<string, unknown>);

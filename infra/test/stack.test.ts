@@ -41,6 +41,9 @@ setup(
         logRetentionDays: "14",
         allowPlainHttp: "true",
         wafRateLimit: "1000",
+        authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
+        authIssuer: "https://idp.example.com/",
+        authAudience: "orders-api",
     },
     ["otlpHeaders"],
 );
@@ -350,6 +353,24 @@ describe("environment", () => {
         }
     });
 
+    it("authenticates the API's callers with the configured identity provider, and never turns it off", () => {
+        const api = containersOf(ORDERS).find((c) => c.name === "orders-api");
+        assert.deepEqual(
+            Object.fromEntries(Object.entries(envOf(api)).filter(([k]) => k.startsWith("AUTH_"))),
+            {
+                AUTH_JWKS_URL: "https://idp.example.com/.well-known/jwks.json",
+                AUTH_ISSUER: "https://idp.example.com/",
+                AUTH_AUDIENCE: "orders-api",
+            },
+        );
+        for (const family of [...SERVICES, ...ONE_OFF]) {
+            for (const c of containersOf(family)) {
+                const names = [...Object.keys(envOf(c)), ...Object.keys(secretsOf(c))];
+                assert.ok(!names.includes("AUTH_DISABLED"), `${family}/${c.name} sets AUTH_DISABLED`);
+            }
+        }
+    });
+
     it("passes BROKER_NAMESPACE to the relay and the worker", () => {
         for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
             assert.equal(envOf(c).BROKER_NAMESPACE, c.name === "orders-api" ? undefined : "prod", c.name);
@@ -428,8 +449,8 @@ describe("load balancer", () => {
         });
     });
 
-    it("forwards the public routes only: POST /orders, GET /orders/{id}, GET /health (not /metrics, /ready, /openapi.json)", () => {
-        assert.deepEqual(exposedRoutes(), ["80 GET /health", "80 GET /orders/*", "80 POST /orders"]);
+    it("forwards the public routes only: POST /orders, GET /orders, GET /orders/{id}, GET /health (not /metrics, /ready, /openapi.json)", () => {
+        assert.deepEqual(exposedRoutes(), ["80 GET /health", "80 GET /orders", "80 GET /orders/*", "80 POST /orders"]);
         const tg = one(T.targetGroup, "api").state.arn;
         for (const rule of ofType(T.listenerRule)) {
             assert.deepEqual(rule.inputs.actions, [{ type: "forward", targetGroupArn: tg }], rule.name);
