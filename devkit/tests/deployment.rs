@@ -312,7 +312,9 @@ fn kong_routes_the_public_api_to_orders_api() {
             let headers = config[action]["headers"].as_vec().into_iter().flatten();
             for header in headers {
                 assert!(
-                    !text(header).to_ascii_lowercase().starts_with("authorization"),
+                    !text(header)
+                        .to_ascii_lowercase()
+                        .starts_with("authorization"),
                     "{name} {action}s the Authorization header"
                 );
             }

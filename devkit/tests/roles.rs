@@ -85,24 +85,22 @@ async fn the_api_may_write_orders_with_their_events_but_never_change_an_event() 
         key: "roles-test".into(),
         fingerprint: "2999 BRL".into(),
     };
-    orders_api::store::create_order_once(
-        &api,
-        &devkit::messages::customer(),
-        &new_order(),
-        &context,
-        &key,
-    )
-    .await
-    .unwrap();
-    orders_api::store::create_order_once(
-        &api,
-        &devkit::messages::customer(),
-        &new_order(),
-        &context,
-        &key,
-    )
-    .await
-    .unwrap();
+    // Created, then replayed.
+    for _ in 0..2 {
+        orders_api::store::create_order_once(
+            &api,
+            &devkit::messages::customer(),
+            &new_order(),
+            &context,
+            &key,
+        )
+        .await
+        .unwrap();
+    }
+    let listed = orders_api::store::list_orders(&api, &devkit::messages::customer(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
     assert!(
         orders_api::store::find_order(&api, &devkit::messages::customer(), order.id)
             .await
