@@ -77,7 +77,12 @@ mod tests {
 
     #[test]
     fn accepts_subjects_and_refuses_the_rest() {
-        for ok in ["a", "auth0|5f7c8ec7c33c6c004bbafe82", "248289761001", &"é".repeat(255)] {
+        for ok in [
+            "a",
+            "auth0|5f7c8ec7c33c6c004bbafe82",
+            "248289761001",
+            &"é".repeat(255),
+        ] {
             assert_eq!(CustomerId::try_from(ok).unwrap().as_str(), ok);
         }
         for bad in ["", "a\nb", "\u{7f}", &"x".repeat(256)] {
@@ -85,6 +90,9 @@ mod tests {
         }
         let json: Result<CustomerId, _> = serde_json::from_str("\"\"");
         assert!(json.is_err());
-        assert_eq!(serde_json::to_string(&CustomerId::anonymous()).unwrap(), "\"anonymous\"");
+        assert_eq!(
+            serde_json::to_string(&CustomerId::anonymous()).unwrap(),
+            "\"anonymous\""
+        );
     }
 }
