@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{AppState, REQUEST_ID};
 use crate::{
+    auth::Caller,
     domain::{
         CreateOrderRequest, NewOrder, Order,
         order::{OrderBody, OrderError},
@@ -46,6 +47,7 @@ use crate::{
 )]
 pub async fn create(
     State(state): State<AppState>,
+    _caller: Caller,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
@@ -158,6 +160,7 @@ fn idempotency_key(
 )]
 pub async fn get(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::BadRequest {
