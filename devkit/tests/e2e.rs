@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service};
+use devkit::{auth::Issuer, broker::TestBroker, db::TestDatabase, eventually, process::Service};
 use serde_json::Value;
 
 #[tokio::test]
@@ -17,7 +17,9 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     // The worker's queue exists before the relay publishes, as after
     // provision-broker (the relay declares only its exchange).
     broker.declare().await;
-    let api_env = [("DATABASE_URL", orders_db.url.clone())];
+    let issuer = Issuer::new();
+    let mut api_env = vec![("DATABASE_URL", orders_db.url.clone())];
+    api_env.extend(issuer.env());
     let relay_env = [
         ("DATABASE_URL", orders_db.url.clone()),
         ("PORT", "0".into()),
@@ -39,7 +41,8 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     );
     assert_eq!(api.addr.port(), 3333);
     assert_eq!(worker.addr.port(), 3334);
-    let http = devkit::http_client();
+    // Every request carries a token of the API's issuer.
+    let http = issuer.client();
     for port in [3333, 3334] {
         let res = http
             .get(format!("http://127.0.0.1:{port}/health"))
