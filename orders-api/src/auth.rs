@@ -350,6 +350,7 @@ impl Authenticator {
     /// be made.
     pub fn new(config: &AuthConfig, metrics: AuthMetrics) -> Result<Self, SetupError> {
         config.check()?;
+        // After `check`, the three are set unless authentication is off.
         let (Some(url), Some(issuer), Some(audience), false) = (
             &config.jwks_url,
             &config.issuer,
