@@ -692,7 +692,7 @@ impl KeyCache {
                 tracing::warn!(
                     jwks = %self.source,
                     trigger = trigger_label,
-                    error = %e,
+                    error = format!("{:#}", anyhow::Error::new(e)),
                     "cannot fetch the signing keys; the cached ones stay in use"
                 );
                 state.failing = true;

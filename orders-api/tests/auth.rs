@@ -456,8 +456,7 @@ async fn while_the_jwks_host_is_down_cached_keys_work_and_an_unknown_kid_gets_50
 
     server.stop().await;
 
-    let (status, _, body) = post(&api, Some(&issuer.bearer())).await;
-    assert_eq!(status, StatusCode::CREATED, "a cached key: {body}");
+    // A key that is not cached: the fetch fails, try again later.
     let (status, headers, problem) = post(&api, Some(&new_token)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert_eq!(problem["code"], "auth_unavailable");
@@ -466,6 +465,12 @@ async fn while_the_jwks_host_is_down_cached_keys_work_and_an_unknown_kid_gets_50
         retry_after, 1,
         "the next fetch is allowed within the 1 s interval"
     );
+    let scrape = scrape(&api).await;
+    let failed = r#"orders_auth_jwks_refreshes_total{trigger="unknown_kid",outcome="failed"}"#;
+    assert_eq!(sample(&scrape, failed), Some(1.0), "{scrape}");
+    // After that failed fetch, the cached keys still work.
+    let (status, _, body) = post(&api, Some(&issuer.bearer())).await;
+    assert_eq!(status, StatusCode::CREATED, "a cached key: {body}");
 
     // The provider is back with the new key: it is fetched and accepted.
     server.set_jwks(&devkit::auth::jwks(&[issuer.es256(), &rotated]));
