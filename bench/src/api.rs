@@ -26,7 +26,11 @@ function request()
   counter = counter + 1
   local cents = (counter * 7919 + thread_id * 104729) % 99999999 + 1
   local body = string.format('{"amount": %d.%02d}', math.floor(cents / 100), cents % 100)
-  return wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
+  -- wrk.format uses wrk.headers (the -H options: Authorization) only when given
+  -- no headers of its own: they are copied in.
+  local headers = {["Content-Type"] = "application/json"}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  return wrk.format("POST", "/orders", headers, body)
 end
 "#;
 
@@ -78,7 +82,7 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, post: bool, token: Optio
         .args(["-d", &format!("{seconds}s"), "--timeout", "10s", "-s"])
         .arg(&script)
         .arg(url);
-    // wrk.format merges these headers into each request the script makes.
+    // Into wrk.headers, which the POST script copies into each request.
     if let Some(token) = token {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
