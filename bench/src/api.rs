@@ -5,7 +5,11 @@
 
 use std::{process::Command, time::Duration};
 
-use devkit::{db::TestDatabase, process::Service};
+use devkit::{
+    auth::{Issuer, TEST_CUSTOMER},
+    db::TestDatabase,
+    process::Service,
+};
 use plumbing::db::Database;
 
 use crate::{Cpu, Row, Scale, Section, load::open_loop, ms, percentile, process_cpu, verdict};
@@ -22,7 +26,11 @@ function request()
   counter = counter + 1
   local cents = (counter * 7919 + thread_id * 104729) % 99999999 + 1
   local body = string.format('{"amount": %d.%02d}', math.floor(cents / 100), cents % 100)
-  return wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
+  -- wrk.format uses wrk.headers (the -H options: Authorization) only when given
+  -- no headers of its own: they are copied in.
+  local headers = {["Content-Type"] = "application/json"}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  return wrk.format("POST", "/orders", headers, body)
 end
 "#;
 
@@ -53,12 +61,13 @@ pub struct Wrk {
 }
 
 /// Runs wrk against `url` with `connections` for `seconds`; `post` uses the
-/// order-posting script, otherwise plain GETs.
+/// order-posting script, otherwise plain GETs; every request carries the bearer
+/// `token`, if any.
 ///
 /// # Panics
 /// When wrk is missing or its report cannot be read.
 #[must_use]
-pub fn wrk(url: &str, connections: usize, seconds: u64, post: bool) -> Wrk {
+pub fn wrk(url: &str, connections: usize, seconds: u64, post: bool, token: Option<&str>) -> Wrk {
     let script = std::env::temp_dir().join(format!("wrk-{}.lua", uuid::Uuid::new_v4().simple()));
     let hooks = if post {
         format!("{WRK_POST}{WRK_REPORT}")
@@ -73,6 +82,10 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, post: bool) -> Wrk {
         .args(["-d", &format!("{seconds}s"), "--timeout", "10s", "-s"])
         .arg(&script)
         .arg(url);
+    // Into wrk.headers, which the POST script copies into each request.
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
     let output = command
         .output()
         .expect("wrk is not installed (Debian: apt-get install wrk)");
@@ -135,20 +148,20 @@ pub async fn run(scale: Scale) -> Section {
     let db = TestDatabase::migrated("bench_api", Database::Orders).await;
     let (payload, headers) = crate::relay::sample_event(&db).await;
     let script = transaction_script(&payload, &headers);
-    let api = Service::spawn(
-        "orders-api",
-        &[
-            ("DATABASE_URL", db.url.clone()),
-            ("PORT", "0".into()),
-            ("MIGRATE_ON_START", "false".into()),
-        ],
-        false,
-    )
-    .await;
+    // Authentication on, as shipped: every order carries an ES256 token.
+    let issuer = Issuer::new();
+    let token = issuer.long_lived_token(TEST_CUSTOMER);
+    let mut env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("PORT", "0".into()),
+        ("MIGRATE_ON_START", "false".into()),
+    ];
+    env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &env, false).await;
     let orders = format!("{}/orders", api.base_url());
 
     // Warm-up: connections, prepared statements, the first pages of the tables.
-    let _ = wrk(&orders, 4, 1, true);
+    let _ = wrk(&orders, 4, 1, true, Some(&token));
     let _ = crate::pgbench(&db.url, &script, 4, 1);
 
     let mut rows = Vec::new();
@@ -159,7 +172,7 @@ pub async fn run(scale: Scale) -> Section {
     let mut best_cpu = Costs::default();
     for &c in &concurrencies {
         let (machine, own) = (Cpu::now(), process_cpu(api.pid()));
-        let http = wrk(&orders, c, seconds, true);
+        let http = wrk(&orders, c, seconds, true, Some(&token));
         let (http_machine, http_busy) = machine.since();
         let api_cpu = process_cpu(api.pid()) - own;
         let machine = Cpu::now();
@@ -256,6 +269,7 @@ pub async fn run(scale: Scale) -> Section {
     let (machine, own, generator) = (Cpu::now(), process_cpu(api.pid()), process_cpu(None));
     let mut open = open_loop(
         &api.base_url(),
+        &token,
         half,
         Duration::from_secs(seconds),
         4 * pooled,
@@ -314,7 +328,13 @@ pub async fn run(scale: Scale) -> Section {
         "",
         "",
     ));
-    let health = wrk(&format!("{}/health", api.base_url()), 64, seconds, false);
+    let health = wrk(
+        &format!("{}/health", api.base_url()),
+        64,
+        seconds,
+        false,
+        None,
+    );
     rows.push(Row::new(
         format!("GET /health, 64 connections, {seconds} s (wrk): the HTTP-only ceiling"),
         format!(

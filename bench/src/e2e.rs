@@ -6,7 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use devkit::{broker::TestBroker, db::TestDatabase, process::Service};
+use devkit::{
+    auth::{Issuer, TEST_CUSTOMER},
+    broker::TestBroker,
+    db::TestDatabase,
+    process::Service,
+};
 use plumbing::db::Database;
 use time::OffsetDateTime;
 
@@ -67,6 +72,9 @@ struct Pipeline {
     orders: TestDatabase,
     invoices: TestDatabase,
     broker: TestBroker,
+    /// The issuer of the API's tokens, and the one the load sends.
+    _issuer: Issuer,
+    token: String,
     services: Vec<Service>,
 }
 
@@ -89,16 +97,22 @@ impl Pipeline {
             env.push(("DATABASE_URL", url.to_owned()));
             env
         };
-        let (api_env, worker_env) = (with(&orders.url), with(&invoices.url));
+        let (relay_env, worker_env) = (with(&orders.url), with(&invoices.url));
+        // Authentication on, as shipped.
+        let issuer = Issuer::new();
+        let mut api_env = relay_env.clone();
+        api_env.extend(issuer.env());
         let (api, relay, worker) = tokio::join!(
             Service::spawn("orders-api", &api_env, false),
-            Service::spawn("outbox-relay", &api_env, false),
+            Service::spawn("outbox-relay", &relay_env, false),
             Service::spawn("invoices-worker", &worker_env, false),
         );
         Self {
             orders,
             invoices,
             broker,
+            token: issuer.long_lived_token(TEST_CUSTOMER),
+            _issuer: issuer,
             services: vec![api, relay, worker],
         }
     }
@@ -126,9 +140,16 @@ impl Pipeline {
         let invoices = self.invoices.client().await;
         let from = OffsetDateTime::now_utc();
         let started = Instant::now();
-        let api = self.services[0].base_url();
+        let (api, token) = (self.services[0].base_url(), self.token.clone());
         let load = tokio::spawn(async move {
-            open_loop(&api, rate, Duration::from_secs(seconds), CONNECTIONS).await
+            open_loop(
+                &api,
+                &token,
+                rate,
+                Duration::from_secs(seconds),
+                CONNECTIONS,
+            )
+            .await
         });
         let mut max_backlog = (0, 0);
         while !load.is_finished() {

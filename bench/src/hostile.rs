@@ -12,7 +12,12 @@ use std::{
     time::Duration,
 };
 
-use devkit::{db::TestDatabase, hostile, process::Service};
+use devkit::{
+    auth::{Issuer, TEST_CUSTOMER},
+    db::TestDatabase,
+    hostile,
+    process::Service,
+};
 use plumbing::db::Database;
 
 use crate::{Row, Scale, Section, ms, percentile, verdict};
@@ -27,24 +32,26 @@ pub async fn run(scale: Scale) -> Section {
         (Duration::from_secs(1), Duration::from_secs(2)),
     );
     let db = TestDatabase::migrated("bench_hostile", Database::Orders).await;
-    let api = Service::spawn(
-        "orders-api",
-        &[
-            ("DATABASE_URL", db.url.clone()),
-            ("PORT", "0".into()),
-            ("MIGRATE_ON_START", "false".into()),
-            ("HTTP_HEADER_READ_TIMEOUT", format!("{}s", header.as_secs())),
-            ("HTTP_IDLE_TIMEOUT", format!("{}s", idle.as_secs())),
-            // The attack alone reaches the default cap (10,000): room for the
-            // normal client, whose new connections would otherwise wait for an
-            // attacker's timeout. The cap has its own test.
-            ("HTTP_MAX_CONNECTIONS", (2 * each + 1_000).to_string()),
-        ],
-        false,
-    )
-    .await;
+    let issuer = Issuer::new();
+    let mut env = issuer.env();
+    env.extend([
+        ("DATABASE_URL", db.url.clone()),
+        ("PORT", "0".into()),
+        ("MIGRATE_ON_START", "false".into()),
+        ("HTTP_HEADER_READ_TIMEOUT", format!("{}s", header.as_secs())),
+        ("HTTP_IDLE_TIMEOUT", format!("{}s", idle.as_secs())),
+        // The attack alone reaches the default cap (10,000): room for the
+        // normal client, whose new connections would otherwise wait for an
+        // attacker's timeout. The cap has its own test.
+        ("HTTP_MAX_CONNECTIONS", (2 * each + 1_000).to_string()),
+    ]);
+    let api = Service::spawn("orders-api", &env, false).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let normal = tokio::spawn(hostile::normal_client(api.base_url(), stop.clone()));
+    let normal = tokio::spawn(hostile::normal_client(
+        api.base_url(),
+        issuer.long_lived_token(TEST_CUSTOMER),
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let wait = Duration::from_secs(5);

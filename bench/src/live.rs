@@ -16,7 +16,11 @@
 use std::time::{Duration, Instant};
 
 use devkit::{
-    broker::TestBroker, db::TestDatabase, process::Service, tls_postgres::TlsPostgres,
+    auth::{Issuer, TEST_CUSTOMER},
+    broker::TestBroker,
+    db::TestDatabase,
+    process::Service,
+    tls_postgres::TlsPostgres,
     unique_suffix,
 };
 use plumbing::db::Database;
@@ -186,6 +190,9 @@ struct Pipeline {
     orders: Db,
     _invoices: Option<Db>,
     _broker: TestBroker,
+    /// The issuer of the API's tokens, and the one the load sends.
+    _issuer: Issuer,
+    token: String,
     api: Service,
     relay: Option<Service>,
     worker: Option<Service>,
@@ -217,7 +224,11 @@ impl Pipeline {
             ]
         };
         let api_env = with(&orders.url);
-        let api = Service::spawn("orders-api", &api_env, false).await;
+        // Authentication on, as shipped.
+        let issuer = Issuer::new();
+        let mut authenticated = api_env.clone();
+        authenticated.extend(issuer.env());
+        let api = Service::spawn("orders-api", &authenticated, false).await;
         let relay = if parts == Parts::Api {
             None
         } else {
@@ -231,6 +242,8 @@ impl Pipeline {
             orders,
             _invoices: invoices,
             _broker: broker,
+            token: issuer.long_lived_token(TEST_CUSTOMER),
+            _issuer: issuer,
             api,
             relay,
             worker,
@@ -428,18 +441,21 @@ async fn closed_loop(
     let pipeline = Pipeline::start(transport, parts).await;
     let url = format!("{}/orders", pipeline.api.base_url());
     if warmup > 0 {
-        let url = url.clone();
-        let _ = tokio::task::spawn_blocking(move || wrk(&url, CONNECTIONS, warmup, true))
-            .await
-            .unwrap();
+        let (url, token) = (url.clone(), pipeline.token.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || wrk(&url, CONNECTIONS, warmup, true, Some(&token)))
+                .await
+                .unwrap();
     }
     let client = connect(&pipeline.orders.url).await;
     let count = "SELECT count(*) FROM orders";
     let stored_before = scalar(&client, count).await;
     let before = Usage::now(&pipeline, postmaster);
-    let run = tokio::task::spawn_blocking(move || wrk(&url, CONNECTIONS, seconds, true))
-        .await
-        .unwrap();
+    let token = pipeline.token.clone();
+    let run =
+        tokio::task::spawn_blocking(move || wrk(&url, CONNECTIONS, seconds, true, Some(&token)))
+            .await
+            .unwrap();
     let after = Usage::now(&pipeline, postmaster);
     let stored = scalar(&client, count).await - stored_before;
     let unpublished = if parts == Parts::Api {
@@ -472,6 +488,7 @@ async fn open_loop_latency(pipeline: &Pipeline, rate: f64, duration: Duration) -
     let started = Instant::now();
     let report = open_loop(
         &pipeline.api.base_url(),
+        &pipeline.token,
         rate,
         duration,
         OPEN_LOOP_CONNECTIONS,

@@ -43,13 +43,15 @@ pub struct OpenLoop {
     pub latencies: Vec<Duration>,
 }
 
-/// Posts orders to the API at `base_url` at `rate` per second for `duration`,
-/// over `connections` keep-alive connections (a request waits for a free one).
+/// Posts orders with the bearer `token` to the API at `base_url` at `rate` per
+/// second for `duration`, over `connections` keep-alive connections (a request
+/// waits for a free one).
 ///
 /// # Errors
 /// When a connection cannot be opened.
 pub async fn open_loop(
     base_url: &str,
+    token: &str,
     rate: f64,
     duration: Duration,
     connections: usize,
@@ -68,10 +70,12 @@ pub async fn open_loop(
             .with_context(|| format!("connecting to the API at {addr}"))?;
         stream.set_nodelay(true)?;
         let (next, host) = (next.clone(), addr.clone());
+        let authorization = format!("Bearer {token}");
         tasks.spawn(async move {
             let mut connection = Connection {
                 stream: Some(stream),
                 host,
+                authorization,
                 buffer: Vec::with_capacity(1024),
             };
             let mut seen = OpenLoop::default();
@@ -121,6 +125,8 @@ pub async fn open_loop(
 struct Connection {
     stream: Option<TcpStream>,
     host: String,
+    /// `Bearer <token>`.
+    authorization: String,
     buffer: Vec<u8>,
 }
 
@@ -139,8 +145,9 @@ impl Connection {
         let cents = 1 + (i * 7_919) % 99_999_999;
         let body = format!(r#"{{"amount": {}.{:02}}}"#, cents / 100, cents % 100);
         let request = format!(
-            "POST /orders HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /orders HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             self.host,
+            self.authorization,
             body.len()
         );
         if self.stream.is_none() {

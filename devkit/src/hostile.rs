@@ -24,11 +24,11 @@ pub struct Normal {
     pub failures: Vec<String>,
 }
 
-/// A normal client until `stop`: alternately `POST /orders` on a keep-alive
-/// connection and `GET /health` on a new connection each time (so accepting
-/// goes on too), one request every 10 ms.
-pub async fn normal_client(base: String, stop: Arc<AtomicBool>) -> Normal {
-    let pooled = crate::http_client();
+/// A normal client until `stop`: alternately `POST /orders` (with the bearer
+/// `token`) on a keep-alive connection and `GET /health` on a new connection
+/// each time (so accepting goes on too), one request every 10 ms.
+pub async fn normal_client(base: String, token: String, stop: Arc<AtomicBool>) -> Normal {
+    let pooled = crate::auth::bearer_client(&token, reqwest::Client::builder());
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

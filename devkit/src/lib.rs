@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod auth;
 pub mod broker;
 pub mod db;
 pub mod faults;

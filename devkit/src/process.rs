@@ -277,6 +277,12 @@ pub fn isolated_env() -> Vec<(&'static str, String)> {
         ),
         ("BROKER_URL", "amqp://guest:guest@127.0.0.1:1/%2f".into()),
         ("OTEL_SDK_DISABLED", "true".into()),
+        // The orders API's authentication, complete but with no keys behind it
+        // (the others ignore these): a start is refused for what a test sets,
+        // not for a missing setting.
+        ("AUTH_JWKS_URL", "file:///nonexistent/jwks.json".into()),
+        ("AUTH_ISSUER", crate::auth::TEST_ISSUER.into()),
+        ("AUTH_AUDIENCE", crate::auth::TEST_AUDIENCE.into()),
     ]
 }
 

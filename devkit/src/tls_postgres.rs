@@ -98,6 +98,15 @@ fn run_server_tool(bin: &Path, tool: &str, args: &[&str]) -> anyhow::Result<()> 
 /// The test CA's certificate (PEM), and the server's certificate and key for
 /// the name `localhost` only (so `verify-full` to `127.0.0.1` must fail).
 fn make_certificates() -> anyhow::Result<(String, String, String)> {
+    certificates_for(&["localhost"])
+}
+
+/// A throwaway CA, and a server certificate it signed for `names` (host names
+/// or IP addresses) with the server's key: `(ca, certificate, key)` as PEM.
+///
+/// # Errors
+/// When the certificates cannot be made.
+pub fn certificates_for(names: &[&str]) -> anyhow::Result<(String, String, String)> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -105,8 +114,8 @@ fn make_certificates() -> anyhow::Result<(String, String, String)> {
         .push(rcgen::DnType::CommonName, "pipeline test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let server_key = KeyPair::generate()?;
-    let server =
-        CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&server_key, &ca)?;
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let server = CertificateParams::new(names)?.signed_by(&server_key, &ca)?;
     Ok((ca.pem(), server.pem(), server_key.serialize_pem()))
 }
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use devkit::{
+    auth::Issuer,
     broker::{BrokerUsers, TestBroker, refused},
     db::TestDatabase,
     eventually,
@@ -136,12 +137,16 @@ async fn the_relay_and_the_worker_run_under_their_own_users_and_an_order_gets_it
             ("BROKER_NAMESPACE", namespace.clone()),
         ]
     };
-    let api = Service::spawn("orders-api", &env(&orders, String::new())[..2], false).await;
+    let issuer = Issuer::new();
+    let mut api_env = env(&orders, String::new())[..2].to_vec();
+    api_env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &api_env, false).await;
     let relay = Service::spawn("outbox-relay", &env(&orders, users.relay_url()), false).await;
 
     // Act: an order while only the relay runs (the provisioning declared the
     // queue, so its event is routed), then the worker starts.
-    let res = devkit::http_client()
+    let res = issuer
+        .client()
         .post(format!("{}/orders", api.base_url()))
         .header("content-type", "application/json")
         .body(r#"{"amount": "12.34"}"#)

@@ -5,7 +5,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service};
+use devkit::{
+    auth::{DEV_CUSTOMER, DEV_ISSUER, Issuer, TEST_AUDIENCE, curl_create_order},
+    broker::TestBroker,
+    db::TestDatabase,
+    eventually,
+    process::Service,
+};
 use serde_json::Value;
 
 #[tokio::test]
@@ -17,7 +23,9 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     // The worker's queue exists before the relay publishes, as after
     // provision-broker (the relay declares only its exchange).
     broker.declare().await;
-    let api_env = [("DATABASE_URL", orders_db.url.clone())];
+    let issuer = Issuer::new();
+    let mut api_env = vec![("DATABASE_URL", orders_db.url.clone())];
+    api_env.extend(issuer.env());
     let relay_env = [
         ("DATABASE_URL", orders_db.url.clone()),
         ("PORT", "0".into()),
@@ -39,7 +47,8 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
     );
     assert_eq!(api.addr.port(), 3333);
     assert_eq!(worker.addr.port(), 3334);
-    let http = devkit::http_client();
+    // Every request carries a token of the API's issuer.
+    let http = issuer.client();
     for port in [3333, 3334] {
         let res = http
             .get(format!("http://127.0.0.1:{port}/health"))
@@ -168,4 +177,46 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         let status = service.wait(Duration::from_secs(20)).await;
         assert!(status.success(), "{} exited with {status}", service.name);
     }
+}
+
+/// What `cargo pipeline` prints works: the API started with the launcher's
+/// local identity provider (a JWKS file, its issuer and audience) creates an
+/// order for the printed `curl` line with the development token, and refuses
+/// the same line without a token.
+#[tokio::test]
+async fn the_development_token_and_curl_line_of_cargo_pipeline_create_an_order() {
+    let dir = std::env::temp_dir().join(format!("dev-auth-{}", devkit::unique_suffix()));
+    let issuer = Issuer::in_dir(&dir, DEV_ISSUER, TEST_AUDIENCE).unwrap();
+    let db = TestDatabase::reserve("e2e_dev_token");
+    let mut env = vec![("DATABASE_URL", db.url.clone()), ("PORT", "0".to_owned())];
+    env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &env, false).await;
+    let token = issuer.long_lived_token(DEV_CUSTOMER);
+    let curl = |line: &str| {
+        let output = std::process::Command::new("sh")
+            .args(["-c", line])
+            .output()
+            .expect("sh and curl are needed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let answer = curl(&curl_create_order(&api.base_url(), &token));
+    let without_token = curl_create_order(&api.base_url(), &token)
+        .replace(&format!(" -H 'authorization: Bearer {token}'"), "");
+    let refused = curl(&without_token);
+
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains(r#""amount":29.99"#), "{answer}");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert_eq!(db.count("orders").await, 1);
+    // Valid for a working day.
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    let lifetime = claims["exp"].as_i64().unwrap() - devkit::auth::now();
+    assert!((11 * 3_600..=12 * 3_600).contains(&lifetime), "{claims}");
+    assert_eq!(claims["sub"], DEV_CUSTOMER);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -15,7 +15,14 @@ use std::{
     time::Duration,
 };
 
-use devkit::{db::TestDatabase, hostile, process::Service, raw_http::RawConnection, sample};
+use devkit::{
+    auth::{Issuer, TEST_CUSTOMER},
+    db::TestDatabase,
+    hostile,
+    process::Service,
+    raw_http::RawConnection,
+    sample,
+};
 use tokio::time::Instant;
 
 /// Connections of each kind in the attack (small enough for CI; the benchmark
@@ -32,12 +39,14 @@ const P99: Duration = Duration::from_millis(100);
 /// (longer than the slack, so that a late close is measured, not only missed).
 const WAIT: Duration = Duration::from_secs(1);
 
-/// The API on a fresh database with `env` on top.
-async fn api(label: &str, env: &[(&str, &str)]) -> (Service, TestDatabase) {
+/// The API on a fresh database with `env` on top, and the issuer of its tokens.
+async fn api(label: &str, env: &[(&str, &str)]) -> (Service, TestDatabase, Issuer) {
     let db = TestDatabase::reserve(label);
+    let issuer = Issuer::new();
     let mut all = vec![("DATABASE_URL", db.url.clone()), ("PORT", "0".to_owned())];
+    all.extend(issuer.env());
     all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    (Service::spawn("orders-api", &all, false).await, db)
+    (Service::spawn("orders-api", &all, false).await, db, issuer)
 }
 
 /// The `/metrics` scrape through `connection`.
@@ -55,7 +64,7 @@ fn open_connections(scrape: &str) -> Option<f64> {
 async fn slow_and_idle_connections_are_closed_on_time_while_a_normal_client_is_served() {
     let header = format!("{}ms", HEADER_READ_TIMEOUT.as_millis());
     let idle = format!("{}ms", IDLE_TIMEOUT.as_millis());
-    let (api, _db) = api(
+    let (api, _db, issuer) = api(
         "hostile",
         &[
             ("HTTP_HEADER_READ_TIMEOUT", &header),
@@ -64,7 +73,11 @@ async fn slow_and_idle_connections_are_closed_on_time_while_a_normal_client_is_s
     )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let normal = tokio::spawn(hostile::normal_client(api.base_url(), stop.clone()));
+    let normal = tokio::spawn(hostile::normal_client(
+        api.base_url(),
+        issuer.token(TEST_CUSTOMER),
+        stop.clone(),
+    ));
     // The normal client's first requests (connections, database sessions) before
     // the attack, so that the attack is what its latencies measure.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -144,7 +157,7 @@ async fn slow_and_idle_connections_are_closed_on_time_while_a_normal_client_is_s
 #[tokio::test]
 async fn the_server_holds_no_more_connections_than_its_cap() {
     const CAP: usize = 8;
-    let (api, _db) = api(
+    let (api, _db, _issuer) = api(
         "connection_cap",
         &[
             ("HTTP_MAX_CONNECTIONS", &CAP.to_string()),

@@ -12,7 +12,9 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use devkit::{broker::TestBroker, db::TestDatabase, eventually, process::Service, sample};
+use devkit::{
+    auth::Issuer, broker::TestBroker, db::TestDatabase, eventually, process::Service, sample,
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value as Any},
@@ -114,6 +116,8 @@ async fn collector() -> (String, Arc<Mutex<Vec<Received>>>) {
 
 struct Pipeline {
     api: Service,
+    /// The issuer of the API's tokens.
+    issuer: Issuer,
     relay: Service,
     worker: Service,
     orders: TestDatabase,
@@ -138,7 +142,10 @@ impl Pipeline {
             env.extend(extra.iter().cloned());
             env
         };
-        let api = Service::spawn("orders-api", &env(&orders, false), false).await;
+        let issuer = Issuer::new();
+        let mut api_env = env(&orders, false);
+        api_env.extend(issuer.env());
+        let api = Service::spawn("orders-api", &api_env, false).await;
         let relay = Service::spawn("outbox-relay", &env(&orders, true), false).await;
         let mut worker_env = env(&invoices, true);
         if let Some(filter) = worker_log {
@@ -147,6 +154,7 @@ impl Pipeline {
         let worker = Service::spawn("invoices-worker", &worker_env, false).await;
         Self {
             api,
+            issuer,
             relay,
             worker,
             orders,
@@ -156,7 +164,9 @@ impl Pipeline {
     }
 
     async fn post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut request = devkit::http_client()
+        let mut request = self
+            .issuer
+            .client()
             .post(format!("{}/orders", self.api.base_url()))
             .header("content-type", "application/json")
             .body(body.to_owned());

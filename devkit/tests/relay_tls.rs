@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use devkit::{broker::TestBroker, eventually, process::Service, tls_postgres::TlsPostgres};
+use devkit::{
+    auth::Issuer, broker::TestBroker, eventually, process::Service, tls_postgres::TlsPostgres,
+};
 
 /// The relay on a TLS-only server with `verify-full`: it holds an encrypted
 /// notification session, so an order that trickles in is published within
@@ -40,7 +42,10 @@ async fn the_relay_listens_over_verified_tls_and_publishes_a_trickle_within_mill
             ("MIGRATE_ON_START", "false".to_owned()),
         ]
     };
-    let api = Service::spawn("orders-api", &env(&url), false).await;
+    let issuer = Issuer::new();
+    let mut api_env = env(&url);
+    api_env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &api_env, false).await;
     // A relay that could only poll would take up to this long: seconds, far
     // beyond the bound below, however slow the machine is.
     let mut relay_env = env(&url);
@@ -70,7 +75,7 @@ async fn the_relay_listens_over_verified_tls_and_publishes_a_trickle_within_mill
 
     // A trickle: 200 orders one after another, the relay idle between them, so
     // each must be woken by its notification.
-    let http = devkit::http_client();
+    let http = issuer.client();
     for i in 0..200 {
         let res = http
             .post(format!("{}/orders", api.base_url()))

@@ -81,19 +81,17 @@ async fn a_query_which_blocks_on_a_lock_ends_with_a_clear_error_and_a_503_not_a_
     let statement_timeout = Duration::from_millis(300);
     let request_timeout = Duration::from_secs(10);
     let db = TestDatabase::migrated("limits_lock", Database::Orders).await;
-    let api = Service::spawn(
-        "orders-api",
-        &[
-            ("DATABASE_URL", db.role_url(ServiceRole::OrdersApi)),
-            ("MIGRATE_ON_START", "false".into()),
-            ("PORT", "0".into()),
-            ("DB_STATEMENT_TIMEOUT", "300ms".into()),
-            ("REQUEST_TIMEOUT", "10s".into()),
-        ],
-        false,
-    )
-    .await;
-    let http = devkit::http_client();
+    let issuer = devkit::auth::Issuer::new();
+    let mut env = vec![
+        ("DATABASE_URL", db.role_url(ServiceRole::OrdersApi)),
+        ("MIGRATE_ON_START", "false".into()),
+        ("PORT", "0".into()),
+        ("DB_STATEMENT_TIMEOUT", "300ms".into()),
+        ("REQUEST_TIMEOUT", "10s".into()),
+    ];
+    env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &env, false).await;
+    let http = issuer.client();
     let post = || {
         http.post(format!("{}/orders", api.base_url()))
             .json(&serde_json::json!({"amount": 29.99}))

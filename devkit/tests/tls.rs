@@ -8,6 +8,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use devkit::{
+    auth::Issuer,
     broker::TestBroker,
     db::TestDatabase,
     eventually, free_port,
@@ -112,15 +113,13 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
             ("PORT", "0".to_owned()),
         ]
     };
-    let api = Service::spawn(
-        "orders-api",
-        &[
-            ("DATABASE_URL", orders_url.clone()),
-            ("PORT", "0".to_owned()),
-        ],
-        false,
-    )
-    .await;
+    let issuer = Issuer::new();
+    let mut api_env = vec![
+        ("DATABASE_URL", orders_url.clone()),
+        ("PORT", "0".to_owned()),
+    ];
+    api_env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &api_env, false).await;
     let mut relay_env = vec![("DATABASE_URL", orders_url.clone())];
     relay_env.extend(broker_env());
     let relay = Service::spawn("outbox-relay", &relay_env, false).await;
@@ -128,7 +127,7 @@ async fn postgres_over_tls_with_libpq_sslmodes_and_the_whole_pipeline() {
     worker_env.extend(broker_env());
     let worker = Service::spawn("invoices-worker", &worker_env, false).await;
 
-    let http = devkit::http_client();
+    let http = issuer.client();
     let res = http
         .post(format!("{}/orders", api.base_url()))
         .header("content-type", "application/json")
@@ -288,18 +287,16 @@ async fn events_travel_over_amqps() {
     .await;
     refused.kill();
 
-    let api = Service::spawn(
-        "orders-api",
-        &[
-            ("DATABASE_URL", orders.url.clone()),
-            ("PORT", "0".to_owned()),
-        ],
-        false,
-    )
-    .await;
+    let issuer = Issuer::new();
+    let mut api_env = vec![
+        ("DATABASE_URL", orders.url.clone()),
+        ("PORT", "0".to_owned()),
+    ];
+    api_env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &api_env, false).await;
     let relay = Service::spawn("outbox-relay", &broker_env(&orders), false).await;
     let worker = Service::spawn("invoices-worker", &broker_env(&invoices), false).await;
-    let http = devkit::http_client();
+    let http = issuer.client();
     let res = http
         .post(format!("{}/orders", api.base_url()))
         .header("content-type", "application/json")

@@ -3,6 +3,8 @@
 //! Client errors say what is wrong. Server errors are opaque: the cause is logged
 //! inside the request's span, never sent to the client.
 
+use std::time::Duration;
+
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -48,6 +50,26 @@ pub enum ApiError {
     /// No such route or method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// No bearer token, or a refused one (RFC 6750): 401 with a
+    /// `WWW-Authenticate` challenge.
+    #[error("{detail}")]
+    Unauthorized {
+        /// `missing_token` or `invalid_token`.
+        code: &'static str,
+        /// What is wrong (fixed text: nothing copied from the token).
+        detail: String,
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+    },
+    /// The token's signing key cannot be fetched now: 503, retry after
+    /// `retry_after`.
+    #[error("{detail}")]
+    AuthUnavailable {
+        /// What is wrong.
+        detail: String,
+        /// When to retry (`Retry-After`, whole seconds rounded up).
+        retry_after: Duration,
+    },
     /// The database is unreachable or overloaded: retry later.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -66,7 +88,10 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::AuthUnavailable { .. } | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,7 +101,10 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::Unauthorized { code, .. } => code,
+            ApiError::AuthUnavailable { .. } => "auth_unavailable",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
@@ -107,11 +135,24 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = plumbing::http::problem(status, self.code(), &self.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized { challenge, .. } => {
+                let challenge = HeaderValue::from_str(challenge)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+                headers.insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            ApiError::AuthUnavailable { retry_after, .. } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -11,6 +11,8 @@ pub struct ApiMetrics {
     pub created: Counter,
     /// Answers replayed for a repeated `Idempotency-Key`.
     pub idempotent_replays: Counter,
+    /// Refused tokens and JWKS fetches (`orders_auth_…`).
+    pub auth: crate::auth::AuthMetrics,
 }
 
 impl Default for ApiMetrics {
@@ -29,10 +31,13 @@ impl Default for ApiMetrics {
             "Answers replayed for a repeated Idempotency-Key (no order created)",
             idempotent_replays.clone(),
         );
+        let auth = crate::auth::AuthMetrics::default();
+        auth.register(&mut registry);
         Self {
             registry,
             created,
             idempotent_replays,
+            auth,
         }
     }
 }

@@ -10,8 +10,12 @@ use plumbing::{
     endpoints::Vitals,
     service::{About, Service},
 };
+use prometheus_client::registry::Registry;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::Authenticator,
     config::Config,
     metrics::ApiMetrics,
     routes::{self, AppState, Limits},
@@ -29,9 +33,10 @@ impl Service for Application {
     const ABOUT: About = plumbing::about!(Database::Orders);
 
     /// A default currency that is not an ISO 4217 code is refused before the
-    /// database is touched, and so is a statement timeout that would let a
-    /// query outlive its request.
+    /// database is touched, and so are a statement timeout that would let a
+    /// query outlive its request and authentication without its settings.
     fn check(config: &Config) -> anyhow::Result<()> {
+        config.auth.check()?;
         if !contracts::event::is_currency_code(&config.default_currency) {
             return Err(plumbing::config::ConfigError {
                 name: "DEFAULT_CURRENCY".into(),
@@ -53,10 +58,13 @@ impl Service for Application {
     }
 
     fn assemble(config: &Config, _db: DbConfig, pool: Pool) -> anyhow::Result<Self> {
+        let metrics = Arc::new(ApiMetrics::default());
+        let auth = Arc::new(Authenticator::new(&config.auth, metrics.auth.clone())?);
         let state = AppState {
             pool,
             default_currency: Arc::from(config.default_currency.as_str()),
-            metrics: Arc::new(ApiMetrics::default()),
+            metrics,
+            auth,
             #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: config.unsafe_reply_before_commit,
         };
@@ -74,11 +82,19 @@ impl Service for Application {
     }
 
     fn vitals(&self) -> Arc<dyn Vitals> {
-        self.state.metrics.clone()
+        Arc::new(ApiVitals {
+            metrics: self.state.metrics.clone(),
+            auth: self.state.auth.clone(),
+        })
     }
 
     fn router(&self, endpoints: Router) -> Router {
         routes::router(self.state.clone(), self.limits, endpoints)
+    }
+
+    /// Keeps the signing keys of the bearer tokens fresh, beside the server.
+    async fn run(self, shutdown: CancellationToken) {
+        self.state.auth.keep_keys_fresh(shutdown).await;
     }
 
     /// Expired idempotency keys, hourly.
@@ -90,5 +106,22 @@ impl Service for Application {
         let hourly = Duration::from_secs(3_600);
         let what = "purge of expired idempotency keys";
         Some(Purge::new(what, PURGE_LOCK_KEY, hourly, purge))
+    }
+}
+
+/// What `/ready` and `/metrics` add: the API's metrics, and no readiness until
+/// the signing keys of the bearer tokens are loaded.
+struct ApiVitals {
+    metrics: Arc<ApiMetrics>,
+    auth: Arc<Authenticator>,
+}
+
+impl Vitals for ApiVitals {
+    fn registry(&self) -> &Registry {
+        self.metrics.registry()
+    }
+
+    fn unready(&self) -> Option<String> {
+        self.auth.unready()
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use devkit::{db::TestDatabase, proxy::TcpProxy};
+use devkit::{auth::Issuer, db::TestDatabase, proxy::TcpProxy};
 use orders_api::{config::Config, startup::Application};
 use plumbing::{
     config::ServiceConfig,
@@ -17,15 +17,19 @@ use tokio_util::sync::CancellationToken;
 
 struct TestApp {
     base: String,
+    /// Sends a valid token with every request.
     http: reqwest::Client,
     db: TestDatabase,
+    issuer: Issuer,
     shutdown: CancellationToken,
 }
 
 impl TestApp {
     /// Starts the API on a free port over a fresh database (optionally reached
-    /// through `via`, a proxy), trusting clients' trace context or not.
+    /// through `via`, a proxy), trusting clients' trace context or not, with
+    /// authentication by a test issuer of its own.
     async fn spawn_with(db: TestDatabase, via: Option<&TcpProxy>, trust_traceparent: bool) -> Self {
+        let issuer = Issuer::new();
         let config = Config {
             service: ServiceConfig {
                 pool: PoolOptions {
@@ -44,6 +48,7 @@ impl TestApp {
             default_currency: "BRL".into(),
             idempotency_key_ttl: Duration::from_secs(86_400),
             trust_traceparent,
+            auth: issuer.config(),
             #[cfg(feature = "fault-injection")]
             unsafe_reply_before_commit: false,
         };
@@ -53,8 +58,9 @@ impl TestApp {
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Self {
             base,
-            http: devkit::http_client(),
+            http: issuer.client(),
             db,
+            issuer,
             shutdown,
         }
     }
@@ -803,7 +809,8 @@ async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
     let addr = app.base.trim_start_matches("http://").to_owned();
     let body = br#"{"amount": 12.34}"#;
     let head = format!(
-        "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /orders HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        app.issuer.bearer(),
         body.len()
     );
     let (started, mut trickling) = tokio::sync::mpsc::unbounded_channel();

@@ -192,6 +192,22 @@ pub fn connector(mode: &Mode) -> Result<Option<MakeRustlsConnect>, TlsError> {
     Ok(Some(MakeRustlsConnect::new(config)))
 }
 
+/// The TLS configuration of an HTTPS client (rustls on ring, as every other TLS
+/// connection of the process) that trusts the system's roots (`SSL_CERT_FILE`
+/// and `SSL_CERT_DIR` honoured) and checks the server's name. Loads the roots
+/// now, so that a store without any fails at start-up.
+///
+/// # Errors
+/// [`TlsError::System`] when the system's store has no usable certificate.
+pub fn https_client_config() -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::System(e.to_string()))?
+        .with_root_certificates(load_roots(&Roots::System)?)
+        .with_no_client_auth())
+}
+
 fn load_roots(roots: &Roots) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {

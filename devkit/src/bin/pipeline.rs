@@ -13,11 +13,19 @@
 //! (JSON otherwise); `LOG_FORMAT` chooses, as for the services themselves.
 //! When RabbitMQ's management API answers (`BROKER_ADMIN_URL`), the relay and the
 //! worker get broker users of their own (`outbox-relay provision-broker`).
+//! The API authenticates its callers as shipped: the launcher is their local
+//! identity provider, with a new ES256 signing key each run whose JWKS it writes
+//! to `dev-auth/jwks.json` beside the binaries (the API's `AUTH_JWKS_URL`), and
+//! prints a development token (customer `dev-customer`, valid 12 h) and a `curl`
+//! line that uses it.
 
 use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use devkit::process::Service;
+use devkit::{
+    auth::{DEV_CUSTOMER, DEV_ISSUER, Issuer, LONG_RUN, TEST_AUDIENCE},
+    process::Service,
+};
 use outbox_relay::provision::{RELAY_USER, WORKER_USER};
 use plumbing::db::{Database, ServiceRole};
 use plumbing::management::{Management, ManagementError};
@@ -88,13 +96,11 @@ async fn run() -> anyhow::Result<()> {
         env.extend(broker.map(|url| ("BROKER_URL", url.clone())));
         env
     };
+    let issuer = dev_issuer()?;
     println!("pipeline: starting the services, each as its own database role");
-    let api = Service::spawn(
-        "orders-api",
-        &env(&orders_logins, ServiceRole::OrdersApi, None),
-        true,
-    )
-    .await;
+    let mut api_env = env(&orders_logins, ServiceRole::OrdersApi, None);
+    api_env.extend(issuer.env());
+    let api = Service::spawn("orders-api", &api_env, true).await;
     let relay = Service::spawn(
         "outbox-relay",
         &env(
@@ -115,14 +121,19 @@ async fn run() -> anyhow::Result<()> {
         true,
     )
     .await;
+    let token = issuer.long_lived_token(DEV_CUSTOMER);
     println!(
         "\npipeline running: orders-api {} · outbox-relay {} · invoices-worker {}\n\
-         try:  curl -i -X POST {}/orders -H 'content-type: application/json' -d '{{\"amount\": 29.99}}'\n\
+         the API's signing keys: {} (a new key each run: tokens of an earlier run are refused)\n\
+         a development token for customer {DEV_CUSTOMER}, valid {} h:\n\n{token}\n\n\
+         try:  {}\n\
          Ctrl-C stops all three.\n",
         api.base_url(),
         relay.base_url(),
         worker.base_url(),
-        api.base_url(),
+        issuer.jwks_path().display(),
+        LONG_RUN.as_secs() / 3_600,
+        devkit::auth::curl_create_order(&api.base_url(), &token),
     );
 
     stop.cancelled().await;
@@ -135,6 +146,17 @@ async fn run() -> anyhow::Result<()> {
         println!("{} stopped ({status})", service.name);
     }
     Ok(())
+}
+
+/// The local identity provider: a new signing key, its JWKS written to
+/// `dev-auth/` beside the binaries (replacing an earlier run's).
+fn dev_issuer() -> anyhow::Result<Issuer> {
+    let exe = std::env::current_exe().context("cannot find the launcher's path")?;
+    let dir = exe
+        .parent()
+        .context("the launcher has no directory")?
+        .join("dev-auth");
+    Issuer::in_dir(&dir, DEV_ISSUER, TEST_AUDIENCE)
 }
 
 /// The relay's and the worker's `BROKER_URL`s with broker users of their own,

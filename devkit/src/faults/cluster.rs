@@ -52,6 +52,8 @@ pub struct Cluster {
     pub worker_db: TcpProxy,
     /// The worker's path to RabbitMQ.
     pub worker_broker: TcpProxy,
+    /// The issuer of the API's bearer tokens (authentication is on, as shipped).
+    pub issuer: crate::auth::Issuer,
     broken: Break,
     slots: Vec<Slot>,
     /// Duplicates the worker processes reported skipping, read before each stop.
@@ -80,6 +82,7 @@ impl Cluster {
             orders,
             invoices,
             broker,
+            issuer: crate::auth::Issuer::new(),
             broken,
             slots: Vec::new(),
             duplicates_skipped: 0,
@@ -123,11 +126,14 @@ impl Cluster {
         match slot.role {
             // Each service as its own database role, as in production: the
             // fault suite proves that the grants suffice for everything it does.
-            Role::Api => env.push((
-                "DATABASE_URL",
-                self.orders
-                    .role_url_via(ServiceRole::OrdersApi, self.api_db.addr),
-            )),
+            Role::Api => {
+                env.push((
+                    "DATABASE_URL",
+                    self.orders
+                        .role_url_via(ServiceRole::OrdersApi, self.api_db.addr),
+                ));
+                env.extend(self.issuer.env());
+            }
             Role::Relay => env.extend([
                 (
                     "DATABASE_URL",
@@ -173,6 +179,12 @@ impl Cluster {
     #[must_use]
     pub fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.slots[0].port)
+    }
+
+    /// A bearer token for the load, valid longer than any scenario runs.
+    #[must_use]
+    pub fn token(&self) -> String {
+        self.issuer.long_lived_token(crate::auth::TEST_CUSTOMER)
     }
 
     /// Reads the worker's duplicate counter before it goes away.

@@ -37,19 +37,23 @@ pub struct LoadReport {
     pub hung: u64,
 }
 
-/// Posts orders at `rate` per second (open loop, at most 256 in flight) for
-/// `duration`, as a careful client does: an `Idempotency-Key` per order, 503s
-/// and connection failures retried with backoff for up to ~15 s.
-pub fn drive(url: String, rate: f64, duration: Duration) -> tokio::task::JoinHandle<LoadReport> {
+/// Posts orders with the bearer `token` at `rate` per second (open loop, at
+/// most 256 in flight) for `duration`, as a careful client does: an
+/// `Idempotency-Key` per order, 503s and connection failures retried with
+/// backoff for up to ~15 s.
+pub fn drive(
+    url: String,
+    token: String,
+    rate: f64,
+    duration: Duration,
+) -> tokio::task::JoinHandle<LoadReport> {
     tokio::spawn(async move {
-        let http = {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = crate::auth::bearer_client(
+            &token,
             reqwest::Client::builder()
                 .timeout(HANG)
-                .pool_max_idle_per_host(256)
-                .build()
-                .unwrap()
-        };
+                .pool_max_idle_per_host(256),
+        );
         let hung = Arc::new(AtomicU64::new(0));
         let unavailable = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(Semaphore::new(256));

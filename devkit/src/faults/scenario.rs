@@ -210,7 +210,7 @@ impl Scenario {
         let broken = if broken { self.breaker() } else { Break::None };
         let mut cluster = Cluster::start(self.relays(), broken).await;
         let load_time = self.load_time(size);
-        let load = drive(cluster.api_url(), size.rate, load_time);
+        let load = drive(cluster.api_url(), cluster.token(), size.rate, load_time);
         let started = tokio::time::Instant::now();
         let faults = self.inject(&mut cluster, size, load_time, broken).await;
         let report = load.await.unwrap();

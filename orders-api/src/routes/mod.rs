@@ -33,9 +33,17 @@ pub struct AppState {
     pub default_currency: Arc<str>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<crate::metrics::ApiMetrics>,
+    /// Who is calling ([`crate::auth::Caller`]).
+    pub auth: Arc<crate::auth::Authenticator>,
     /// `ORDERS_UNSAFE_REPLY_BEFORE_COMMIT` (fault suite only; see the config).
     #[cfg(feature = "fault-injection")]
     pub unsafe_reply_before_commit: bool,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<crate::auth::Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
 }
 
 /// Limits applied to every request.
@@ -141,6 +149,8 @@ fn request_span(req: &Request) -> tracing::Span {
         url.path = %req.uri().path(),
         http.response.status_code = tracing::field::Empty,
         request_id = header(REQUEST_ID.as_str()).unwrap_or_default(),
+        // The authenticated customer ([`crate::auth::Caller`]); never the token.
+        enduser.id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
