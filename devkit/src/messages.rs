@@ -6,14 +6,12 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-/// The customer of the events [`order_created`] makes, and of orders tests
-/// write without naming one.
-pub const CUSTOMER: &str = "customer-1";
-
-/// [`CUSTOMER`] as a customer id.
+/// The test customer ([`crate::auth::TEST_CUSTOMER`], whose tokens tests
+/// send) as a customer id: the customer of the events [`order_created`] makes,
+/// and of orders tests write without naming one.
 #[must_use]
 pub fn customer() -> contracts::CustomerId {
-    contracts::CustomerId::try_from(CUSTOMER).unwrap()
+    contracts::CustomerId::try_from(crate::auth::TEST_CUSTOMER).unwrap()
 }
 
 /// A new order's event with a fresh order id, as an API of today writes it

@@ -15,6 +15,7 @@ use utoipa::{
         ContentBuilder, ResponseBuilder,
         path::{HttpMethod, OperationBuilder},
         schema::{KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
 
@@ -89,6 +90,26 @@ impl Modify for ProblemSchema {
             .get_or_insert_with(Default::default)
             .schemas
             .insert("Problem".to_owned(), Schema::from(problem).into());
+    }
+}
+
+/// Adds the `bearer` security scheme the order operations require: a JWT of the
+/// identity provider the API trusts (RS256 or ES256; see `AUTH_*`).
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "An access token of the identity provider the API trusts (RS256 or ES256); its `sub` is the customer.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }
 
@@ -171,7 +192,7 @@ impl Modify for OperationalEndpoints {
         crate::domain::order::OrderBody,
         crate::routes::orders::OrderPage
     )),
-    modifiers(&ProblemSchema, &OperationalEndpoints)
+    modifiers(&ProblemSchema, &BearerScheme, &OperationalEndpoints)
 )]
 pub struct ApiDoc;
 

@@ -706,6 +706,35 @@ async fn the_committed_openapi_document_is_what_the_server_serves() {
             "POST /orders {status} is not described"
         );
     }
+    // Every order operation requires the bearer scheme and describes its 401;
+    // the operational endpoints require nothing.
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(scheme["type"], "http");
+    assert_eq!(scheme["scheme"], "bearer");
+    assert_eq!(scheme["bearerFormat"], "JWT");
+    for (path, method) in [
+        ("/orders", "post"),
+        ("/orders", "get"),
+        ("/orders/{id}", "get"),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert_eq!(
+            operation["security"],
+            json!([{"bearer": []}]),
+            "{method} {path}"
+        );
+        assert!(
+            operation["responses"].get("401").is_some(),
+            "{method} {path}"
+        );
+    }
+    for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        assert!(
+            doc["paths"][path]["get"].get("security").is_none(),
+            "{path}"
+        );
+    }
+    assert!(doc.get("security").is_none(), "no global requirement");
 }
 
 /// What a slow client got.
@@ -859,4 +888,145 @@ async fn hostile_clients_get_4xx_write_nothing_and_the_server_stays_healthy() {
     let (status, _, order) = app.post(r#"{"amount": 12.34}"#).await;
     assert_eq!(status, 201, "the server still creates orders: {order}");
     assert_eq!(app.rows().await, (1, 1));
+}
+
+/// Two customers over HTTP, each with their own token: the customer of an
+/// order is the token's `sub`, in the answer and in the event; a customer
+/// reads, lists and re-sends (by `Idempotency-Key`) only their own orders.
+#[tokio::test]
+async fn customers_see_only_their_own_orders() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.issuer.client_for("alice"), app.issuer.client_for("bob"));
+    let post = |client: &reqwest::Client, body: &'static str, key: &'static str| {
+        client
+            .post(format!("{}/orders", app.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let created: Value = post(&alice, r#"{"amount": 10}"#, "k1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["customer_id"], "alice");
+    let id = created["id"].as_str().unwrap();
+    let event_customer: String = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT payload->>'customer_id' FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(event_customer, "alice");
+
+    // Bob cannot read Alice's order: a 404 like any unknown order.
+    let get = |client: &reqwest::Client| client.get(format!("{}/orders/{id}", app.base)).send();
+    assert_eq!(get(&alice).await.unwrap().status(), StatusCode::OK);
+    let refused = get(&bob).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+
+    // Bob may use the same key for an order of his own, with another amount:
+    // no 422, no replay of Alice's order.
+    let response = post(&bob, r#"{"amount": 20}"#, "k1").await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    let bobs: Value = response.json().await.unwrap();
+    assert_ne!(bobs["id"], created["id"]);
+    assert_eq!(bobs["customer_id"], "bob");
+    // Alice's retry still replays hers.
+    let replay = post(&alice, r#"{"amount": 10}"#, "k1").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], created["id"]);
+
+    // Each lists their own.
+    for (client, who, order) in [(&alice, "alice", &created), (&bob, "bob", &bobs)] {
+        let page: Value = client
+            .get(format!("{}/orders", app.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["orders"].as_array().unwrap().len(), 1, "{who}: {page}");
+        assert_eq!(page["orders"][0]["id"], order["id"]);
+        assert_eq!(page["next_cursor"], Value::Null);
+    }
+    assert_eq!(app.rows().await, (2, 2));
+}
+
+/// `GET /orders` over HTTP: pages by `next_cursor` while orders are being
+/// created, and refuses a bad `limit` or `cursor` with a 400 problem.
+#[tokio::test]
+async fn orders_are_listed_newest_first_by_cursor() {
+    let app = TestApp::spawn().await;
+    let mut created = Vec::new();
+    for cents in 1..=5 {
+        let (status, _, body) = app.post(&format!(r#"{{"amount": "0.0{cents}"}}"#)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        created.push(body["id"].as_str().unwrap().to_owned());
+    }
+    created.reverse();
+    let list = |query: String| {
+        let request = app.http.get(format!("{}/orders{query}", app.base)).send();
+        async move {
+            let response = request.await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let mut listed = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let (status, page) = list(query.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        listed.extend(
+            page["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_owned()),
+        );
+        // A newer order between pages does not disturb the next ones.
+        assert_eq!(app.post(r#"{"amount": 1}"#).await.0, StatusCode::CREATED);
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, created);
+    let (status, page) = list(String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        page["orders"].as_array().unwrap().len(),
+        8,
+        "default limit 20"
+    );
+
+    for (query, code) in [
+        ("?limit=0", "invalid_limit"),
+        ("?limit=101", "invalid_limit"),
+        ("?limit=ten", "invalid_limit"),
+        ("?cursor=nonsense", "invalid_cursor"),
+        (
+            "?cursor=1-00000000000000000000000000000000x",
+            "invalid_cursor",
+        ),
+    ] {
+        let (status, problem) = list(query.to_owned()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");
+        assert_eq!(problem["code"], code, "{query}");
+    }
+    // Without a token: 401, like every order route.
+    let anonymous = devkit::http_client()
+        .get(format!("{}/orders", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }

@@ -36,14 +36,17 @@ use crate::{
     responses(
         (status = 201, description = "Created (or replayed for a repeated Idempotency-Key)", body = OrderBody,
             headers(("location" = String, description = "/orders/{id}"), ("idempotent-replayed" = String, description = "`true` on a replayed response"))),
+        (status = 401, description = "No bearer token, or one that is refused (expired, not yet valid, another issuer or audience, a bad signature, …)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json",
+            headers(("www-authenticate" = String, description = "`Bearer realm=\"orders\"`, with `error=\"invalid_token\"` and a description when a token was refused"))),
         (status = 400, description = "Not JSON, or an invalid Idempotency-Key", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within the request timeout (a slow client)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
         (status = 415, description = "Content type is not JSON", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
         (status = 422, description = "Wrong shape, invalid amount or currency, or a reused Idempotency-Key", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable; retry after the Retry-After seconds", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json",
+        (status = 503, description = "Database unavailable, or the token's signing key is not cached and the JWKS cannot be fetched; retry after the Retry-After seconds", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json",
             headers(("retry-after" = String))),
     ),
+    security(("bearer" = [])),
     tag = "orders"
 )]
 pub async fn create(
@@ -153,10 +156,13 @@ fn idempotency_key(
     params(("id" = uuid::Uuid, Path, description = "Order id (UUID)")),
     responses(
         (status = 200, description = "The order", body = OrderBody),
+        (status = 401, description = "No bearer token, or one that is refused (expired, not yet valid, another issuer or audience, a bad signature, …)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json",
+            headers(("www-authenticate" = String, description = "`Bearer realm=\"orders\"`, with `error=\"invalid_token\"` and a description when a token was refused"))),
         (status = 400, description = "The id is not a UUID", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
         (status = 404, description = "No such order of the calling customer (another customer's order is not found either)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or the token's signing key cannot be fetched; retry after the Retry-After seconds", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
     ),
+    security(("bearer" = [])),
     tag = "orders"
 )]
 pub async fn get(
@@ -217,9 +223,12 @@ pub struct OrderPage {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 401, description = "No bearer token, or one that is refused (expired, not yet valid, another issuer or audience, a bad signature, …)", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json",
+            headers(("www-authenticate" = String, description = "`Bearer realm=\"orders\"`, with `error=\"invalid_token\"` and a description when a token was refused"))),
         (status = 400, description = "An invalid limit or cursor", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or the token's signing key cannot be fetched; retry after the Retry-After seconds", body = ref(crate::openapi::PROBLEM), content_type = "application/problem+json"),
     ),
+    security(("bearer" = [])),
     tag = "orders"
 )]
 pub async fn list(
