@@ -133,6 +133,16 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         .unwrap()
         .get(0);
     assert_eq!(invoice_count, 41, "no second invoice for any order");
+    // Each invoice records the customer: the `sub` of the token that created
+    // its order, carried by the event.
+    let customers: Vec<Option<String>> = invoices
+        .query("SELECT DISTINCT customer_id FROM invoices", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(customers, [Some(devkit::auth::TEST_CUSTOMER.to_owned())]);
     assert_eq!(
         broker.ready_count(&broker.topology.dead_letter_queue).await,
         0
@@ -149,6 +159,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         .await
         .unwrap();
     assert_eq!(invoice["amount_cents"], *cents);
+    assert_eq!(invoice["customer_id"], devkit::auth::TEST_CUSTOMER);
     let missing = http
         .get(format!(
             "{}/invoices/{}",
