@@ -352,6 +352,8 @@ impl Issuer {
 
 /// The issuer `cargo pipeline` runs the API with: a local identity provider.
 pub const DEV_ISSUER: &str = "https://dev-issuer.localhost/";
+/// The audience `cargo pipeline` runs the API with: the API's name.
+pub const DEV_AUDIENCE: &str = "orders-api";
 /// The customer of the development token `cargo pipeline` prints.
 pub const DEV_CUSTOMER: &str = "dev-customer";
 

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use devkit::{
-    auth::{DEV_CUSTOMER, DEV_ISSUER, Issuer, TEST_AUDIENCE, curl_create_order},
+    auth::{DEV_AUDIENCE, DEV_CUSTOMER, DEV_ISSUER, Issuer, curl_create_order},
     broker::TestBroker,
     db::TestDatabase,
     eventually,
@@ -197,7 +197,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
 #[tokio::test]
 async fn the_development_token_and_curl_line_of_cargo_pipeline_create_an_order() {
     let dir = std::env::temp_dir().join(format!("dev-auth-{}", devkit::unique_suffix()));
-    let issuer = Issuer::in_dir(&dir, DEV_ISSUER, TEST_AUDIENCE).unwrap();
+    let issuer = Issuer::in_dir(&dir, DEV_ISSUER, DEV_AUDIENCE).unwrap();
     let db = TestDatabase::reserve("e2e_dev_token");
     let mut env = vec![("DATABASE_URL", db.url.clone()), ("PORT", "0".to_owned())];
     env.extend(issuer.env());

@@ -279,6 +279,64 @@ async fn valid_rs256_and_es256_tokens_are_accepted_and_read_their_orders() {
         assert_eq!(res.status(), StatusCode::OK, "{:?}", key.alg());
     }
     assert_eq!(rows(&db).await, (2, 2));
+    // The caller is the token's subject.
+    let customer = format!(r#""customer":"{TEST_CUSTOMER}""#);
+    devkit::eventually(
+        Duration::from_secs(5),
+        "four authenticated requests",
+        || async {
+            let logs = api.logs();
+            let callers = logs
+                .iter()
+                .filter(|line| line.contains("request authenticated") && line.contains(&customer));
+            (callers.count() == 4).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_accepted_before_is_refused_once_expired_or_once_its_key_is_gone() {
+    let issuer = Issuer::new();
+    let db = TestDatabase::create("auth_remembered").await;
+    let mut env = issuer.env();
+    env.push(("AUTH_CLOCK_SKEW", "0s".into()));
+    let api = api(&db, env).await;
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    // Valid for two more seconds: accepted, then refused once expired, however
+    // often it was accepted before.
+    let mut claims = issuer.claims(TEST_CUSTOMER, Duration::ZERO);
+    claims["exp"] = json!(now() + 2);
+    let short = issuer.es256().sign(&claims);
+    let (status, _, body) = post(&api, Some(&bearer(&short))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    devkit::eventually(Duration::from_secs(6), "the token to expire", || async {
+        let (status, _, _) = post(&api, Some(&bearer(&short))).await;
+        (status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    let expired = r#"orders_auth_refused_total{reason="expired"}"#;
+    assert_eq!(sample(&scrape(&api).await, expired), Some(1.0));
+
+    // Accepted with the RS256 key; the provider then drops that key, and the
+    // API learns it at its next fetch (here caused by an unknown kid).
+    let rs256 = issuer
+        .rs256()
+        .sign(&issuer.claims(TEST_CUSTOMER, Duration::from_secs(600)));
+    let (status, _, body) = post(&api, Some(&bearer(&rs256))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    issuer.write_jwks(&devkit::auth::jwks(&[issuer.es256()]));
+    let made_up = issuer.es256().sign_as(
+        "made-up",
+        &issuer.claims(TEST_CUSTOMER, Duration::from_secs(600)),
+    );
+    let (status, _, _) = post(&api, Some(&bearer(&made_up))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let answer = post(&api, Some(&bearer(&rs256))).await;
+
+    assert_refused("a token of a dropped key", &rs256, &answer);
 }
 
 #[tokio::test]
@@ -508,6 +566,21 @@ async fn with_authentication_off_every_caller_is_anonymous_and_every_start_says_
         // Whatever is sent is ignored: everyone is the one customer.
         let (status, _, _) = post(&api, Some("Bearer not-a-jwt")).await;
         assert_eq!(status, StatusCode::CREATED);
+        let callers = devkit::eventually(Duration::from_secs(5), "two callers", || async {
+            let logs = api.logs();
+            let callers: Vec<String> = logs
+                .into_iter()
+                .filter(|line| line.contains("request authenticated"))
+                .collect();
+            (callers.len() == 2).then_some(callers)
+        })
+        .await;
+        assert!(
+            callers
+                .iter()
+                .all(|line| line.contains(r#""customer":"anonymous""#)),
+            "{callers:?}"
+        );
         api.terminate();
         api.wait(Duration::from_secs(10)).await;
     }

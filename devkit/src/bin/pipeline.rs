@@ -23,7 +23,7 @@ use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use devkit::{
-    auth::{DEV_CUSTOMER, DEV_ISSUER, Issuer, LONG_RUN, TEST_AUDIENCE},
+    auth::{DEV_AUDIENCE, DEV_CUSTOMER, DEV_ISSUER, Issuer, LONG_RUN},
     process::Service,
 };
 use outbox_relay::provision::{RELAY_USER, WORKER_USER};
@@ -156,7 +156,7 @@ fn dev_issuer() -> anyhow::Result<Issuer> {
         .parent()
         .context("the launcher has no directory")?
         .join("dev-auth");
-    Issuer::in_dir(&dir, DEV_ISSUER, TEST_AUDIENCE)
+    Issuer::in_dir(&dir, DEV_ISSUER, DEV_AUDIENCE)
 }
 
 /// The relay's and the worker's `BROKER_URL`s with broker users of their own,
