@@ -174,6 +174,22 @@ fn compose_dockerfile_and_prometheus_match_the_binaries() {
     assert!(dockerfile.contains("STOPSIGNAL SIGTERM"));
 }
 
+/// The compose stack's API authenticates against the JWKS that `dev-token
+/// .dev-auth` writes, with the issuer and audience of its tokens.
+#[test]
+fn compose_runs_the_api_with_authentication_against_the_dev_token_keys() {
+    let compose = yaml("docker-compose.yml");
+    let api = &compose["services"]["orders-api"];
+    let env = mapping(&api["environment"]);
+    assert!(!env.contains_key("AUTH_DISABLED"));
+    assert_eq!(env["AUTH_ISSUER"], devkit::auth::DEV_ISSUER);
+    assert_eq!(env["AUTH_AUDIENCE"], devkit::auth::DEV_AUDIENCE);
+    let volumes: Vec<String> = api["volumes"].as_vec().unwrap().iter().map(text).collect();
+    assert_eq!(volumes, ["./.dev-auth:/run/dev-auth:ro"]);
+    assert_eq!(env["AUTH_JWKS_URL"], "file:///run/dev-auth/jwks.json");
+    assert!(read(".gitignore").lines().any(|l| l == "/.dev-auth"));
+}
+
 #[test]
 fn compose_publishes_on_loopback_only_and_hides_kongs_admin_api() {
     let compose = yaml("docker-compose.yml");

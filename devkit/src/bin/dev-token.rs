@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use devkit::auth::{DEV_CUSTOMER, DEV_ISSUER, Issuer, TEST_AUDIENCE};
+use devkit::auth::{DEV_AUDIENCE, DEV_CUSTOMER, DEV_ISSUER, Issuer};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         eprintln!("usage: dev-token <dir>   (writes <dir>/jwks.json, prints AUTH_* and TOKEN)");
         return ExitCode::from(64);
     };
-    match Issuer::in_dir(&PathBuf::from(dir), DEV_ISSUER, TEST_AUDIENCE) {
+    match Issuer::in_dir(&PathBuf::from(dir), DEV_ISSUER, DEV_AUDIENCE) {
         Ok(issuer) => {
             let token = issuer.long_lived_token(DEV_CUSTOMER);
             for (name, value) in issuer.env().iter().chain([&("TOKEN", token)]) {
