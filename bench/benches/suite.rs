@@ -1,6 +1,6 @@
 //! The benchmark suite: `cargo bench -p bench` (about 10 minutes) or
 //! `cargo bench -p bench -- --quick` (under 2, only to prove it works).
-//! `--only api,relay,worker,e2e,hostile,live` runs some parts. Prints one table and writes
+//! `--only api,auth,relay,worker,e2e,hostile,live` runs some parts. Prints one table and writes
 //! the JSON summary to `target/bench/summary.json`.
 //!
 //! Needs the local PostgreSQL and RabbitMQ, `pgbench` and `wrk`.
@@ -34,6 +34,10 @@ async fn main() {
     if wanted("api") {
         eprintln!("bench: api …");
         sections.push(bench::api::run(scale).await);
+    }
+    if wanted("auth") {
+        eprintln!("bench: authentication …");
+        sections.push(bench::auth::run(scale).await);
     }
     if wanted("relay") {
         eprintln!("bench: relay …");

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod api;
+pub mod auth;
 pub mod e2e;
 pub mod hostile;
 pub mod live;
