@@ -42,7 +42,18 @@ export interface Settings {
      * authentication off (AUTH_DISABLED is for local development only).
      */
     auth: { jwksUrl: string; issuer: string; audience: string };
+    /** RDS in two AZs (a standby it fails over to). Default: on for the stack `production`. */
+    dbMultiAz: boolean;
+    /**
+     * One NAT gateway per AZ, each private subnet routed through its own AZ's:
+     * an AZ's outage does not cut the other AZ's tasks off. Default: on for
+     * the stack `production` (one NAT gateway otherwise, the cheaper choice).
+     */
+    natGatewayPerAz: boolean;
 }
+
+/** The stack name that turns the production options on by default. */
+export const PRODUCTION_STACK = "production";
 
 /** The authentication settings: all three, the JWKS over https. */
 function loadAuth(config: pulumi.Config): Settings["auth"] {
@@ -69,6 +80,8 @@ function loadAuth(config: pulumi.Config): Settings["auth"] {
 
 export function loadSettings(): Settings {
     const config = new pulumi.Config();
+    /** The stack whose defaults are the production options (see README). */
+    const production = pulumi.getStack() === PRODUCTION_STACK;
     const int = (key: string, fallback: number, min = 0): number => {
         const value = config.getNumber(key) ?? fallback;
         if (!Number.isInteger(value) || value < min) {
@@ -155,5 +168,7 @@ export function loadSettings(): Settings {
         wafRateLimit,
         logRetentionDays: int("logRetentionDays", 30, 1),
         auth: loadAuth(config),
+        dbMultiAz: config.getBoolean("dbMultiAz") ?? production,
+        natGatewayPerAz: config.getBoolean("natGatewayPerAz") ?? production,
     };
 }

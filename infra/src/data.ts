@@ -165,6 +165,7 @@ export function createData(s: Settings, net: Network, sgs: SecurityGroups, tags:
             username: user,
             password: masterPassword.result,
             backupRetentionPeriod: 7,
+            multiAz: s.dbMultiAz,
             deletionProtection: s.dbDeletionProtection,
             skipFinalSnapshot: !s.dbDeletionProtection,
             finalSnapshotIdentifier: s.dbDeletionProtection ? `${s.prefix}-final` : undefined,

@@ -13,10 +13,12 @@ export interface Network {
 
 /**
  * A VPC over two AZs: a public subnet (internet gateway) and a private subnet
- * (NAT gateway) in each. A single NAT gateway keeps the bill small; outbound
- * traffic of the private subnets depends on its AZ.
+ * (NAT gateway) in each. With `natPerAz`, each AZ has its own NAT gateway and
+ * its private subnet goes out through it; otherwise a single NAT gateway (in
+ * the first AZ) keeps the bill small, and outbound traffic of both private
+ * subnets depends on that AZ.
  */
-export function createNetwork(prefix: string, tags: Record<string, string>): Network {
+export function createNetwork(prefix: string, tags: Record<string, string>, natPerAz: boolean): Network {
     const azs = aws.getAvailabilityZonesOutput({ state: "available" });
     const az = (i: number) =>
         azs.names.apply((names) => {
@@ -54,17 +56,26 @@ export function createNetwork(prefix: string, tags: Record<string, string>): Net
         publicSubnets.push(subnet);
     }
 
-    const natIp = new aws.ec2.Eip("nat", { domain: "vpc", tags: { ...tags, Name: `${prefix}-nat` } });
-    const nat = new aws.ec2.NatGateway(
-        "nat",
-        { allocationId: natIp.id, subnetId: publicSubnets[0].id, tags: { ...tags, Name: prefix } },
-        { dependsOn: [igw] },
-    );
-    const privateRoutes = new aws.ec2.RouteTable("private", {
-        vpcId: vpc.id,
-        routes: [{ cidrBlock: "0.0.0.0/0", natGatewayId: nat.id }],
-        tags: { ...tags, Name: `${prefix}-private` },
-    });
+    // The first AZ's NAT gateway and route table keep the names they had when
+    // there was only one, so that turning natPerAz on adds the second AZ's
+    // without replacing the first.
+    const suffix = (i: number) => (i === 0 ? "" : `-${i}`);
+    const privateRouteTables: aws.ec2.RouteTable[] = [];
+    for (let i = 0; i < (natPerAz ? AZ_COUNT : 1); i++) {
+        const natIp = new aws.ec2.Eip(`nat${suffix(i)}`, { domain: "vpc", tags: { ...tags, Name: `${prefix}-nat${suffix(i)}` } });
+        const nat = new aws.ec2.NatGateway(
+            `nat${suffix(i)}`,
+            { allocationId: natIp.id, subnetId: publicSubnets[i].id, tags: { ...tags, Name: `${prefix}${suffix(i)}` } },
+            { dependsOn: [igw] },
+        );
+        privateRouteTables.push(
+            new aws.ec2.RouteTable(`private${suffix(i)}`, {
+                vpcId: vpc.id,
+                routes: [{ cidrBlock: "0.0.0.0/0", natGatewayId: nat.id }],
+                tags: { ...tags, Name: `${prefix}-private${suffix(i)}` },
+            }),
+        );
+    }
     for (let i = 0; i < AZ_COUNT; i++) {
         const subnet = new aws.ec2.Subnet(`private-${i}`, {
             vpcId: vpc.id,
@@ -73,7 +84,8 @@ export function createNetwork(prefix: string, tags: Record<string, string>): Net
             mapPublicIpOnLaunch: false,
             tags: { ...tags, Name: `${prefix}-private-${i}`, tier: "private" },
         });
-        new aws.ec2.RouteTableAssociation(`private-${i}`, { subnetId: subnet.id, routeTableId: privateRoutes.id });
+        const routes = privateRouteTables[natPerAz ? i : 0];
+        new aws.ec2.RouteTableAssociation(`private-${i}`, { subnetId: subnet.id, routeTableId: routes.id });
         privateSubnets.push(subnet);
     }
 

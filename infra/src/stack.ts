@@ -22,7 +22,7 @@ export function createStack(): Stack {
     const settings = loadSettings();
     const tags = { project: pulumi.getProject(), stack: pulumi.getStack(), "managed-by": "pulumi" };
 
-    const network = createNetwork(settings.prefix, tags);
+    const network = createNetwork(settings.prefix, tags, settings.natGatewayPerAz);
     const securityGroups = createSecurityGroups({
         vpcId: network.vpc.id,
         prefix: settings.prefix,

@@ -88,7 +88,7 @@ export const resources: Recorded[] = [];
 export const options = new Map<string, pulumi.CustomResourceOptions>();
 
 /** Registers the mocks and the stack configuration (before the program runs). */
-export function setup(config: Record<string, string>, secretKeys: string[] = []): void {
+export function setup(config: Record<string, string>, secretKeys: string[] = [], stack: string = STACK): void {
     pulumi.runtime.setMocks(
         {
             newResource(args: pulumi.runtime.MockResourceArgs): { id: string; state: any } {
@@ -118,7 +118,7 @@ export function setup(config: Record<string, string>, secretKeys: string[] = [])
             },
         },
         PROJECT,
-        STACK,
+        stack,
         false,
     );
     pulumi.runtime.setAllConfig(

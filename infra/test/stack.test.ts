@@ -68,6 +68,14 @@ before(async () => {
 });
 
 describe("network", () => {
+    it("has one NAT gateway and a single-AZ database outside the production stack", () => {
+        assert.equal(ofType(T.natGateway).length, 1);
+        const [nat] = ofType(T.natGateway);
+        const routes = ofType(T.routeTable).filter((t) => t.inputs.routes?.[0]?.natGatewayId === nat.id);
+        assert.equal(routes.length, 1, "both private subnets share the one NAT gateway's route table");
+        assert.equal(one(T.rds, "db").inputs.multiAz, false);
+    });
+
     it("spans two AZs with a public and a private subnet in each", () => {
         const subnets = ofType(T.subnet);
         const pub = subnets.filter((s) => s.inputs.tags.tier === "public");
