@@ -108,15 +108,19 @@ const IDEMPOTENT_REPLAYED: header::HeaderName =
     header::HeaderName::from_static("idempotent-replayed");
 
 fn created(order: &Order) -> Result<Response, ApiError> {
-    let body = order
-        .to_body()
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location(&order.id.to_string())?)],
-        Json(body),
+        Json(body_of(order)?),
     )
         .into_response())
+}
+
+/// The response body of an order; failing to write it is a bug (500).
+fn body_of(order: &Order) -> Result<OrderBody, ApiError> {
+    order
+        .to_body()
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
 }
 
 fn location(id: &str) -> Result<HeaderValue, ApiError> {
@@ -177,10 +181,7 @@ pub async fn get(
     let order = store::find_order(&state.pool, &customer, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} does not exist")))?;
-    let body = order
-        .to_body()
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
-    Ok(Json(body).into_response())
+    Ok(Json(body_of(&order)?).into_response())
 }
 
 /// Orders per page of `GET /orders` unless `limit` says otherwise.
@@ -263,16 +264,13 @@ pub async fn list(
         .transpose()?;
     // One more than asked: whether it comes tells whether there is a next page.
     let mut orders = store::list_orders(&state.pool, &customer, limit + 1, after).await?;
-    let more = orders.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    orders.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = orders.len() > page;
+    orders.truncate(page);
     let next_cursor = more
         .then(|| orders.last().map(|o| cursor(o.created_at, o.id)))
         .flatten();
-    let orders = orders
-        .iter()
-        .map(Order::to_body)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+    let orders = orders.iter().map(body_of).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(OrderPage {
         orders,
         next_cursor,
