@@ -38,6 +38,11 @@ export function invoicesQueue(namespace: string): string {
     return namespace ? `${namespace}.invoices.order-created` : "invoices.order-created";
 }
 
+/** Its dead-letter queue (contracts::topology DEAD_LETTER_QUEUE), after BROKER_NAMESPACE. */
+export function invoicesDeadLetterQueue(namespace: string): string {
+    return `${invoicesQueue(namespace)}.dlq`;
+}
+
 /** Path of the Amazon RDS CA bundle in the images (Dockerfile). */
 export const RDS_CA_BUNDLE = "/etc/ssl/certs/rds-global-bundle.pem";
 

@@ -1,5 +1,7 @@
 import * as pulumi from "@pulumi/pulumi";
 
+import { checkConnectionBudget, resolveMaxConnections } from "./budget";
+
 /** Everything the program reads from the stack configuration (see README.md). */
 export interface Settings {
     /** `${project}-${stack}`, lower-cased: prefix of physical names. */
@@ -50,6 +52,24 @@ export interface Settings {
      * the stack `production` (one NAT gateway otherwise, the cheaper choice).
      */
     natGatewayPerAz: boolean;
+    /**
+     * DB_POOL_SIZE of each service container: the most pooled sessions it
+     * opens. The defaults fit the default stack (6 orders tasks, 4 workers)
+     * into a db.t4g.micro (see src/budget.ts).
+     */
+    apiDbPoolSize: number;
+    relayDbPoolSize: number;
+    workerDbPoolSize: number;
+    /**
+     * The database server's max_connections, for the connection budget and the
+     * DbConnections alarm: config `dbMaxConnections`, or the RDS class's value.
+     * Undefined with external databases and no override (budget unchecked).
+     */
+    dbMaxConnections?: number;
+    /** With otlpEndpoint: also push metrics over OTLP (OTEL_METRICS_EXPORTER=otlp). */
+    otlpMetrics: boolean;
+    /** An email address subscribed to the alarms' SNS topic. */
+    alarmEmail?: string;
 }
 
 /** The stack name that turns the production options on by default. */
@@ -144,6 +164,24 @@ export function loadSettings(): Settings {
         new URL(otlpEndpoint); // throws on a malformed URL
     }
 
+    const alarmEmail = config.get("alarmEmail");
+    if (alarmEmail !== undefined && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(alarmEmail)) {
+        throw new pulumi.RunError(
+            `config alarmEmail must be an email address (the alarms' SNS topic mails it), got ${alarmEmail}; ` +
+                "pulumi config set alarmEmail oncall@example.com, or rm it for no email subscription",
+        );
+    }
+
+    const pools = {
+        apiDbPoolSize: int("apiDbPoolSize", 3, 1),
+        relayDbPoolSize: int("relayDbPoolSize", 3, 1),
+        workerDbPoolSize: int("workerDbPoolSize", 2, 1),
+    };
+    const dbInstanceClass = config.get("dbInstanceClass") ?? "db.t4g.micro";
+    const rds = ordersDatabaseUrl === undefined;
+    const dbMaxConnections = resolveMaxConnections(rds, dbInstanceClass, config.getNumber("dbMaxConnections"));
+    checkConnectionBudget({ apiMaxCount, workerMaxCount, ...pools }, rds, dbMaxConnections);
+
     return {
         prefix: `${pulumi.getProject()}-${pulumi.getStack()}`.toLowerCase(),
         imageTag: config.get("imageTag") ?? "latest",
@@ -159,7 +197,7 @@ export function loadSettings(): Settings {
                 : undefined,
         externalBroker: brokerUrl && brokerAdminUrl ? { url: brokerUrl, adminUrl: brokerAdminUrl } : undefined,
         brokerNamespace,
-        dbInstanceClass: config.get("dbInstanceClass") ?? "db.t4g.micro",
+        dbInstanceClass,
         dbDeletionProtection: config.getBoolean("dbDeletionProtection") ?? false,
         mqInstanceType,
         mqDeploymentMode,
@@ -170,5 +208,9 @@ export function loadSettings(): Settings {
         auth: loadAuth(config),
         dbMultiAz: config.getBoolean("dbMultiAz") ?? production,
         natGatewayPerAz: config.getBoolean("natGatewayPerAz") ?? production,
+        ...pools,
+        dbMaxConnections,
+        otlpMetrics: config.getBoolean("otlpMetrics") ?? true,
+        alarmEmail,
     };
 }

@@ -19,6 +19,7 @@ import { Settings } from "./config";
 import { container, ContainerDefinition } from "./containers";
 import { allSecrets, Data } from "./data";
 import { Edge } from "./edge";
+import { amazonMqQueueDepth } from "./metrics";
 import { Network } from "./network";
 import { SecurityGroups } from "./security";
 
@@ -148,6 +149,17 @@ export function createServices(
         ? { OTEL_EXPORTER_OTLP_HEADERS: secrets.otlpHeaders.secret.arn }
         : {};
     const common = { region, otlpEndpoint: s.otlpEndpoint };
+    /**
+     * The long-running services' metrics (not the one-off tasks'): EMF gauges
+     * to CloudWatch under the stack prefix, for the alarms; with an OTLP
+     * endpoint, also pushed over OTLP unless otlpMetrics is false.
+     */
+    const metricsEnv: Record<string, string> = {
+        METRICS_EMF_NAMESPACE: s.prefix,
+        ...(s.otlpEndpoint && s.otlpMetrics ? { OTEL_METRICS_EXPORTER: "otlp" } : {}),
+    };
+    /** DB_POOL_SIZE, always explicit: the connection budget (src/budget.ts) counts on it. */
+    const pool = (size: number) => ({ DB_POOL_SIZE: String(size) });
 
     // ---- orders task: orders-api + outbox-relay sidecar -----------------
     // Both essential: a dead relay must replace the task (orders would pile up
@@ -166,6 +178,8 @@ export function createServices(
             // Bearer tokens of the configured identity provider, always: the
             // program has no way to set AUTH_DISABLED.
             environment: {
+                ...metricsEnv,
+                ...pool(s.apiDbPoolSize),
                 AUTH_JWKS_URL: s.auth.jwksUrl,
                 AUTH_ISSUER: s.auth.issuer,
                 AUTH_AUDIENCE: s.auth.audience,
@@ -182,6 +196,8 @@ export function createServices(
             essential: true,
             service: true,
             environment: {
+                ...metricsEnv,
+                ...pool(s.relayDbPoolSize),
                 RELAY_CONFIRM_TIMEOUT: `${RELAY_CONFIRM_TIMEOUT_SECONDS}s`,
                 ...(s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {}),
             },
@@ -201,7 +217,11 @@ export function createServices(
             image: image(WORKER),
             essential: true,
             service: true,
-            environment: s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {},
+            environment: {
+                ...metricsEnv,
+                ...pool(s.workerDbPoolSize),
+                ...(s.brokerNamespace ? { BROKER_NAMESPACE: s.brokerNamespace } : {}),
+            },
             secrets: {
                 DATABASE_URL: secrets.databaseUrls.invoicesWorker.secret.arn,
                 BROKER_URL: secrets.brokerUrls.invoicesWorker.secret.arn,
@@ -400,17 +420,7 @@ export function createServices(
             { metricIntervalLowerBound: "900", scalingAdjustment: 2 },
         ]);
         const scaleIn = step("invoices-worker-queue-in", [{ metricIntervalUpperBound: "0", scalingAdjustment: -1 }]);
-        const queueDepth = {
-            namespace: "AWS/AmazonMQ",
-            metricName: "MessageCount",
-            dimensions: {
-                Broker: data.broker.brokerName,
-                VirtualHost: "/",
-                Queue: invoicesQueue(s.brokerNamespace),
-            },
-            statistic: "Maximum",
-            period: 60,
-        };
+        const queueDepth = amazonMqQueueDepth(data.broker.brokerName, invoicesQueue(s.brokerNamespace));
         workerAlarms.push(
             new aws.cloudwatch.MetricAlarm("invoices-worker-queue-high", {
                 ...queueDepth,

@@ -26,6 +26,7 @@ const CONFIG = {
     brokerAdminUrl: BROKER_ADMIN_URL,
     certificateArn: CERT,
     otlpEndpoint: "http://collector.example.com:4318",
+    otlpMetrics: "false",
     authJwksUrl: "https://tenant.eu.auth0.com/.well-known/jwks.json",
     authIssuer: "https://tenant.eu.auth0.com/",
     authAudience: "https://orders.example.com",
@@ -94,7 +95,7 @@ describe("external databases and broker", () => {
     });
 
     it("scale the worker on CPU (no Amazon MQ queue metric)", () => {
-        assert.equal(ofType(T.alarm).length, 0);
+        assert.equal(ofType(T.alarm).filter((a) => a.name.startsWith("invoices-worker-queue-")).length, 0);
         const target = one(T.scalingTarget, "invoices-worker");
         const policies = ofType(T.scalingPolicy).filter((p) => p.inputs.resourceId === target.inputs.resourceId);
         assert.equal(policies.length, 1);
@@ -145,12 +146,15 @@ describe("without wafRateLimit", () => {
     });
 });
 
-describe("OTLP without headers", () => {
-    it("sets the endpoint and no headers secret", () => {
+describe("OTLP without headers, otlpMetrics false", () => {
+    it("sets the endpoint and no headers secret, and pushes no metrics over OTLP", () => {
         assert.equal(ofType(T.secret).filter((s) => s.name === "otlp-headers").length, 0);
         for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
             assert.equal(envOf(c).OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector.example.com:4318");
             assert.ok(!("OTEL_EXPORTER_OTLP_HEADERS" in secretsOf(c)));
+            // otlpMetrics false: traces only; the EMF gauges still go to CloudWatch.
+            assert.equal(envOf(c).OTEL_METRICS_EXPORTER, undefined, c.name);
+            assert.equal(envOf(c).METRICS_EMF_NAMESPACE, "orders-pipeline-test", c.name);
         }
     });
 });

@@ -35,6 +35,8 @@ setup(
         apiMaxCount: "8",
         workerDesiredCount: "1",
         workerMaxCount: "5",
+        // 8 orders tasks and 5 workers need more sessions than a db.t4g.micro has (src/budget.ts).
+        dbInstanceClass: "db.t4g.small",
         otlpEndpoint: "https://otlp.example.com",
         otlpHeaders: "x-api-key=s3cr3t",
         brokerNamespace: "prod",
@@ -379,6 +381,32 @@ describe("environment", () => {
         }
     });
 
+    it("has every service emit its gauges as EMF under the stack prefix, the one-off tasks none", () => {
+        for (const c of SERVICES.flatMap(containersOf)) {
+            assert.equal(envOf(c).METRICS_EMF_NAMESPACE, "orders-pipeline-test", c.name);
+        }
+        for (const c of ONE_OFF.flatMap(containersOf)) {
+            assert.equal(envOf(c).METRICS_EMF_NAMESPACE, undefined, c.name);
+        }
+    });
+
+    it("pushes the services' metrics over OTLP too (otlpEndpoint set, otlpMetrics by default), not the one-off tasks'", () => {
+        for (const c of SERVICES.flatMap(containersOf)) {
+            assert.equal(envOf(c).OTEL_METRICS_EXPORTER, "otlp", c.name);
+        }
+        for (const c of ONE_OFF.flatMap(containersOf)) {
+            assert.equal(envOf(c).OTEL_METRICS_EXPORTER, undefined, c.name);
+        }
+    });
+
+    it("sizes each service's pool explicitly (DB_POOL_SIZE), with the budget's defaults", () => {
+        const pools = Object.fromEntries(SERVICES.flatMap(containersOf).map((c) => [c.name, envOf(c).DB_POOL_SIZE]));
+        assert.deepEqual(pools, { "orders-api": "3", "outbox-relay": "3", "invoices-worker": "2" });
+        for (const c of ONE_OFF.flatMap(containersOf)) {
+            assert.equal(envOf(c).DB_POOL_SIZE, undefined, c.name);
+        }
+    });
+
     it("passes BROKER_NAMESPACE to the relay and the worker", () => {
         for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
             assert.equal(envOf(c).BROKER_NAMESPACE, c.name === "orders-api" ? undefined : "prod", c.name);
@@ -627,7 +655,8 @@ describe("auto scaling", () => {
         assert.equal(t.inputs.maxCapacity, 5);
         const policies = policiesOf("invoices-worker");
         assert.equal(policies.length, 2);
-        const alarms = ofType(T.alarm);
+        // The scaling alarms (the operator's alarms, test/alarms.test.ts, notify the SNS topic).
+        const alarms = ofType(T.alarm).filter((a) => a.name.startsWith("invoices-worker-queue-"));
         assert.equal(alarms.length, 2);
         for (const a of alarms) {
             assert.equal(a.inputs.namespace, "AWS/AmazonMQ");
