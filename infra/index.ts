@@ -19,3 +19,5 @@ export const provisionBrokerTaskDefinitionArn = outputs.provisionBrokerTaskDefin
 export const provisionBrokerCommand = outputs.provisionBrokerCommand;
 /** Attach to a Prometheus inside the VPC: the only way to the services' /metrics. */
 export const metricsScraperSecurityGroupId = outputs.metricsScraperSecurityGroupId;
+/** The SNS topic every alarm notifies (subscribe on-call tooling to it; alarmEmail adds an email subscription). */
+export const alarmTopicArn = outputs.alarmTopicArn;

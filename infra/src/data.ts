@@ -7,6 +7,9 @@ import { Settings } from "./config";
 import { Network } from "./network";
 import { SecurityGroups } from "./security";
 
+/** The RDS instance's initial storage (GiB; autoscaling may grow it to 100). */
+export const DB_ALLOCATED_STORAGE_GIB = 20;
+
 /** A Secrets Manager secret and the version holding its value. */
 export interface StoredSecret {
     secret: aws.secretsmanager.Secret;
@@ -154,7 +157,7 @@ export function createData(s: Settings, net: Network, sgs: SecurityGroups, tags:
             engineVersion: "16",
             autoMinorVersionUpgrade: true,
             instanceClass: s.dbInstanceClass,
-            allocatedStorage: 20,
+            allocatedStorage: DB_ALLOCATED_STORAGE_GIB,
             maxAllocatedStorage: 100,
             storageType: "gp3",
             storageEncrypted: true,

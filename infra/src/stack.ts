@@ -1,5 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 
+import { Alarms, createAlarms } from "./alarms";
 import { loadSettings, Settings } from "./config";
 import { createData, Data } from "./data";
 import { createEdge, Edge } from "./edge";
@@ -14,6 +15,7 @@ export interface Stack {
     data: Data;
     edge: Edge;
     services: Services;
+    alarms: Alarms;
     outputs: Record<string, pulumi.Input<unknown>>;
 }
 
@@ -35,6 +37,8 @@ export function createStack(): Stack {
     const data = createData(settings, network, securityGroups, tags);
     const edge = createEdge(settings, network, securityGroups, tags);
     const services = createServices(settings, network, securityGroups, data, edge, tags);
+
+    const alarms = createAlarms(settings, edge, data, tags);
 
     const scheme = settings.certificateArn ? "https" : "http";
     const outputs: Record<string, pulumi.Input<unknown>> = {
@@ -58,6 +62,7 @@ export function createStack(): Stack {
         metricsScraperSecurityGroupId: securityGroups.scraper.id,
         dbAddress: data.db?.address,
         brokerEndpoint: data.broker?.instances[0].endpoints[0],
+        alarmTopicArn: alarms.topic.arn,
     };
-    return { settings, network, securityGroups, data, edge, services, outputs };
+    return { settings, network, securityGroups, data, edge, services, alarms, outputs };
 }

@@ -56,9 +56,12 @@ function computed(type: string, name: string, inputs: any): Record<string, unkno
         case "aws:ecr/repository:Repository":
             return { repositoryUrl: `${ACCOUNT}.dkr.ecr.${REGION}.amazonaws.com/${inputs.name}` };
         case "aws:lb/loadBalancer:LoadBalancer":
-            return { dnsName: `${name}-1234567890.${REGION}.elb.amazonaws.com` };
+            return { dnsName: `${name}-1234567890.${REGION}.elb.amazonaws.com`, arnSuffix: `app/${name}/50dc6c495c0c9188` };
+        case "aws:lb/targetGroup:TargetGroup":
+            return { arnSuffix: `targetgroup/${name}/943f017f100becff` };
         case "aws:rds/instance:Instance":
             return {
+                identifier: inputs.identifier ?? `${name}-0a1b2c3d`,
                 address: `${name}.c1a2b3c4d5e6.${REGION}.rds.amazonaws.com`,
                 endpoint: `${name}.c1a2b3c4d5e6.${REGION}.rds.amazonaws.com:5432`,
             };
@@ -191,6 +194,8 @@ export const T = {
     rds: "aws:rds/instance:Instance",
     dbSubnetGroup: "aws:rds/subnetGroup:SubnetGroup",
     broker: "aws:mq/broker:Broker",
+    topic: "aws:sns/topic:Topic",
+    subscription: "aws:sns/topicSubscription:TopicSubscription",
 } as const;
 
 /** A recorded task definition's containers. */

@@ -24,6 +24,7 @@ it("index.ts exports the stack outputs", async () => {
         "provisionBrokerTaskDefinitionArn",
         "provisionBrokerCommand",
         "metricsScraperSecurityGroupId",
+        "alarmTopicArn",
     ]) {
         assert.ok(name in index, `missing output ${name}`);
     }
@@ -31,4 +32,5 @@ it("index.ts exports the stack outputs", async () => {
     // Defaults: RDS and Amazon MQ, tracing off (no endpoint configured).
     assert.match((await value(index.dbAddress as string)) ?? "", /\.rds\.amazonaws\.com$/);
     assert.match((await value(index.brokerEndpoint as string)) ?? "", /^amqps:\/\/.+:5671$/);
+    assert.match(await value(index.alarmTopicArn as string), /^arn:aws:sns:[a-z0-9-]+:\d{12}:/);
 });

@@ -407,6 +407,10 @@ describe("environment", () => {
         }
     });
 
+    it("alarms above 80 % of the configured class's max_connections (db.t4g.small: 170)", () => {
+        assert.equal(one(T.alarm, "alarm-DbConnections").inputs.threshold, 136);
+    });
+
     it("passes BROKER_NAMESPACE to the relay and the worker", () => {
         for (const c of [...containersOf(ORDERS), ...containersOf(WORKER)]) {
             assert.equal(envOf(c).BROKER_NAMESPACE, c.name === "orders-api" ? undefined : "prod", c.name);
