@@ -231,7 +231,7 @@ pub fn assert_hides(password: &str, config: &impl std::fmt::Debug) {
 
 /// The service part of a config for a service run in a test: `database_url`,
 /// a free port on loopback, the default pool, migrations at start, the default
-/// HTTP limits. A test that needs another pool sets `pool` on the result.
+/// HTTP limits, no metrics exporter. A test that needs another pool sets `pool` on the result.
 #[must_use]
 pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
     plumbing::config::ServiceConfig {
@@ -241,6 +241,7 @@ pub fn service_config(database_url: String) -> plumbing::config::ServiceConfig {
         pool: plumbing::db::PoolOptions::default(),
         migrate_on_start: true,
         http: plumbing::http::Limits::DEFAULT,
+        export: plumbing::export::ExportConfig::default(),
     }
 }
 

@@ -75,17 +75,25 @@ fn rust_files(path: &Path) -> Vec<PathBuf> {
 
 /// The variables a piece of source reads: the name given to one of the readers
 /// (`plumbing::config`'s `var`, `var_or`, `parse_or`, `duration_or`,
-/// `fault_switch`, `database_url`, `broker_url`, the standard library's
+/// `fault_switch`, `database_url`, `broker_url`, the metrics exporter's `millis_or`
+/// and `first_of` pairs, the standard library's
 /// `env::var` and `env::var_os`, telemetry's `env_set`), and
 /// `RUST_LOG` where a log filter is read from the environment.
 fn read_in(source: &str) -> BTreeSet<String> {
     let reader = regex::Regex::new(
-        r#"\b(?:var|var_or|var_os|parse_or|duration_or|positive_duration_or|env_set|fault_switch|database_url|broker_url)\(\s*"([A-Z][A-Z0-9_]*)""#,
+        r#"\b(?:var|var_or|var_os|parse_or|duration_or|positive_duration_or|millis_or|env_set|fault_switch|database_url|broker_url)\(\s*"([A-Z][A-Z0-9_]*)""#,
     )
     .unwrap();
+    // The metrics exporter's pairs: the signal's variable, then the general one.
+    let pair =
+        regex::Regex::new(r#"\bfirst_of\(\s*"([A-Z][A-Z0-9_]*)",\s*"([A-Z][A-Z0-9_]*)""#).unwrap();
     let mut names: BTreeSet<String> = reader
         .captures_iter(source)
         .map(|c| c[1].to_owned())
+        .chain(
+            pair.captures_iter(source)
+                .flat_map(|c| [c[1].to_owned(), c[2].to_owned()]),
+        )
         .collect();
     if source.contains("from_default_env()") {
         names.insert("RUST_LOG".to_owned());
@@ -142,6 +150,11 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         )?;
         let k = plumbing::config::fault_switch("WORKER_UNSAFE_ACK_BEFORE_COMMIT", "…")?;
         let j = broker_url("BROKER_URL", DEFAULT_BROKER_URL)?;
+        let l = millis_or("OTEL_METRIC_EXPORT_INTERVAL", Duration::from_secs(60))?;
+        let (m, _) = first_of(
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        );
         let not_a_variable = header("traceparent");
     "#;
     let expected = [
@@ -151,6 +164,9 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
         "HTTP_IDLE_TIMEOUT",
         "LOG_FORMAT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        "OTEL_METRIC_EXPORT_INTERVAL",
         "RELAY_BATCH_SIZE",
         "REQUEST_TIMEOUT",
         "RUST_LOG",

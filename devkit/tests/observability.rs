@@ -577,3 +577,415 @@ async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
     }
     pipeline.stop().await;
 }
+
+/// One OTLP metrics request as received: who sent it, with which
+/// `authorization` header, and its series as Prometheus would name them (the
+/// OTLP-to-Prometheus translation: `_total` for a monotonic sum,
+/// `_bucket`/`_sum`/`_count` for a histogram), keyed by their canonical text.
+#[derive(Debug, Clone)]
+struct Push {
+    service: String,
+    instance: String,
+    authorization: String,
+    series: std::collections::BTreeMap<String, f64>,
+}
+
+/// `name{a="1",b="2"}` with the labels sorted, `le` written as a number.
+fn series_key(name: &str, labels: &[(String, String)]) -> String {
+    let mut labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v.parse::<f64>()) {
+                ("le", Ok(bound)) if bound.is_finite() => format!("{bound}"),
+                ("le", _) => "+Inf".to_owned(),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    labels.sort();
+    let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{name}{{{}}}", text.join(","))
+}
+
+/// The series of a `/metrics` scrape, keyed as [`series_key`] (no `_created`).
+fn scraped_series(scrape: &str) -> std::collections::BTreeMap<String, f64> {
+    let label = regex::Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)""#).unwrap();
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            if name.ends_with("_created") {
+                return None;
+            }
+            let labels: Vec<(String, String)> = label
+                .captures_iter(labels)
+                .map(|c| (c[1].to_owned(), c[2].replace("\\\"", "\"")))
+                .collect();
+            Some((series_key(name, &labels), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn number(
+    value: Option<&opentelemetry_proto::tonic::metrics::v1::number_data_point::Value>,
+) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match value {
+        Some(Value::AsInt(i)) => *i as f64,
+        Some(Value::AsDouble(d)) => *d,
+        None => f64::NAN,
+    }
+}
+
+fn labels(attributes: &[KeyValue]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(text).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// An OTLP/HTTP metrics receiver (protobuf) on a free port.
+async fn metrics_collector() -> (String, Arc<Mutex<Vec<Push>>>) {
+    use axum::http::HeaderMap;
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::metric::Data,
+    };
+    type Pushes = Arc<Mutex<Vec<Push>>>;
+    async fn receive(
+        State(pushes): State<Pushes>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> &'static str {
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        let request = ExportMetricsServiceRequest::decode(body).unwrap();
+        for resource in request.resource_metrics {
+            let attributes = resource.resource.map(|r| r.attributes).unwrap_or_default();
+            let mut series = std::collections::BTreeMap::new();
+            for metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                match metric.data {
+                    Some(Data::Sum(sum)) => {
+                        assert!(sum.is_monotonic, "{}", metric.name);
+                        for p in sum.data_points {
+                            let key = series_key(
+                                &format!("{}_total", metric.name),
+                                &labels(&p.attributes),
+                            );
+                            series.insert(key, number(p.value.as_ref()));
+                        }
+                    }
+                    Some(Data::Gauge(gauge)) => {
+                        for p in gauge.data_points {
+                            series.insert(
+                                series_key(&metric.name, &labels(&p.attributes)),
+                                number(p.value.as_ref()),
+                            );
+                        }
+                    }
+                    Some(Data::Histogram(histogram)) => {
+                        for p in histogram.data_points {
+                            let base = labels(&p.attributes);
+                            let mut cumulative = 0;
+                            for (i, count) in p.bucket_counts.iter().enumerate() {
+                                cumulative += count;
+                                let le = p
+                                    .explicit_bounds
+                                    .get(i)
+                                    .map_or("+Inf".to_owned(), |b| format!("{b}"));
+                                let mut with_le = base.clone();
+                                with_le.push(("le".to_owned(), le));
+                                series.insert(
+                                    series_key(&format!("{}_bucket", metric.name), &with_le),
+                                    cumulative as f64,
+                                );
+                            }
+                            series.insert(
+                                series_key(&format!("{}_sum", metric.name), &base),
+                                p.sum.unwrap_or(f64::NAN),
+                            );
+                            series.insert(
+                                series_key(&format!("{}_count", metric.name), &base),
+                                p.count as f64,
+                            );
+                        }
+                    }
+                    other => panic!("{}: unexpected data {other:?}", metric.name),
+                }
+            }
+            pushes.lock().unwrap().push(Push {
+                service: attribute(&attributes, "service.name").unwrap_or_default(),
+                instance: attribute(&attributes, "service.instance.id").unwrap_or_default(),
+                authorization: headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                series,
+            });
+        }
+        ""
+    }
+    let pushes = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route("/v1/metrics", post(receive))
+        .with_state(pushes.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, pushes)
+}
+
+#[tokio::test]
+async fn every_process_pushes_the_series_of_its_metrics_endpoint_over_otlp() {
+    let (collector, pushes) = metrics_collector().await;
+    let pipeline = Pipeline::start(
+        "otlp_metrics",
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                format!("{collector}/v1/metrics"),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "authorization=Basic%20bWV0cmljczprZXk=".to_owned(),
+            ),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "250".to_owned()),
+            ("METRICS_EMF_NAMESPACE", "orders-pipeline-test".to_owned()),
+            ("METRICS_EMF_INTERVAL", "1s".to_owned()),
+        ],
+        None,
+    )
+    .await;
+    for i in 1..=3 {
+        let res = pipeline.post(&format!(r#"{{"amount": {i}.5}}"#), &[]).await;
+        assert_eq!(res.status(), 201);
+    }
+    assert_eq!(pipeline.post(r#"{"amount": -1}"#, &[]).await.status(), 422);
+    // One message the worker cannot read: it ends in the dead-letter queue.
+    pipeline
+        ._broker
+        .publish_raw(b"not an event", lapin::BasicProperties::default())
+        .await;
+    pipeline.wait_for_invoices(3).await;
+
+    let topology = &pipeline._broker.topology;
+    let dlq = format!(
+        r#"invoices_queue_messages{{queue={:?}}}"#,
+        topology.dead_letter_queue
+    );
+    let latest = |service: &'static str| {
+        let pushes = pushes.clone();
+        move || {
+            let pushes = pushes.lock().unwrap();
+            std::future::ready(pushes.iter().rev().find(|p| p.service == service).cloned())
+        }
+    };
+    let value = |push: &Push, key: &str| push.series.get(key).copied();
+    // What the issue names arrives: HTTP rate and latency, the outbox backlog and
+    // its oldest event's age, the DLQ depth, the order-to-invoice time.
+    let wait = Duration::from_secs(30);
+    let api = eventually(wait, "the API's pushed request counts", || async {
+        let push = latest("orders-api")().await?;
+        let created = value(
+            &push,
+            r#"http_server_requests_total{method="POST",route="/orders",status="201"}"#,
+        );
+        (created == Some(3.0)).then_some(push)
+    })
+    .await;
+    assert_eq!(
+        value(
+            &api,
+            r#"http_server_requests_total{method="POST",route="/orders",status="422"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &api,
+            r#"http_server_request_duration_seconds_count{method="POST",route="/orders"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &api,
+            r#"http_server_request_duration_seconds_bucket{le="+Inf",method="POST",route="/orders"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(value(&api, "orders_created_total{}"), Some(3.0));
+    assert_eq!(api.authorization, "Basic bWV0cmljczprZXk=");
+    let relay = eventually(wait, "the relay's pushed counts", || async {
+        let push = latest("outbox-relay")().await?;
+        (value(&push, "outbox_published_total{}") == Some(3.0)).then_some(push)
+    })
+    .await;
+    assert_eq!(value(&relay, "outbox_backlog{}"), Some(0.0));
+    assert_eq!(
+        value(&relay, "outbox_oldest_unpublished_age_seconds{}"),
+        Some(0.0)
+    );
+    assert_eq!(value(&relay, "outbox_notification_session{}"), Some(1.0));
+    let worker = eventually(wait, "the worker's pushed DLQ depth", || async {
+        let push = latest("invoices-worker")().await?;
+        (value(&push, &series_key_of(&dlq)) == Some(1.0)).then_some(push)
+    })
+    .await;
+    assert_eq!(
+        value(&worker, "invoices_order_to_invoice_seconds_count{}"),
+        Some(3.0)
+    );
+    assert_eq!(value(&worker, "invoices_invoiced_total{}"), Some(3.0));
+    // One instance id per process.
+    let instances: BTreeSet<&str> = [&api, &relay, &worker]
+        .iter()
+        .map(|p| p.instance.as_str())
+        .collect();
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    assert!(!instances.contains(""));
+
+    // The gauges as CloudWatch EMF lines on stdout, every gauge the stack's
+    // alarms read among them, with the dimensions they name.
+    let emf = |process: &Service| -> Vec<serde_json::Value> {
+        process
+            .logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l.get("_aws").is_some())
+            .collect()
+    };
+    let written = |process: &Service, service: &str, dimensions: serde_json::Value| {
+        let mut names = BTreeSet::new();
+        for line in emf(process) {
+            let directive = &line["_aws"]["CloudWatchMetrics"][0];
+            assert_eq!(directive["Namespace"], "orders-pipeline-test", "{line}");
+            assert_eq!(line["Service"], service, "{line}");
+            if directive["Dimensions"] == dimensions {
+                for metric in directive["Metrics"].as_array().unwrap() {
+                    let name = metric["Name"].as_str().unwrap().to_owned();
+                    assert!(line[&name].is_number(), "{line}");
+                    names.insert(name);
+                }
+            }
+        }
+        names
+    };
+    let relay_gauges = eventually(wait, "the relay's EMF lines", || {
+        let names = written(
+            &pipeline.relay,
+            "outbox-relay",
+            serde_json::json!([["Service"]]),
+        );
+        std::future::ready(
+            names
+                .contains("outbox_notification_session")
+                .then_some(names),
+        )
+    })
+    .await;
+    let worker_queues = eventually(wait, "the worker's EMF queue lines", || {
+        let names = written(
+            &pipeline.worker,
+            "invoices-worker",
+            serde_json::json!([["Service", "queue"]]),
+        );
+        std::future::ready(names.contains("invoices_queue_messages").then_some(names))
+    })
+    .await;
+    let worker_gauges = written(
+        &pipeline.worker,
+        "invoices-worker",
+        serde_json::json!([["Service"]]),
+    );
+    assert!(
+        emf(&pipeline.worker)
+            .iter()
+            .any(|l| l["queue"] == topology.dead_letter_queue.as_str()),
+        "the DLQ's depth has a line of its own"
+    );
+    let emitted: BTreeSet<String> = relay_gauges
+        .into_iter()
+        .chain(worker_queues)
+        .chain(worker_gauges)
+        .collect();
+    assert!(
+        !emitted.contains("outbox_published"),
+        "counters are no EMF metrics"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let alarms = std::fs::read_to_string(root.join("infra/src/alarms.ts")).unwrap();
+    let used = metric_names(&alarms);
+    assert!(used.len() >= 5, "the alarms read EMF gauges: {used:?}");
+    let unknown: Vec<_> = used.difference(&emitted).collect();
+    assert!(
+        unknown.is_empty(),
+        "alarms on gauges no process writes: {unknown:?}"
+    );
+
+    // The same series as /metrics, label for label: a scrape, then the next push.
+    let http = devkit::http_client();
+    for (service, process) in [
+        ("orders-api", &pipeline.api),
+        ("outbox-relay", &pipeline.relay),
+        ("invoices-worker", &pipeline.worker),
+    ] {
+        let before = pushes.lock().unwrap().len();
+        let scrape = http
+            .get(format!("{}/metrics", process.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let push = eventually(wait, "a push after the scrape", || {
+            let pushes = pushes.lock().unwrap();
+            std::future::ready(
+                pushes[before..]
+                    .iter()
+                    .find(|p| p.service == service)
+                    .cloned(),
+            )
+        })
+        .await;
+        // The scrape itself adds the /metrics route's series after it is answered.
+        let keys = |series: &std::collections::BTreeMap<String, f64>| -> BTreeSet<String> {
+            series
+                .keys()
+                .filter(|k| !k.contains(r#"route="/metrics""#))
+                .cloned()
+                .collect()
+        };
+        let scraped = keys(&scraped_series(&scrape));
+        let pushed = keys(&push.series);
+        assert!(scraped.len() > 20, "{service}: {scraped:?}");
+        assert_eq!(
+            scraped.difference(&pushed).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{service}: series on /metrics that were not pushed"
+        );
+        assert_eq!(
+            pushed.difference(&scraped).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{service}: series pushed that /metrics does not serve"
+        );
+    }
+    pipeline.stop().await;
+}
+
+/// The canonical key of a series written as on `/metrics`.
+fn series_key_of(series: &str) -> String {
+    scraped_series(&format!("{series} 0\n"))
+        .into_keys()
+        .next()
+        .unwrap()
+}

@@ -186,6 +186,9 @@ pub struct ServiceConfig {
     pub migrate_on_start: bool,
     /// `HTTP_HEADER_READ_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `HTTP_MAX_CONNECTIONS`.
     pub http: crate::http::Limits,
+    /// Where the metrics go besides `/metrics` (`OTEL_METRICS_EXPORTER`,
+    /// `METRICS_EMF_NAMESPACE`, …).
+    pub export: crate::export::ExportConfig,
 }
 
 /// A service's defaults for [`ServiceConfig`].
@@ -254,6 +257,7 @@ impl ServiceConfig {
                 http.max_connections
             ),
         ];
+        lines.extend(crate::export::VARIABLES.lines().map(str::to_owned));
         // Read by `migrate` and migrate-on-start (see `db::logins_from_env`).
         for role in db.service_roles() {
             let (variable, _) = crate::db::role_password(*role);
@@ -304,6 +308,7 @@ impl ServiceConfig {
                     crate::http::Limits::DEFAULT.max_connections,
                 )?,
             },
+            export: crate::export::ExportConfig::from_env()?,
         })
     }
 }
@@ -585,7 +590,7 @@ fn password_parameters(text: &str) -> Vec<std::ops::Range<usize>> {
 }
 
 /// `text` with its `%XX` escapes decoded (invalid ones kept as written).
-fn percent_decoded(text: &str) -> String {
+pub(crate) fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

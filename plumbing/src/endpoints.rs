@@ -3,8 +3,6 @@
 //! needs) and `GET /metrics` (the service's own metrics, then the HTTP and pool
 //! metrics every service has). A service states only what it adds, as [`Vitals`].
 
-use std::sync::Arc;
-
 use axum::{
     Router,
     extract::State,
@@ -16,7 +14,7 @@ use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::CommonMetrics;
+use crate::export::Exposition;
 
 /// What a service adds to `/ready` and `/metrics`.
 pub trait Vitals: Send + Sync + 'static {
@@ -37,27 +35,16 @@ pub trait Vitals: Send + Sync + 'static {
     }
 }
 
-/// What the endpoints share.
-#[derive(Clone)]
-struct Endpoints {
-    pool: Pool,
-    common: Arc<CommonMetrics>,
-    vitals: Arc<dyn Vitals>,
-}
-
-/// `/health`, `/ready` and `/metrics` of a service whose database is `pool`,
-/// with the service's `vitals` and the `common` metrics (which
+/// `/health`, `/ready` and `/metrics` of a service: its database answers, its
+/// vitals say what else is missing, and its `exposition` is what `/metrics`
+/// serves (the service's metrics, then the common ones, which
 /// [`crate::metrics::instrument`] fills).
-pub fn routes(pool: Pool, vitals: Arc<dyn Vitals>, common: Arc<CommonMetrics>) -> Router {
+pub fn routes(exposition: Exposition) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(Endpoints {
-            pool,
-            common,
-            vitals,
-        })
+        .with_state(exposition)
 }
 
 /// `GET /health`: liveness, `200 text/plain OK` as long as the process serves HTTP.
@@ -72,20 +59,18 @@ pub async fn health() -> Response {
 
 /// `GET /ready`: 200 when the database answers and the service's vitals say
 /// nothing is missing, 503 with what is not ready otherwise.
-async fn ready(State(state): State<Endpoints>) -> Response {
+async fn ready(State(state): State<Exposition>) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = crate::db::ping(&state.pool).await {
+    if let Err(e) = crate::db::ping(state.pool()).await {
         problems.push(format!("database: {e}"));
     }
-    problems.extend(state.vitals.unready());
+    problems.extend(state.vitals().unready());
     readiness(&problems)
 }
 
 /// `GET /metrics`: the service's metrics, then the HTTP and pool metrics.
-async fn metrics(State(state): State<Endpoints>) -> Response {
-    state.vitals.refresh(&state.pool).await;
-    state.common.observe_pool(&state.pool);
-    crate::metrics::render(&[state.vitals.registry(), state.common.registry()])
+async fn metrics(State(state): State<Exposition>) -> Response {
+    crate::metrics::response(state.text().await)
 }
 
 /// The body of a readiness answer: `200 OK` or `503` with what is not ready.

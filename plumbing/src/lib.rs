@@ -5,8 +5,8 @@
 //! configuration from the environment, JSON logs, the shutdown signal, the
 //! PostgreSQL pool, sessions, migrations and store errors, the RabbitMQ
 //! connection, topology and broker users' permissions (and the management
-//! API that sets them), publishing with confirms, retry policies and the
-//! HTTP server skeleton.
+//! API that sets them), publishing with confirms, retry policies, the
+//! HTTP server skeleton, and the metrics' ways out of the process ([`export`]).
 
 pub mod backoff;
 pub mod broker;
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod endpoints;
+pub mod export;
 pub mod http;
 pub mod management;
 pub mod metrics;

@@ -26,22 +26,33 @@ use prometheus_client::{
 /// Content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The registries as one `/metrics` response (their families in order, one `# EOF`).
-#[must_use]
-pub fn render(registries: &[&Registry]) -> Response {
+/// The registries as one exposition: their families in order, one `# EOF`.
+///
+/// # Errors
+/// If a registry cannot be encoded.
+pub fn encode_text(registries: &[&Registry]) -> Result<String, std::fmt::Error> {
     let mut body = String::new();
     for registry in registries {
-        if let Err(e) = encode(&mut body, registry) {
-            tracing::error!(error = %e, "cannot encode metrics");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
+        encode(&mut body, registry)?;
         // Each encoding ends the exposition; only the last may.
         if let Some(stripped) = body.strip_suffix("# EOF\n") {
             body.truncate(stripped.len());
         }
     }
     body.push_str("# EOF\n");
-    (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+    Ok(body)
+}
+
+/// An exposition ([`encode_text`]) as the `/metrics` response.
+#[must_use]
+pub fn response(text: Result<String, std::fmt::Error>) -> Response {
+    match text {
+        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// A latency histogram from 1 ms to about 65 s (doubling buckets), in seconds.

@@ -19,6 +19,7 @@ use crate::{
     config::Settings,
     db::{Database, DbConfig, Purge},
     endpoints::Vitals,
+    export::{ExportConfig, Exporters, Exposition},
     metrics::CommonMetrics,
 };
 
@@ -133,8 +134,8 @@ pub trait Service: Sized + Send + 'static {
                     })?;
             let service = Self::assemble(config, db, pool.clone())?;
             let common = Arc::new(CommonMetrics::new());
-            let endpoints =
-                crate::endpoints::routes(pool.clone(), service.vitals(), common.clone());
+            let exposition = Exposition::new(pool.clone(), service.vitals(), common.clone());
+            let endpoints = crate::endpoints::routes(exposition.clone());
             // Outermost, so that whatever the service's own layers answer (a
             // timeout, a 404) is counted too.
             let router = crate::metrics::instrument(service.router(endpoints), common.clone());
@@ -147,6 +148,8 @@ pub trait Service: Sized + Send + 'static {
                 limits: settings.http,
                 metrics: common,
                 pool,
+                exposition,
+                export: settings.export.clone(),
             })
         }
     }
@@ -161,6 +164,8 @@ pub struct Bound<S> {
     metrics: Arc<CommonMetrics>,
     pool: Pool,
     purge: Option<Purge>,
+    exposition: Exposition,
+    export: ExportConfig,
 }
 
 impl<S: Service> Bound<S> {
@@ -177,8 +182,9 @@ impl<S: Service> Bound<S> {
     /// requests and the main loop its in-flight work.
     ///
     /// # Errors
-    /// The main loop's panic.
+    /// A metrics exporter that cannot be built, the main loop's panic.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let exporters = Exporters::start(&self.export, S::ABOUT.name, &self.exposition, &shutdown)?;
         // Retention runs beside the service, so that neither waits for the other.
         if let Some(purge) = self.purge {
             tokio::spawn(crate::db::every_as_leader(
@@ -188,7 +194,7 @@ impl<S: Service> Bound<S> {
             ));
         }
         let work = tokio::spawn(self.service.run(shutdown.clone()));
-        crate::http::serve_alongside(
+        let served = crate::http::serve_alongside(
             self.listener,
             self.router,
             self.limits,
@@ -196,6 +202,9 @@ impl<S: Service> Bound<S> {
             shutdown,
             work,
         )
-        .await
+        .await;
+        // The exporters' last send, after the last request and the last work.
+        exporters.finish().await;
+        served
     }
 }

@@ -116,9 +116,35 @@ fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())
 }
 
-/// The resource: `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` when given,
-/// otherwise the binary's name.
-fn resource(service: &'static str) -> Resource {
+/// The resource of the process's spans and metrics: `OTEL_SERVICE_NAME` /
+/// `OTEL_RESOURCE_ATTRIBUTES` when given, otherwise the binary's name; with a
+/// `service.instance.id` (random, one per process) unless given, so that the
+/// tasks of one service stay separate series.
+pub(crate) fn resource(service: &'static str) -> Resource {
+    static INSTANCE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().to_string());
+    let resource = named(service);
+    if resource
+        .get(&Key::from_static_str("service.instance.id"))
+        .is_some()
+    {
+        return resource;
+    }
+    Resource::builder_empty()
+        .with_attributes(
+            resource
+                .iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            INSTANCE.as_str(),
+        ))
+        .build()
+}
+
+/// The detected resource, named after the binary unless a name is given.
+fn named(service: &'static str) -> Resource {
     let detected = Resource::builder().build();
     let unnamed = detected
         .get(&Key::from_static_str("service.name"))
