@@ -553,28 +553,13 @@ async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
         unknown.is_empty(),
         "alert rules name metrics nobody exports: {unknown:?}"
     );
-    for dashboard in ["application-overview.json", "pipeline-kpis.json"] {
-        let text = std::fs::read_to_string(root.join("docker/grafana/dashboards").join(dashboard))
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let panels = json["panels"].as_array().unwrap();
-        assert!(!panels.is_empty());
-        for panel in panels {
-            for target in panel["targets"].as_array().unwrap() {
-                let expr = target["expr"].as_str().unwrap();
-                let used = metric_names(expr);
-                assert!(
-                    !used.is_empty() || expr.starts_with("up"),
-                    "{dashboard}: {expr}"
-                );
-                let unknown: Vec<_> = used.difference(&exported).collect();
-                assert!(
-                    unknown.is_empty(),
-                    "{dashboard} names unexported metrics: {unknown:?}"
-                );
-            }
-        }
-    }
+    let gauges: BTreeSet<String> = [&api, &relay, &worker]
+        .iter()
+        .flat_map(|s| s.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" gauge"))
+        .map(str::to_owned)
+        .collect();
+    check_dashboards(&root, &exported, &gauges);
     pipeline.stop().await;
 }
 
@@ -988,4 +973,188 @@ fn series_key_of(series: &str) -> String {
         .into_keys()
         .next()
         .unwrap()
+}
+
+/// The CloudWatch metrics of the AWS resources the Pulumi program creates that
+/// a dashboard may read: namespace, the constructor that makes the resource,
+/// and the metric names (AWS's documented ones that the dashboards use).
+const CLOUDWATCH: [(&str, &str, &[&str]); 5] = [
+    (
+        "AWS/ECS",
+        "new aws.ecs.Service(",
+        &["CPUUtilization", "MemoryUtilization"],
+    ),
+    (
+        "ECS/ContainerInsights",
+        r#"name: "containerInsights", value: "enabled""#,
+        &[
+            "RunningTaskCount",
+            "DesiredTaskCount",
+            "NetworkRxBytes",
+            "NetworkTxBytes",
+        ],
+    ),
+    (
+        "AWS/ApplicationELB",
+        "new aws.lb.LoadBalancer(",
+        &[
+            "RequestCount",
+            "HTTPCode_Target_5XX_Count",
+            "HTTPCode_ELB_5XX_Count",
+            "TargetResponseTime",
+            "HealthyHostCount",
+            "UnHealthyHostCount",
+        ],
+    ),
+    (
+        "AWS/RDS",
+        "new aws.rds.Instance(",
+        &[
+            "DatabaseConnections",
+            "CPUUtilization",
+            "FreeStorageSpace",
+            "FreeableMemory",
+        ],
+    ),
+    (
+        "AWS/AmazonMQ",
+        "new aws.mq.Broker(",
+        &["MessageCount", "SystemCpuUtilization", "RabbitMQMemUsed"],
+    ),
+];
+
+/// The seed's four dashboards (and the Grafana Cloud variants) read only what
+/// exists: PromQL names series the services export, CloudWatch queries name a
+/// metric of a resource the program creates or a gauge the services write as
+/// EMF in the namespace the program sets, trace queries name the services.
+fn check_dashboards(
+    root: &std::path::Path,
+    exported: &BTreeSet<String>,
+    gauges: &BTreeSet<String>,
+) {
+    let infra: String = [
+        "alarms.ts",
+        "services.ts",
+        "data.ts",
+        "edge.ts",
+        "metrics.ts",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root.join("infra/src").join(f)).unwrap())
+    .collect();
+    assert!(
+        infra.contains("METRICS_EMF_NAMESPACE: s.prefix"),
+        "the program sets the EMF namespace"
+    );
+    let binaries = ["orders-api", "outbox-relay", "invoices-worker"];
+    let mut titles = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    let mut files = 0;
+    for folder in ["docker/grafana/dashboards", "docker/grafana/cloud"] {
+        for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.display().to_string();
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            files += 1;
+            titles.insert(json["title"].as_str().unwrap().to_owned());
+            let variables: BTreeSet<String> = json["templating"]["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| format!("${{{}}}", v["name"].as_str().unwrap()))
+                .collect();
+            let panels: Vec<&serde_json::Value> = json["panels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["type"] != "row")
+                .collect();
+            assert!(panels.len() >= 3, "{name}: {} panels", panels.len());
+            for panel in panels {
+                let targets = panel["targets"].as_array().unwrap();
+                assert!(!targets.is_empty(), "{name}: {}", panel["title"]);
+                for target in targets {
+                    let source = &target["datasource"];
+                    let uid = source["uid"].as_str().unwrap();
+                    assert!(
+                        variables.contains(uid),
+                        "{name}: datasource {uid} is no variable of the dashboard (import picks it)"
+                    );
+                    match source["type"].as_str().unwrap() {
+                        "prometheus" => {
+                            let expr = target["expr"].as_str().unwrap();
+                            let used = metric_names(expr);
+                            assert!(!used.is_empty(), "{name}: {expr}");
+                            let unknown: Vec<_> = used.difference(exported).collect();
+                            assert!(
+                                unknown.is_empty(),
+                                "{name} names unexported metrics: {unknown:?}"
+                            );
+                        }
+                        "cloudwatch" => {
+                            let namespace = target["namespace"].as_str().unwrap();
+                            let metric = target["metricName"].as_str().unwrap();
+                            namespaces.insert(namespace.to_owned());
+                            if namespace == "$namespace" {
+                                assert!(
+                                    gauges.contains(metric),
+                                    "{name}: {metric} is no gauge the services write as EMF"
+                                );
+                                let service = target["dimensions"]["Service"].as_str().unwrap();
+                                assert!(binaries.contains(&service), "{name}: Service {service}");
+                            } else {
+                                let (_, made_by, metrics) = CLOUDWATCH
+                                    .iter()
+                                    .find(|(ns, _, _)| *ns == namespace)
+                                    .unwrap_or_else(|| panic!("{name}: namespace {namespace} of no resource the program creates"));
+                                assert!(
+                                    infra.contains(made_by),
+                                    "{name}: the program makes no {made_by}"
+                                );
+                                assert!(metrics.contains(&metric), "{name}: {namespace} {metric}");
+                            }
+                        }
+                        "jaeger" => {
+                            let service = target["service"].as_str().unwrap();
+                            assert!(binaries.contains(&service), "{name}: {service}");
+                        }
+                        "tempo" => {
+                            let query = target["query"].as_str().unwrap();
+                            assert!(
+                                binaries
+                                    .iter()
+                                    .any(|b| query
+                                        .contains(&format!("resource.service.name=\"{b}\""))),
+                                "{name}: {query}"
+                            );
+                        }
+                        other => panic!("{name}: datasource type {other}"),
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        files, 5,
+        "four dashboards, and the tracing one for Grafana Cloud's Tempo"
+    );
+    for title in [
+        "Application Overview",
+        "Infrastructure",
+        "Business KPIs",
+        "Distributed Tracing",
+    ] {
+        assert!(titles.contains(title), "no dashboard {title}: {titles:?}");
+    }
+    for namespace in CLOUDWATCH
+        .iter()
+        .map(|(ns, _, _)| *ns)
+        .chain(["$namespace"])
+    {
+        assert!(
+            namespaces.contains(namespace),
+            "Infrastructure reads nothing of {namespace}"
+        );
+    }
 }
