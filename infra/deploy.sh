@@ -58,7 +58,11 @@ for database in orders invoices; do
 done
 
 say "waiting for the migrate tasks to stop: ${tasks[*]}"
-aws ecs wait tasks-stopped --cluster "$cluster" --tasks "${tasks[@]}"
+if ! aws ecs wait tasks-stopped --cluster "$cluster" --tasks "${tasks[@]}"; then
+    echo "deploy stopped: the migrate tasks did not stop in time (aws ecs wait gave up);" >&2
+    echo "  they may still be running: aws ecs describe-tasks --cluster $cluster --tasks ${tasks[*]}" >&2
+    exit 1
+fi
 
 # One line per container: task ARN, container name, exit code ("None" when it never ran).
 results=$(aws ecs describe-tasks --cluster "$cluster" --tasks "${tasks[@]}" \
