@@ -155,6 +155,17 @@ impl Service {
         format!("http://127.0.0.1:{}", self.addr.port())
     }
 
+    /// Its `GET /metrics` body (which must answer 200).
+    pub async fn scrape(&self) -> String {
+        let res = crate::http_client()
+            .get(format!("{}/metrics", self.base_url()))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(res.status(), 200, "GET /metrics");
+        res.text().await.expect("the /metrics body")
+    }
+
     /// Its process id (while it runs).
     #[must_use]
     pub fn pid(&self) -> Option<u32> {

@@ -170,14 +170,7 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
-    let metrics = http
-        .get(format!("{}/metrics", worker.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = worker.scrape().await;
     assert!(metrics.contains("invoices_invoiced_total 41"), "{metrics}");
 
     // SIGTERM: each drains and exits 0.

@@ -452,16 +452,7 @@ async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
     assert_eq!(res.status(), 422);
     pipeline.wait_for_invoices(5).await;
 
-    let http = devkit::http_client();
-    let scrape = |service: &Service| {
-        let url = format!("{}/metrics", service.base_url());
-        let http = http.clone();
-        async move {
-            let res = http.get(url).send().await.unwrap();
-            assert_eq!(res.status(), 200);
-            res.text().await.unwrap()
-        }
-    };
+    let scrape = Service::scrape;
     // The relay counts a batch after marking it; the worker after acking.
     let relay = eventually(Duration::from_secs(10), "the relay's counts", || async {
         let s = scrape(&pipeline.relay).await;
@@ -917,21 +908,13 @@ async fn every_process_pushes_the_series_of_its_metrics_endpoint_over_otlp() {
     );
 
     // The same series as /metrics, label for label: a scrape, then the next push.
-    let http = devkit::http_client();
     for (service, process) in [
         ("orders-api", &pipeline.api),
         ("outbox-relay", &pipeline.relay),
         ("invoices-worker", &pipeline.worker),
     ] {
         let before = pushes.lock().unwrap().len();
-        let scrape = http
-            .get(format!("{}/metrics", process.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let scrape = process.scrape().await;
         let push = eventually(wait, "a push after the scrape", || {
             let pushes = pushes.lock().unwrap();
             std::future::ready(

@@ -10,7 +10,7 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { loadSettings } from "../src/config";
 import { createStack } from "../src/stack";
-import { ofType, PROJECT, REGION, run, setup, T } from "./harness";
+import { AUTH_CONFIG, ofType, PROJECT, REGION, run, setup, T } from "./harness";
 
 const CONFIG: Record<string, string> = {
     "aws:region": REGION,
@@ -19,9 +19,7 @@ const CONFIG: Record<string, string> = {
     brokerUrl: "amqps://user:pw@rabbit.example.com:5671/%2f",
     brokerAdminUrl: "https://user:pw@rabbit.example.com",
     allowPlainHttp: "true",
-    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
-    authIssuer: "https://idp.example.com/",
-    authAudience: "orders-api",
+    ...AUTH_CONFIG,
 };
 const SECRET_KEYS = ["ordersDatabaseUrl", "invoicesDatabaseUrl", "brokerUrl", "brokerAdminUrl"];
 setup(CONFIG, SECRET_KEYS);

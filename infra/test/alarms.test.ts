@@ -9,14 +9,12 @@ import assert from "node:assert/strict";
 import { before, describe, it } from "node:test";
 
 import { createStack } from "../src/stack";
-import { ofType, one, REGION, run, setup, T, value } from "./harness";
+import { AUTH_CONFIG, ofType, one, REGION, run, setup, T, value } from "./harness";
 
 setup({
     "aws:region": REGION,
     allowPlainHttp: "true",
-    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
-    authIssuer: "https://idp.example.com/",
-    authAudience: "orders-api",
+    ...AUTH_CONFIG,
     brokerNamespace: "prod",
     alarmEmail: "oncall@example.com",
     dbMaxConnections: "200",

@@ -12,14 +12,12 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { BUDGET_HEADROOM, connectionBudget, RDS_MAX_CONNECTIONS } from "../src/budget";
 import { loadSettings } from "../src/config";
-import { PROJECT, REGION, setup } from "./harness";
+import { AUTH_CONFIG, PROJECT, REGION, setup } from "./harness";
 
 const CONFIG: Record<string, string> = {
     "aws:region": REGION,
     allowPlainHttp: "true",
-    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
-    authIssuer: "https://idp.example.com/",
-    authAudience: "orders-api",
+    ...AUTH_CONFIG,
 };
 const EXTERNAL = {
     ordersDatabaseUrl: "postgres://app:pw@db.example.com:5432/orders",

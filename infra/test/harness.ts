@@ -10,6 +10,12 @@ export const PROJECT = "orders-pipeline";
 export const STACK = "test";
 export const REGION = "eu-west-1";
 export const ACCOUNT = "123456789012";
+/** The identity provider every test stack names (the three required `auth*` keys). */
+export const AUTH_CONFIG = {
+    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
+    authIssuer: "https://idp.example.com/",
+    authAudience: "orders-api",
+};
 
 export interface Recorded {
     type: string;

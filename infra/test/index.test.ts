@@ -2,14 +2,12 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 
-import { REGION, run, setup, value } from "./harness";
+import { AUTH_CONFIG, REGION, run, setup, value } from "./harness";
 
 setup({
     "aws:region": REGION,
     allowPlainHttp: "true",
-    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
-    authIssuer: "https://idp.example.com/",
-    authAudience: "orders-api",
+    ...AUTH_CONFIG,
 });
 
 it("index.ts exports the stack outputs", async () => {

@@ -9,14 +9,12 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { loadSettings, PRODUCTION_STACK } from "../src/config";
 import { createStack } from "../src/stack";
-import { ofType, one, PROJECT, REGION, run, setup, T } from "./harness";
+import { AUTH_CONFIG, ofType, one, PROJECT, REGION, run, setup, T } from "./harness";
 
 const CONFIG = {
     "aws:region": REGION,
     allowPlainHttp: "true",
-    authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
-    authIssuer: "https://idp.example.com/",
-    authAudience: "orders-api",
+    ...AUTH_CONFIG,
 };
 setup(CONFIG, [], PRODUCTION_STACK);
 

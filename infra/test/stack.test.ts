@@ -10,22 +10,7 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { allSecrets } from "../src/data";
 import { createStack, Stack } from "../src/stack";
-import {
-    containersOf,
-    envOf,
-    exposedRoutes,
-    ofType,
-    one,
-    options,
-    REGION,
-    resources,
-    run,
-    secretsOf,
-    secretValue,
-    setup,
-    T,
-    value,
-} from "./harness";
+import { AUTH_CONFIG, containersOf, envOf, exposedRoutes, ofType, one, options, REGION, resources, run, secretsOf, secretValue, setup, T, value } from "./harness";
 
 setup(
     {
@@ -43,9 +28,7 @@ setup(
         logRetentionDays: "14",
         allowPlainHttp: "true",
         wafRateLimit: "1000",
-        authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
-        authIssuer: "https://idp.example.com/",
-        authAudience: "orders-api",
+        ...AUTH_CONFIG,
     },
     ["otlpHeaders"],
 );

@@ -58,17 +58,6 @@ async fn rows(db: &TestDatabase) -> (i64, i64) {
     (db.count("orders").await, db.count("outbox").await)
 }
 
-async fn scrape(api: &Service) -> String {
-    devkit::http_client()
-        .get(format!("{}/metrics", api.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Asserts a 401 `invalid_token` problem with its RFC 6750 challenge, showing
 /// nothing of `token`.
 fn assert_refused(
@@ -220,7 +209,7 @@ async fn every_hostile_token_gets_a_401_and_writes_nothing() {
         assert_refused(case, token, &answer);
         let series = format!(r#"orders_auth_refused_total{{reason="{reason}"}}"#);
         assert!(
-            sample(&scrape(&api).await, &series).is_some_and(|n| n >= 1.0),
+            sample(&api.scrape().await, &series).is_some_and(|n| n >= 1.0),
             "{case}: not counted as {reason}"
         );
     }
@@ -317,7 +306,7 @@ async fn a_token_accepted_before_is_refused_once_expired_or_once_its_key_is_gone
     })
     .await;
     let expired = r#"orders_auth_refused_total{reason="expired"}"#;
-    assert_eq!(sample(&scrape(&api).await, expired), Some(1.0));
+    assert_eq!(sample(&api.scrape().await, expired), Some(1.0));
 
     // Accepted with the RS256 key; the provider then drops that key, and the
     // API learns it at its next fetch (here caused by an unknown kid).
@@ -490,7 +479,7 @@ async fn an_unknown_kid_causes_one_fetch_for_all_waiting_requests_and_at_most_on
     )
     .await;
     assert_eq!(server.requests(), 3, "one fetch per interval");
-    let scrape = scrape(&api).await;
+    let scrape = api.scrape().await;
     assert_eq!(
         sample(
             &scrape,
@@ -523,7 +512,7 @@ async fn while_the_jwks_host_is_down_cached_keys_work_and_an_unknown_kid_gets_50
         retry_after, 1,
         "the next fetch is allowed within the 1 s interval"
     );
-    let scrape = scrape(&api).await;
+    let scrape = api.scrape().await;
     let failed = r#"orders_auth_jwks_refreshes_total{trigger="unknown_kid",outcome="failed"}"#;
     assert_eq!(sample(&scrape, failed), Some(1.0), "{scrape}");
     // After that failed fetch, the cached keys still work.
