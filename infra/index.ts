@@ -21,3 +21,5 @@ export const provisionBrokerCommand = outputs.provisionBrokerCommand;
 export const metricsScraperSecurityGroupId = outputs.metricsScraperSecurityGroupId;
 /** The SNS topic every alarm notifies (subscribe on-call tooling to it; alarmEmail adds an email subscription). */
 export const alarmTopicArn = outputs.alarmTopicArn;
+/** The Infrastructure dashboard's variables (region, cluster, services, ALB, RDS, broker, …). */
+export const dashboardVariables = outputs.dashboardVariables;

@@ -1,6 +1,8 @@
+import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 
 import { Alarms, createAlarms } from "./alarms";
+import { invoicesQueue } from "./app";
 import { loadSettings, Settings } from "./config";
 import { createData, Data } from "./data";
 import { createEdge, Edge } from "./edge";
@@ -63,6 +65,22 @@ export function createStack(): Stack {
         dbAddress: data.db?.address,
         brokerEndpoint: data.broker?.instances[0].endpoints[0],
         alarmTopicArn: alarms.topic.arn,
+        /**
+         * The values of the Infrastructure dashboard's variables
+         * (docker/grafana/dashboards/infrastructure.json), one per variable.
+         */
+        dashboardVariables: {
+            region: pulumi.output(aws.getRegionOutput().name),
+            namespace: settings.prefix,
+            cluster: services.cluster.name,
+            api_service: services.ordersService.name,
+            worker_service: services.workerService.name,
+            load_balancer: edge.alb.arnSuffix,
+            target_group: edge.targetGroup.arnSuffix,
+            db_instance: data.db?.identifier ?? "",
+            broker: data.broker?.brokerName ?? "",
+            invoices_queue: invoicesQueue(settings.brokerNamespace),
+        },
     };
     return { settings, network, securityGroups, data, edge, services, alarms, outputs };
 }

@@ -1,5 +1,7 @@
 /** The entry point the Pulumi CLI runs: it builds the stack and exports its outputs. */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { it } from "node:test";
 
 import { AUTH_CONFIG, REGION, run, setup, value } from "./harness";
@@ -23,6 +25,7 @@ it("index.ts exports the stack outputs", async () => {
         "provisionBrokerCommand",
         "metricsScraperSecurityGroupId",
         "alarmTopicArn",
+        "dashboardVariables",
     ]) {
         assert.ok(name in index, `missing output ${name}`);
     }
@@ -31,4 +34,19 @@ it("index.ts exports the stack outputs", async () => {
     assert.match((await value(index.dbAddress as string)) ?? "", /\.rds\.amazonaws\.com$/);
     assert.match((await value(index.brokerEndpoint as string)) ?? "", /^amqps:\/\/.+:5671$/);
     assert.match(await value(index.alarmTopicArn as string), /^arn:aws:sns:[a-z0-9-]+:\d{12}:/);
+    // One value for each text variable of the Infrastructure dashboard, and no other.
+    const dashboard = JSON.parse(
+        readFileSync(join(__dirname, "../../docker/grafana/dashboards/infrastructure.json"), "utf8"),
+    );
+    const textboxes = dashboard.templating.list
+        .filter((v: { type: string }) => v.type === "textbox")
+        .map((v: { name: string }) => v.name)
+        .sort();
+    const variables = (await value(index.dashboardVariables)) as Record<string, string>;
+    assert.deepEqual(Object.keys(variables).sort(), textboxes);
+    assert.equal(variables.region, REGION);
+    assert.equal(variables.invoices_queue, "invoices.order-created");
+    for (const [name, v] of Object.entries(variables)) {
+        assert.ok(typeof v === "string" && v.length > 0, `${name}: ${v}`);
+    }
 });
