@@ -1141,3 +1141,44 @@ fn check_dashboards(
         );
     }
 }
+
+#[tokio::test]
+async fn the_last_counts_are_pushed_at_shutdown() {
+    // An interval no test waits for: whatever arrives comes from the stop.
+    let (collector, pushes) = metrics_collector().await;
+    let orders = TestDatabase::reserve("otlp_last_push");
+    let issuer = Issuer::new();
+    let mut env = vec![
+        ("DATABASE_URL", orders.url.clone()),
+        ("PORT", "0".to_owned()),
+        ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            format!("{collector}/v1/metrics"),
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "3600000".to_owned()),
+    ];
+    env.extend(issuer.env());
+    let mut api = Service::spawn("orders-api", &env, false).await;
+    let res = issuer
+        .client()
+        .post(format!("{}/orders", api.base_url()))
+        .header("content-type", "application/json")
+        .body(r#"{"amount": 7.5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert!(pushes.lock().unwrap().is_empty(), "no push before the stop");
+    api.terminate();
+    assert!(api.wait(Duration::from_secs(20)).await.success());
+    let pushes = pushes.lock().unwrap();
+    assert_eq!(pushes.len(), 1, "one push, at the stop");
+    assert_eq!(pushes[0].series.get("orders_created_total{}"), Some(&1.0));
+    assert_eq!(
+        pushes[0]
+            .series
+            .get(r#"http_server_requests_total{method="POST",route="/orders",status="201"}"#),
+        Some(&1.0)
+    );
+}

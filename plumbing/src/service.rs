@@ -184,7 +184,15 @@ impl<S: Service> Bound<S> {
     /// # Errors
     /// A metrics exporter that cannot be built, the main loop's panic.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let exporters = Exporters::start(&self.export, S::ABOUT.name, &self.exposition, &shutdown)?;
+        // The exporters stop after the server and the main loop, so that their
+        // last send has the last requests' and the last work's counts.
+        let exporters_stop = CancellationToken::new();
+        let exporters = Exporters::start(
+            &self.export,
+            S::ABOUT.name,
+            &self.exposition,
+            &exporters_stop,
+        )?;
         // Retention runs beside the service, so that neither waits for the other.
         if let Some(purge) = self.purge {
             tokio::spawn(crate::db::every_as_leader(
@@ -203,7 +211,7 @@ impl<S: Service> Bound<S> {
             work,
         )
         .await;
-        // The exporters' last send, after the last request and the last work.
+        exporters_stop.cancel();
         exporters.finish().await;
         served
     }

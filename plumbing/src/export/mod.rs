@@ -112,8 +112,8 @@ impl Exposition {
     }
 }
 
-/// The exporters [`ExportConfig`] asks for, running until shutdown (each sends
-/// once more then, so that the last counts are not lost).
+/// The exporters [`ExportConfig`] asks for, running until their stop token is
+/// cancelled (each sends once more then, so that the last counts are not lost).
 #[derive(Debug, Default)]
 pub struct Exporters {
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -123,7 +123,7 @@ pub struct Exporters {
 
 impl Exporters {
     /// Starts the exporters of `config` over `exposition`, for `service` (its
-    /// name in the resource and the EMF dimension).
+    /// name in the resource and the EMF dimension), until `stop`.
     ///
     /// # Errors
     /// If the OTLP client cannot be built.
@@ -131,7 +131,7 @@ impl Exporters {
         config: &ExportConfig,
         service: &'static str,
         exposition: &Exposition,
-        shutdown: &CancellationToken,
+        stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let mut exporters = Self::default();
         if let Some(otlp) = &config.otlp {
@@ -147,7 +147,7 @@ impl Exporters {
                 tokio::spawn(every(
                     otlp.interval,
                     exposition.clone(),
-                    shutdown.clone(),
+                    stop.clone(),
                     move |families| {
                         let sink = sink.clone();
                         async move { sink.send(&families).await }
@@ -163,7 +163,7 @@ impl Exporters {
                 tokio::spawn(every(
                     emf.interval,
                     exposition.clone(),
-                    shutdown.clone(),
+                    stop.clone(),
                     move |families| {
                         let result = emf::write(&families, &namespace, service);
                         std::future::ready(result)
@@ -174,7 +174,7 @@ impl Exporters {
         Ok(exporters)
     }
 
-    /// Waits for the final sends (after shutdown), at most their timeout.
+    /// Waits for the final sends (after the stop), at most their timeout.
     pub async fn finish(self) {
         for (name, task) in self.tasks {
             match tokio::time::timeout(self.grace + Duration::from_secs(1), task).await {
@@ -187,14 +187,10 @@ impl Exporters {
 }
 
 /// Sends the families every `interval` (the first after one interval) and once
-/// more at shutdown. A failed send is logged (once per run of failures) and the
+/// more when `stop` is cancelled. A failed send is logged (once per run of failures) and the
 /// next one carries the values on: the series are cumulative.
-async fn every<F, Fut>(
-    interval: Duration,
-    exposition: Exposition,
-    shutdown: CancellationToken,
-    send: F,
-) where
+async fn every<F, Fut>(interval: Duration, exposition: Exposition, stop: CancellationToken, send: F)
+where
     F: Fn(Vec<openmetrics::Family>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
@@ -204,7 +200,7 @@ async fn every<F, Fut>(
     loop {
         let last = tokio::select! {
             _ = ticks.tick() => false,
-            () = shutdown.cancelled() => true,
+            () = stop.cancelled() => true,
         };
         let result = match exposition.families().await {
             Ok(families) => send(families).await,
