@@ -371,6 +371,24 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The workspace's root.
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Asserts that the file at `path` (from the root) names at least `at_least`
+/// metrics, all of them in `known` (what the processes export or write).
+fn assert_names_only(path: &str, at_least: usize, known: &BTreeSet<String>) {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    let used = metric_names(&text);
+    assert!(used.len() >= at_least, "{path} names the metrics: {used:?}");
+    let unknown: Vec<_> = used.difference(known).collect();
+    assert!(
+        unknown.is_empty(),
+        "{path} names metrics no process exports: {unknown:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_public_clients_trace_context_is_not_continued_by_default() {
     let (pipeline, received, http) = one_traced_order("untrusted", &[]).await;
@@ -535,22 +553,14 @@ async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
         .iter()
         .flat_map(|s| exported_names(s))
         .collect();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let rules = std::fs::read_to_string(root.join("docker/prometheus/alerts.yml")).unwrap();
-    let used = metric_names(&rules);
-    assert!(used.len() >= 8, "the rules use the metrics: {used:?}");
-    let unknown: Vec<_> = used.difference(&exported).collect();
-    assert!(
-        unknown.is_empty(),
-        "alert rules name metrics nobody exports: {unknown:?}"
-    );
+    assert_names_only("docker/prometheus/alerts.yml", 8, &exported);
     let gauges: BTreeSet<String> = [&api, &relay, &worker]
         .iter()
         .flat_map(|s| s.lines())
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" gauge"))
         .map(str::to_owned)
         .collect();
-    check_dashboards(&root, &exported, &gauges);
+    check_dashboards(&root(), &exported, &gauges);
     pipeline.stop().await;
 }
 
@@ -897,15 +907,7 @@ async fn every_process_pushes_the_series_of_its_metrics_endpoint_over_otlp() {
         !emitted.contains("outbox_published"),
         "counters are no EMF metrics"
     );
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let alarms = std::fs::read_to_string(root.join("infra/src/alarms.ts")).unwrap();
-    let used = metric_names(&alarms);
-    assert!(used.len() >= 5, "the alarms read EMF gauges: {used:?}");
-    let unknown: Vec<_> = used.difference(&emitted).collect();
-    assert!(
-        unknown.is_empty(),
-        "alarms on gauges no process writes: {unknown:?}"
-    );
+    assert_names_only("infra/src/alarms.ts", 5, &emitted);
 
     // The same series as /metrics, label for label: a scrape, then the next push.
     for (service, process) in [
