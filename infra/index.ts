@@ -23,3 +23,9 @@ export const metricsScraperSecurityGroupId = outputs.metricsScraperSecurityGroup
 export const alarmTopicArn = outputs.alarmTopicArn;
 /** The Infrastructure dashboard's variables (region, cluster, services, ALB, RDS, broker, …). */
 export const dashboardVariables = outputs.dashboardVariables;
+/** The image tag the services run (set by infra/deploy.sh for each deploy). */
+export const imageTag = outputs.imageTag;
+/** What infra/deploy.sh needs to run the migrate and provision-broker tasks. */
+export const oneOffTasks = outputs.oneOffTasks;
+/** Each service's name and the task definition its finished deployment must run. */
+export const ecsServices = outputs.ecsServices;

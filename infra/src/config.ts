@@ -6,6 +6,12 @@ import { checkConnectionBudget, resolveMaxConnections } from "./budget";
 export interface Settings {
     /** `${project}-${stack}`, lower-cased: prefix of physical names. */
     prefix: string;
+    /** `aws:region`: the one region of the stack (the provider's, the logs', the commands'). */
+    region: string;
+    /**
+     * The tag of the three images the tasks run. No default: `infra/deploy.sh`
+     * pushes the images of a commit and passes their tag for each run.
+     */
     imageTag: string;
     apiDesiredCount: number;
     apiMaxCount: number;
@@ -102,6 +108,8 @@ export function loadSettings(): Settings {
     const config = new pulumi.Config();
     /** The stack whose defaults are the production options (see README). */
     const production = pulumi.getStack() === PRODUCTION_STACK;
+    const region = loadRegion();
+    const imageTag = loadImageTag(config);
     const int = (key: string, fallback: number, min = 0): number => {
         const value = config.getNumber(key) ?? fallback;
         if (!Number.isInteger(value) || value < min) {
@@ -184,7 +192,8 @@ export function loadSettings(): Settings {
 
     return {
         prefix: `${pulumi.getProject()}-${pulumi.getStack()}`.toLowerCase(),
-        imageTag: config.get("imageTag") ?? "latest",
+        region,
+        imageTag,
         apiDesiredCount,
         apiMaxCount,
         workerDesiredCount,
@@ -213,4 +222,43 @@ export function loadSettings(): Settings {
         otlpMetrics: config.getBoolean("otlpMetrics") ?? true,
         alarmEmail,
     };
+}
+
+/**
+ * `aws:region`, required: without it the AWS provider would take the region
+ * of whoever runs the program (AWS_REGION, the CLI profile), and CI would
+ * deploy a second stack in its own region.
+ */
+function loadRegion(): string {
+    const region = new pulumi.Config("aws").get("region");
+    if (!region) {
+        throw new Error(
+            `config aws:region is not set: the stack's region is read from Pulumi.${pulumi.getStack()}.yaml ` +
+                "by this program, infra/deploy.sh and CI alike; pulumi config set aws:region eu-west-1, and commit the stack file",
+        );
+    }
+    return region;
+}
+
+/** A Docker tag: what `docker buildx build --tag` accepts. */
+const IMAGE_TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+
+/**
+ * `imageTag`, required: a default (`latest`) would start the services on
+ * images nobody pushed, and a tag kept in the stack file would let a plain
+ * `pulumi up` roll the services back to it.
+ */
+function loadImageTag(config: pulumi.Config): string {
+    const imageTag = config.get("imageTag");
+    if (!imageTag) {
+        throw new Error(
+            "config imageTag is not set: it names the images the services run, and has no default. " +
+                "Deploy with infra/deploy.sh, which pushes the images of a commit and sets imageTag to their tag for that run " +
+                `(infra/deploy.sh --stack ${pulumi.getStack()} preview shows the plan); do not commit imageTag to the stack file`,
+        );
+    }
+    if (!IMAGE_TAG.test(imageTag)) {
+        throw new Error(`config imageTag must be a Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}), got ${JSON.stringify(imageTag)}`);
+    }
+    return imageTag;
 }

@@ -33,6 +33,8 @@ export interface Services {
     ordersService: aws.ecs.Service;
     workerService: aws.ecs.Service;
     migrations: Record<"orders" | "invoices", aws.ecs.TaskDefinition>;
+    /** What `aws ecs run-task` needs for each one-off task (infra/deploy.sh runs them). */
+    oneOffTasks: Record<OneOffName, OneOffTask>;
     migrationCommands: Record<"orders" | "invoices", pulumi.Output<string>>;
     /** One-off `outbox-relay provision-broker`: the broker users and their permissions. */
     provisionBroker: aws.ecs.TaskDefinition;
@@ -50,6 +52,15 @@ export interface Services {
             alarms: aws.cloudwatch.MetricAlarm[];
         };
     };
+}
+
+/** The one-off tasks, by the names infra/deploy.sh knows them by. */
+export type OneOffName = "migrate-orders" | "migrate-invoices" | "provision-broker";
+
+export interface OneOffTask {
+    taskDefinition: pulumi.Output<string>;
+    /** `aws ecs run-task --network-configuration`: the private subnets and the task's security group. */
+    networkConfiguration: pulumi.Output<string>;
 }
 
 const TASK_EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy";
@@ -90,7 +101,7 @@ export function createServices(
     edge: Edge,
     tags: Record<string, string>,
 ): Services {
-    const region = aws.getRegionOutput().region;
+    const region = s.region;
     const privateSubnetIds = net.privateSubnets.map((x) => x.id);
 
     // ---- Images and logs -------------------------------------------------
@@ -98,7 +109,11 @@ export function createServices(
     for (const binary of BINARIES) {
         const repo = new aws.ecr.Repository(binary, {
             name: `${s.prefix}/${binary}`,
-            imageTagMutability: "MUTABLE", // imageTag defaults to "latest"
+            // A tag is a commit (infra/deploy.sh pushes each once): what was
+            // tested and deployed under a tag cannot be replaced behind it.
+            imageTagMutability: "IMMUTABLE",
+            // `pulumi destroy` removes the repositories with their images.
+            forceDelete: true,
             imageScanningConfiguration: { scanOnPush: true },
             encryptionConfigurations: [{ encryptionType: "AES256" }],
             tags,
@@ -345,6 +360,10 @@ export function createServices(
                 platformVersion: "LATEST",
                 networkConfiguration: { subnets: privateSubnetIds, securityGroups: [sg.id], assignPublicIp: false },
                 deploymentCircuitBreaker: { enable: true, rollback: true },
+                // `pulumi up` returns once the deployment is done, not when
+                // ECS has merely accepted it (infra/deploy.sh then checks that
+                // it was not rolled back).
+                waitForSteadyState: true,
                 deploymentMinimumHealthyPercent: 100,
                 deploymentMaximumPercent: 200,
                 propagateTags: "SERVICE",
@@ -450,10 +469,22 @@ export function createServices(
     }
 
     // ---- One-off tasks -----------------------------------------------------
-    const runTask = (task: aws.ecs.TaskDefinition, sg: aws.ec2.SecurityGroup, startedBy: string) =>
-        pulumi.interpolate`aws ecs run-task --region ${region} --cluster ${cluster.name} --launch-type FARGATE --task-definition ${task.arn} --network-configuration 'awsvpcConfiguration={subnets=[${pulumi
+    // What `aws ecs run-task` needs to run each one-off task (infra/deploy.sh
+    // runs all three on every deploy, before the services are updated).
+    const oneOff = (task: aws.ecs.TaskDefinition, sg: aws.ec2.SecurityGroup): OneOffTask => ({
+        taskDefinition: task.arn,
+        networkConfiguration: pulumi.interpolate`awsvpcConfiguration={subnets=[${pulumi
             .all(privateSubnetIds)
-            .apply((ids) => ids.join(","))}],securityGroups=[${sg.id}],assignPublicIp=DISABLED}' --started-by ${startedBy} --query 'tasks[0].taskArn' --output text`;
+            .apply((ids) => ids.join(","))}],securityGroups=[${sg.id}],assignPublicIp=DISABLED}`,
+    });
+    const oneOffTasks = {
+        "migrate-orders": oneOff(migrations.orders, sgs.migrate),
+        "migrate-invoices": oneOff(migrations.invoices, sgs.migrate),
+        "provision-broker": oneOff(provisionBroker, sgs.provision),
+    };
+    /** One task as a command line, for running it by hand (migrationCommands, provisionBrokerCommand). */
+    const runTask = (task: OneOffTask, startedBy: string) =>
+        pulumi.interpolate`aws ecs run-task --region ${region} --cluster ${cluster.name} --launch-type FARGATE --task-definition ${task.taskDefinition} --network-configuration '${task.networkConfiguration}' --started-by ${startedBy} --query 'tasks[0].taskArn' --output text`;
 
     return {
         cluster,
@@ -464,12 +495,13 @@ export function createServices(
         ordersService,
         workerService,
         migrations,
+        oneOffTasks,
         migrationCommands: {
-            orders: runTask(migrations.orders, sgs.migrate, "pulumi-migrate"),
-            invoices: runTask(migrations.invoices, sgs.migrate, "pulumi-migrate"),
+            orders: runTask(oneOffTasks["migrate-orders"], "pulumi-migrate"),
+            invoices: runTask(oneOffTasks["migrate-invoices"], "pulumi-migrate"),
         },
         provisionBroker,
-        provisionBrokerCommand: runTask(provisionBroker, sgs.provision, "pulumi-provision-broker"),
+        provisionBrokerCommand: runTask(oneOffTasks["provision-broker"], "pulumi-provision-broker"),
         executionRoles,
         scaling: {
             api: { target: apiTarget, policies: apiPolicies },

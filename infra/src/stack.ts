@@ -1,4 +1,3 @@
-import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 
 import { Alarms, createAlarms } from "./alarms";
@@ -59,6 +58,17 @@ export function createStack(): Stack {
             invoices: services.migrations.invoices.arn,
         },
         migrationCommands: services.migrationCommands,
+        /**
+         * What infra/deploy.sh reads: the deployed image tag, the one-off
+         * tasks it runs before the services, and the task definition each
+         * service must be on once its deployment is done.
+         */
+        imageTag: settings.imageTag,
+        oneOffTasks: { cluster: services.cluster.name, tasks: services.oneOffTasks },
+        ecsServices: {
+            orders: { name: services.ordersService.name, taskDefinition: services.ordersTask.arn },
+            "invoices-worker": { name: services.workerService.name, taskDefinition: services.workerTask.arn },
+        },
         provisionBrokerTaskDefinitionArn: services.provisionBroker.arn,
         provisionBrokerCommand: services.provisionBrokerCommand,
         metricsScraperSecurityGroupId: securityGroups.scraper.id,
@@ -70,7 +80,7 @@ export function createStack(): Stack {
          * (docker/grafana/dashboards/infrastructure.json), one per variable.
          */
         dashboardVariables: {
-            region: pulumi.output(aws.getRegionOutput().name),
+            region: settings.region,
             namespace: settings.prefix,
             cluster: services.cluster.name,
             api_service: services.ordersService.name,

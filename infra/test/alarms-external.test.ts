@@ -10,10 +10,11 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { loadSettings } from "../src/config";
 import { createStack } from "../src/stack";
-import { AUTH_CONFIG, ofType, PROJECT, REGION, run, setup, T } from "./harness";
+import { AUTH_CONFIG, ofType, PROJECT, IMAGE_TAG, REGION, run, setup, T } from "./harness";
 
 const CONFIG: Record<string, string> = {
     "aws:region": REGION,
+    imageTag: IMAGE_TAG,
     ordersDatabaseUrl: "postgres://app:pw@db.example.com:5432/orders?sslmode=verify-full&sslrootcert=system",
     invoicesDatabaseUrl: "postgres://app:pw@db.example.com:5432/invoices?sslmode=verify-full&sslrootcert=system",
     brokerUrl: "amqps://user:pw@rabbit.example.com:5671/%2f",

@@ -9,10 +9,11 @@ import assert from "node:assert/strict";
 import { before, describe, it } from "node:test";
 
 import { createStack } from "../src/stack";
-import { AUTH_CONFIG, ofType, one, REGION, run, setup, T, value } from "./harness";
+import { AUTH_CONFIG, ofType, one, IMAGE_TAG, REGION, run, setup, T, value } from "./harness";
 
 setup({
     "aws:region": REGION,
+    imageTag: IMAGE_TAG,
     allowPlainHttp: "true",
     ...AUTH_CONFIG,
     brokerNamespace: "prod",

@@ -12,10 +12,11 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { BUDGET_HEADROOM, connectionBudget, RDS_MAX_CONNECTIONS } from "../src/budget";
 import { loadSettings } from "../src/config";
-import { AUTH_CONFIG, PROJECT, REGION, setup } from "./harness";
+import { AUTH_CONFIG, PROJECT, IMAGE_TAG, REGION, setup } from "./harness";
 
 const CONFIG: Record<string, string> = {
     "aws:region": REGION,
+    imageTag: IMAGE_TAG,
     allowPlainHttp: "true",
     ...AUTH_CONFIG,
 };

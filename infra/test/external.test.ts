@@ -11,7 +11,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { loadSettings } from "../src/config";
 import { checkManagementUrl, withCredentials } from "../src/data";
 import { createStack } from "../src/stack";
-import { containersOf, envOf, exposedRoutes, ofType, one, PROJECT, REGION, run, secretsOf, secretValue, setup, T } from "./harness";
+import { containersOf, envOf, exposedRoutes, ofType, one, PROJECT, IMAGE_TAG, REGION, run, secretsOf, secretValue, setup, T } from "./harness";
 
 const ORDERS_URL = "postgres://app:pw@ep-cool-1.eu-west-1.aws.neon.tech:5432/orders?sslmode=verify-full&sslrootcert=system";
 const INVOICES_URL = "postgres://app:pw@ep-cool-1.eu-west-1.aws.neon.tech:5432/invoices?sslmode=verify-full&sslrootcert=system";
@@ -20,6 +20,7 @@ const BROKER_ADMIN_URL = "https://user:pw@rabbit.example.com";
 const CERT = `arn:aws:acm:${REGION}:123456789012:certificate/abc`;
 const CONFIG = {
     "aws:region": REGION,
+    imageTag: IMAGE_TAG,
     ordersDatabaseUrl: ORDERS_URL,
     invoicesDatabaseUrl: INVOICES_URL,
     brokerUrl: BROKER_URL,
@@ -173,6 +174,20 @@ describe("configuration checks", () => {
 
     it("accepts the configuration above", () => {
         assert.doesNotThrow(withConfig({}));
+    });
+
+    it("has no default image tag: a missing or malformed imageTag stops the preview, naming infra/deploy.sh", () => {
+        assert.throws(withConfig({ imageTag: undefined }), /config imageTag is not set.*no default.*infra\/deploy\.sh/s);
+        assert.throws(withConfig({ imageTag: "" }), /config imageTag is not set/);
+        for (const tag of ["latest tag", "-v1", "v1:2", "a".repeat(129)]) {
+            assert.throws(withConfig({ imageTag: tag }), /config imageTag must be a Docker tag/, tag);
+        }
+        assert.equal(withConfig({ imageTag: "v1.4.0_rc-1" })().imageTag, "v1.4.0_rc-1");
+    });
+
+    it("requires aws:region in the stack (not the region of whoever runs it), and keeps it", () => {
+        assert.throws(withConfig({ "aws:region": undefined }), /config aws:region is not set.*Pulumi\.test\.yaml.*infra\/deploy\.sh and CI/s);
+        assert.equal(withConfig({ "aws:region": "ap-southeast-2" })().region, "ap-southeast-2");
     });
 
     it("rejects a single external database URL", () => {

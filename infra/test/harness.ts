@@ -10,6 +10,8 @@ export const PROJECT = "orders-pipeline";
 export const STACK = "test";
 export const REGION = "eu-west-1";
 export const ACCOUNT = "123456789012";
+/** The image tag every test stack deploys (`imageTag` is required: no default). */
+export const IMAGE_TAG = "0123456789abcdef0123456789abcdef01234567";
 /** The identity provider every test stack names (the three required `auth*` keys). */
 export const AUTH_CONFIG = {
     authJwksUrl: "https://idp.example.com/.well-known/jwks.json",
@@ -119,8 +121,8 @@ export function setup(config: Record<string, string>, secretKeys: string[] = [],
                             zoneIds: ["euw1-az1", "euw1-az2", "euw1-az3"],
                             id: REGION,
                         };
-                    case "aws:index/getRegion:getRegion":
-                        return { name: REGION, region: REGION, id: REGION, endpoint: `ec2.${REGION}.amazonaws.com` };
+                    // No aws:index/getRegion: the program reads the stack's
+                    // aws:region, never the region of whoever runs it.
                     default:
                         throw new Error(`unmocked call ${args.token}`);
                 }

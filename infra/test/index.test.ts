@@ -4,10 +4,11 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { it } from "node:test";
 
-import { AUTH_CONFIG, REGION, run, setup, value } from "./harness";
+import { AUTH_CONFIG, IMAGE_TAG, REGION, run, setup, value } from "./harness";
 
 setup({
     "aws:region": REGION,
+    imageTag: IMAGE_TAG,
     allowPlainHttp: "true",
     ...AUTH_CONFIG,
 });

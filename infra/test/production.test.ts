@@ -9,10 +9,11 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { loadSettings, PRODUCTION_STACK } from "../src/config";
 import { createStack } from "../src/stack";
-import { AUTH_CONFIG, ofType, one, PROJECT, REGION, run, setup, T } from "./harness";
+import { AUTH_CONFIG, ofType, one, PROJECT, IMAGE_TAG, REGION, run, setup, T } from "./harness";
 
 const CONFIG = {
     "aws:region": REGION,
+    imageTag: IMAGE_TAG,
     allowPlainHttp: "true",
     ...AUTH_CONFIG,
 };

@@ -6,8 +6,12 @@
 import assert from "node:assert/strict";
 import { before, describe, it } from "node:test";
 
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
 import * as pulumi from "@pulumi/pulumi";
 
+import { RDS_CA_BUNDLE } from "../src/app";
 import { allSecrets } from "../src/data";
 import { createStack, Stack } from "../src/stack";
 import { AUTH_CONFIG, containersOf, envOf, exposedRoutes, ofType, one, options, REGION, resources, run, secretsOf, secretValue, setup, T, value } from "./harness";
@@ -415,6 +419,13 @@ describe("services", () => {
             }
         }
     });
+
+    it("make pulumi up wait for a finished deployment, which the circuit breaker rolls back when it fails", () => {
+        for (const svc of ofType(T.service)) {
+            assert.equal(svc.inputs.waitForSteadyState, true, svc.name);
+            assert.deepEqual(svc.inputs.deploymentCircuitBreaker, { enable: true, rollback: true }, svc.name);
+        }
+    });
 });
 
 describe("invoices-worker service", () => {
@@ -684,6 +695,20 @@ describe("images and logs", () => {
         assert.ok(repos.every((r) => r.inputs.imageScanningConfiguration.scanOnPush === true));
     });
 
+    it("keeps a pushed tag's image (immutable tags) and lets pulumi destroy delete repositories that hold images", () => {
+        for (const repo of ofType(T.ecr)) {
+            assert.equal(repo.inputs.imageTagMutability, "IMMUTABLE", repo.name);
+            assert.equal(repo.inputs.forceDelete, true, repo.name);
+        }
+    });
+
+    it("ships the RDS CA bundle at the path the database URLs name", () => {
+        const dockerfile = readFileSync(join(__dirname, "../../Dockerfile"), "utf8");
+        const add = dockerfile.split("\n").find((line) => /^ADD .*rds.*\.pem/.test(line));
+        assert.ok(add, "the Dockerfile adds no RDS CA bundle");
+        assert.equal(add.trim().split(/\s+/).at(-1), RDS_CA_BUNDLE);
+    });
+
     it("sends every container's output to its own CloudWatch log group", () => {
         const groups = new Map(ofType(T.logGroup).map((g) => [g.inputs.name, g]));
         for (const family of [...SERVICES, ...ONE_OFF]) {
@@ -740,6 +765,32 @@ describe("one-off tasks", () => {
             assert.ok(cmd.includes("subnets=[private-0_id,private-1_id]"), cmd);
             assert.ok(cmd.includes(`securityGroups=[${sgId(sg)}]`), cmd);
             assert.ok(cmd.includes("assignPublicIp=DISABLED"), cmd);
+            assert.ok(cmd.includes(`--region ${REGION} `), cmd);
+        }
+    });
+
+    it("export what infra/deploy.sh runs them with: the cluster, each task definition and network configuration", async () => {
+        const oneOff = (await value(stack.outputs.oneOffTasks)) as {
+            cluster: string;
+            tasks: Record<string, { taskDefinition: string; networkConfiguration: string }>;
+        };
+        assert.equal(oneOff.cluster, "orders-pipeline-test");
+        assert.deepEqual(Object.keys(oneOff.tasks).sort(), ["migrate-invoices", "migrate-orders", "provision-broker"]);
+        const commands = (await value(stack.outputs.migrationCommands)) as Record<string, string>;
+        const cases: [string, string, string][] = [
+            ["migrate-orders", commands.orders, "migrate"],
+            ["migrate-invoices", commands.invoices, "migrate"],
+            ["provision-broker", (await value(stack.outputs.provisionBrokerCommand)) as string, "provision"],
+        ];
+        for (const [name, command, sg] of cases) {
+            const task = oneOff.tasks[name];
+            assert.equal(
+                task.networkConfiguration,
+                `awsvpcConfiguration={subnets=[private-0_id,private-1_id],securityGroups=[${sgId(sg)}],assignPublicIp=DISABLED}`,
+            );
+            // The hand-run command line is made of the same values.
+            assert.ok(command.includes(`--task-definition ${task.taskDefinition} `), command);
+            assert.ok(command.includes(`--network-configuration '${task.networkConfiguration}'`), command);
         }
     });
 });
@@ -752,5 +803,18 @@ describe("outputs", () => {
         assert.deepEqual(Object.keys(repos).sort(), ["invoices-worker", "orders-api", "outbox-relay"]);
         assert.equal(await value(stack.outputs.metricsScraperSecurityGroupId), sgId("scraper"));
         assert.ok(resources.length > 50);
+    });
+
+    it("name the deployed image tag and the task definition each service must end up on (infra/deploy.sh checks it)", async () => {
+        assert.equal(await value(stack.outputs.imageTag), "v1.2.3");
+        const services = (await value(stack.outputs.ecsServices)) as Record<string, { name: string; taskDefinition: string }>;
+        assert.deepEqual(services, {
+            orders: { name: "orders", taskDefinition: `arn:aws:ecs:${REGION}:123456789012:task-definition/${ORDERS}:1` },
+            "invoices-worker": { name: "invoices-worker", taskDefinition: `arn:aws:ecs:${REGION}:123456789012:task-definition/${WORKER}:1` },
+        });
+        for (const [name, expected] of Object.entries(services)) {
+            const svc = ofType(T.service).find((x) => x.inputs.name === expected.name);
+            assert.equal(svc?.inputs.taskDefinition, expected.taskDefinition, name);
+        }
     });
 });
