@@ -1,92 +1,351 @@
 #!/usr/bin/env bash
-# Deploys the images tagged <image-tag> with the migrations first, so that new
-# images never meet an old schema:
+# The deploy procedure: the one order in which a deploy works, for a new stack
+# as for every later release. README.md, infra/README.md and the workflow all
+# run it; --dry-run prints every Pulumi, AWS and Docker command it would run,
+# and runs none.
 #
-#   1. imageTag := <image-tag>;
-#   2. `pulumi up` of the one-off task definitions only (migrate-orders,
-#      migrate-invoices, provision-broker), so that they run the new images;
-#   3. both migrate tasks (`migrationCommands`), in parallel; wait until they
-#      stop; every container must have exited 0, or the deploy stops here and
-#      names the log group to read;
-#   4. the full `pulumi up` (services, everything else).
+#   infra/deploy.sh --stack <name> [--tag <tag>] [--no-build] [--dry-run] [deploy]
+#   infra/deploy.sh --stack <name> [--tag <tag>] [--dry-run] push
+#   infra/deploy.sh --stack <name> [--tag <tag>] [--dry-run] preview
+#   infra/deploy.sh --stack <name> region
 #
-# provision-broker is only updated, not run: run `provisionBrokerCommand` when
-# the broker namespace or the passwords change (see README.md).
+# deploy (the default):
+#   0. checks: the stack file infra/Pulumi.<stack>.yaml exists (commit it) with
+#      aws:region and without imageTag; the tools are installed; the working
+#      tree is clean when the images are built from it;
+#   1. pulumi preview of the whole stack at the new tag: an error (a missing
+#      key, the connection budget) stops the deploy before anything changes;
+#   2. the ECR repositories, created if missing (a targeted pulumi up);
+#   3. the images: built and pushed as <tag>, unless ECR holds that tag
+#      already (tags are immutable); --no-build: they must be there (CI
+#      promotes the build its images job pushed, it does not rebuild);
+#   4. everything but the two services (on a new stack: network, database,
+#      broker, cluster, task definitions; later: the new task definitions);
+#   5. the migrate-orders, migrate-invoices and provision-broker tasks, in
+#      parallel: each must exit 0, or the deploy stops here and the services
+#      keep running the previous release;
+#   6. the whole stack (pulumi up --refresh): the services move to the new
+#      task definitions, and Pulumi waits until ECS reports them stable;
+#   7. each service's deployment must be COMPLETED on its new task definition:
+#      a rollback by the deployment circuit breaker fails the deploy, loudly.
+# push: 0 and 3 (CI's images job; the repositories must exist). preview: 0
+# and 1. region: prints the stack's aws:region (the one region everything uses).
 #
-# Usage: infra/deploy.sh <image-tag>
-# Environment: PULUMI_STACK (default: the selected stack); the pulumi and aws
-# CLIs logged in, jq.
-set -euo pipefail
+# <tag> defaults to the commit checked out (git rev-parse HEAD). imageTag is
+# never written to the stack file: each run passes it in a copy, so a plain
+# `pulumi up` stops (no default image tag) instead of rolling the services back
+# to a tag left in the file. Needs: pulumi (logged in), aws (credentials for the
+# stack's account), docker with buildx (when building), jq, git.
+# DOCKER_BUILD_FLAGS: extra flags for docker buildx build (e.g. a cache).
+set -Eeuo pipefail
 
-usage() { echo "usage: $0 <image-tag>" >&2; exit 2; }
-[ $# -eq 1 ] && [ -n "$1" ] || usage
-tag=$1
+BINARIES=(orders-api outbox-relay invoices-worker)
+SERVICES=(orders invoices-worker)
 
-cd "$(dirname "$0")"
-
-stack=${PULUMI_STACK:-$(pulumi stack --show-name)}
-project=$(sed -n 's/^name:[[:space:]]*//p' Pulumi.yaml | head -n 1)
-stack_arg=(--stack "$stack")
-log_group="/ecs/$(printf '%s-%s' "$project" "$stack" | tr '[:upper:]' '[:lower:]')/migrate"
-
+die() { printf 'deploy stopped: %s\n' "$*" >&2; exit 1; }
 say() { printf '==> %s\n' "$*" >&2; }
-urn() { printf 'urn:pulumi:%s::%s::aws:ecs/taskDefinition:TaskDefinition::%s' "$stack" "$project" "$1"; }
+usage() {
+    sed -n 's|^#   infra/deploy.sh|usage: infra/deploy.sh|p' "$0" >&2
+    exit 2
+}
+step="0. checks"
+# A command that fails outside an if or || (pulumi up, …) names the step it stopped.
+trap 'printf "deploy stopped at step %s: %s failed (its output is above)\n" "$step" "${BASH_COMMAND%% *}" >&2' ERR
 
-say "stack $stack: image tag $tag"
-pulumi config set "${stack_arg[@]}" imageTag "$tag"
+infra=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$infra")
 
-say "updating the one-off task definitions to the new images"
-pulumi up --yes "${stack_arg[@]}" \
-    --target "$(urn migrate-orders)" \
-    --target "$(urn migrate-invoices)" \
-    --target "$(urn provision-broker)"
-
-cluster=$(pulumi stack output "${stack_arg[@]}" clusterName)
-commands=$(pulumi stack output "${stack_arg[@]}" migrationCommands --json)
-
-tasks=()
-for database in orders invoices; do
-    command=$(jq -er --arg db "$database" '.[$db]' <<<"$commands")
-    say "migrating the $database database"
-    # The command line is the stack's own output (aws ecs run-task … --output text).
-    task=$(eval "$command")
-    if [ -z "$task" ] || [ "$task" = None ]; then
-        echo "deploy stopped: the $database migrate task did not start (aws ecs run-task returned no task)" >&2
-        exit 1
-    fi
-    tasks+=("$task")
+stack=${PULUMI_STACK:-}
+tag=
+build=true
+dry_run=false
+action=deploy
+while [ $# -gt 0 ]; do
+    case $1 in
+        --stack) [ $# -ge 2 ] || usage; stack=$2; shift 2 ;;
+        --tag) [ $# -ge 2 ] || usage; tag=$2; shift 2 ;;
+        --no-build) build=false; shift ;;
+        --dry-run) dry_run=true; shift ;;
+        deploy | push | preview | region) action=$1; shift ;;
+        -h | --help) usage ;;
+        *) echo "unknown argument: $1" >&2; usage ;;
+    esac
 done
+[ -n "$stack" ] || die "name the stack: --stack <name> (or PULUMI_STACK)"
 
-say "waiting for the migrate tasks to stop: ${tasks[*]}"
-if ! aws ecs wait tasks-stopped --cluster "$cluster" --tasks "${tasks[@]}"; then
-    echo "deploy stopped: the migrate tasks did not stop in time (aws ecs wait gave up);" >&2
-    echo "  they may still be running: aws ecs describe-tasks --cluster $cluster --tasks ${tasks[*]}" >&2
-    exit 1
+# ---- 0. checks -------------------------------------------------------------
+stack_file="$infra/Pulumi.$stack.yaml"
+[ -f "$stack_file" ] || die "infra/Pulumi.$stack.yaml is missing: the stack's configuration (its region, \
+its database and broker settings) lives in that file, and CI deploys from the committed one. Copy \
+infra/Pulumi.example.yaml to it, set your values (secrets with pulumi config set --secret), and commit \
+it (infra/README.md: one-time bootstrap)"
+# The values are plain scalars (`aws:region: eu-west-1`, optionally quoted).
+region=$(sed -nE 's/^[[:space:]]+aws:region:[[:space:]]*"?([a-z0-9-]+)"?[[:space:]]*$/\1/p' "$stack_file" | head -n 1)
+[ -n "$region" ] || die "infra/Pulumi.$stack.yaml sets no aws:region: pulumi config set --stack $stack aws:region <region>, \
+then commit the file (the program, this script and CI all read the region there)"
+if [ "$action" = region ]; then
+    printf '%s\n' "$region"
+    exit 0
 fi
+if grep -qE '^[[:space:]]+[^:[:space:]]+:imageTag:' "$stack_file"; then
+    die "infra/Pulumi.$stack.yaml sets imageTag: remove it (pulumi config rm --stack $stack imageTag) and \
+commit; this script passes the tag for each deploy, and a tag left in the file would let a plain pulumi up \
+roll the services back to it"
+fi
+project=$(sed -nE 's/^name:[[:space:]]*([^[:space:]]+).*/\1/p' "$infra/Pulumi.yaml" | head -n 1)
+prefix=$(printf '%s-%s' "$project" "$stack" | tr '[:upper:]' '[:lower:]')
 
-# One line per container: task ARN, container name, exit code ("None" when it never ran).
-results=$(aws ecs describe-tasks --cluster "$cluster" --tasks "${tasks[@]}" \
-    --query 'tasks[].containers[].[taskArn,name,exitCode]' --output text)
-failed=0
-while read -r arn name code; do
-    [ -n "${arn:-}" ] || continue
-    if [ "$code" != 0 ]; then
-        echo "deploy stopped: migration container $name of task $arn exited with ${code}" >&2
-        failed=1
+if [ "$action" = push ] && ! $build; then
+    die "push builds the images: --no-build has nothing to do"
+fi
+building=false
+if [ "$action" = push ] || { [ "$action" = deploy ] && $build; }; then
+    building=true
+fi
+if [ -z "$tag" ]; then
+    tag=$(git -C "$root" rev-parse HEAD) || die "no --tag given and $root is not a git checkout"
+fi
+[[ $tag =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "--tag $tag is not a Docker tag"
+say "stack $stack ($project, $region): $action, image tag $tag$($dry_run && printf ' (dry run: nothing is run)')"
+if $building && [ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]; then
+    if $dry_run; then
+        say "note: the working tree has uncommitted changes, which a real run refuses to build"
     else
-        say "$name exited 0"
+        die "the working tree has uncommitted changes: the images are tagged by commit, so commit (or stash) first"
     fi
-done <<<"$results"
-reported=$(awk 'NF { print $1 }' <<<"$results" | sort -u | wc -l)
-if [ "$reported" -ne "${#tasks[@]}" ]; then
-    echo "deploy stopped: aws ecs describe-tasks reported $reported of the ${#tasks[@]} migrate tasks" >&2
-    failed=1
 fi
-if [ "$failed" != 0 ]; then
-    echo "deploy stopped before updating the services: read the CloudWatch log group $log_group" >&2
-    echo "  (aws logs tail $log_group --since 1h); fix, then run this script again" >&2
-    exit 1
+if ! $dry_run; then
+    needed=(jq)
+    case $action in
+        deploy) needed+=(pulumi aws) ;;
+        push) needed+=(aws) ;;
+        preview) needed+=(pulumi) ;;
+    esac
+    $building && needed+=(docker)
+    for tool in "${needed[@]}"; do
+        command -v "$tool" >/dev/null || die "$tool is not installed (infra/README.md: prerequisites)"
+    done
 fi
 
-say "migrations done: deploying the services"
-pulumi up --yes "${stack_arg[@]}"
+# Pulumi runs in the project's directory; docker builds the repository (..).
+cd "$infra"
+
+# ---- running, or printing --------------------------------------------------
+# A dry run prints each command on standard output (descriptor 3, so that a
+# command whose output is captured still prints) and runs none.
+exec 3>&1
+show() {
+    local out='' word
+    for word in "$@"; do
+        # Placeholders (<…>) stay bare, to be read; anything else a shell
+        # would split or expand is single-quoted.
+        if [[ $word =~ ^[A-Za-z0-9_./:=,@%+\<\>-]+$ ]]; then
+            out+=" $word"
+        else
+            out+=" '${word//\'/\'\\\'\'}'"
+        fi
+    done
+    printf '%s\n' "${out# }" >&3
+}
+comment() {
+    step=${1%%.*}
+    if $dry_run; then printf '# %s\n' "$*" >&3; else say "$*"; fi
+}
+# Runs a command (a dry run prints it).
+run() { if $dry_run; then show "$@"; else "$@"; fi; }
+# Runs a command for its output; a dry run prints it and answers <placeholder>.
+query() {
+    local placeholder=$1
+    shift
+    if $dry_run; then show "$@"; printf '%s\n' "$placeholder"; else "$@"; fi
+}
+
+# The stack's configuration plus imageTag, in a copy: the committed file is
+# never changed (see the top).
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+config="$work/Pulumi.$stack.yaml"
+pulumi_args=(--stack "$stack" --config-file "$config")
+urn() { printf 'urn:pulumi:%s::%s::%s::%s' "$stack" "$project" "$1" "$2"; }
+
+configure() {
+    comment "0. the stack's configuration with imageTag $tag, in a copy (the committed file stays as it is)"
+    cp "$stack_file" "$config"
+    run pulumi config set "${pulumi_args[@]}" imageTag "$tag"
+}
+
+preview() {
+    comment "1. preview the whole stack at image tag $tag: an error stops the deploy before any change"
+    run pulumi preview "${pulumi_args[@]}" --diff
+}
+
+repositories() {
+    comment "2. the ECR repositories, created if missing"
+    local targets=() binary
+    for binary in "${BINARIES[@]}"; do
+        targets+=(--target "$(urn aws:ecr/repository:Repository "$binary")")
+        targets+=(--target "$(urn aws:ecr/lifecyclePolicy:LifecyclePolicy "$binary")")
+    done
+    run pulumi up --yes --skip-preview "${pulumi_args[@]}" "${targets[@]}"
+}
+
+# Is <repository>:<tag> in ECR? Any answer but "no such image" is an error.
+image_pushed() {
+    local repository=$1 err
+    if $dry_run; then
+        show aws ecr describe-images --region "$region" --repository-name "$repository" --image-ids "imageTag=$tag"
+        # A dry run shows the build (or, with --no-build, goes on as if pushed).
+        if $build; then return 1; fi
+        return 0
+    fi
+    err=$(aws ecr describe-images --region "$region" --repository-name "$repository" --image-ids "imageTag=$tag" 2>&1 >/dev/null) && return 0
+    grep -q ImageNotFoundException <<<"$err" && return 1
+    die "cannot tell whether $repository:$tag is in ECR: $err"
+}
+
+images() {
+    comment "3. the images, tagged $tag"
+    local binary repository uri registry='' logged_in=false
+    for binary in "${BINARIES[@]}"; do
+        repository="$prefix/$binary"
+        uri=$(query "<account>.dkr.ecr.$region.amazonaws.com/$repository" \
+            aws ecr describe-repositories --region "$region" --repository-names "$repository" \
+            --query 'repositories[0].repositoryUri' --output text) ||
+            die "no ECR repository $repository in $region: the stack's first deploy creates it (infra/deploy.sh --stack $stack)"
+        if image_pushed "$repository"; then
+            $dry_run || say "$uri:$tag is in ECR already"
+            continue
+        fi
+        $build || die "$uri:$tag is not in ECR, and --no-build deploys only images already pushed: CI's images job \
+pushes every commit of main (tag a commit whose main run has pushed its images), or run without --no-build"
+        if ! $logged_in; then
+            registry=${uri%%/*}
+            if $dry_run; then
+                printf '%s\n' "aws ecr get-login-password --region $region | docker login --username AWS --password-stdin $registry" >&3
+            else
+                aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry"
+            fi
+            logged_in=true
+        fi
+        # shellcheck disable=SC2086 # DOCKER_BUILD_FLAGS is a list of flags
+        run docker buildx build --platform linux/amd64 --target "$binary" --tag "$uri:$tag" --push ${DOCKER_BUILD_FLAGS:-} ..
+    done
+}
+
+all_but_services() {
+    comment "4. everything but the services (and what depends on them)"
+    local excludes=() service
+    for service in "${SERVICES[@]}"; do
+        excludes+=(--exclude "$(urn aws:ecs/service:Service "$service")")
+    done
+    run pulumi up --yes --skip-preview "${pulumi_args[@]}" "${excludes[@]}" --exclude-dependents
+}
+
+one_off_tasks() {
+    comment "5. migrate both databases and provision the broker users, in parallel; each must exit 0"
+    local placeholder tasks name arns=() arn results failed=0 code container reason reported
+    placeholder=$(jq -cn '{cluster: "<oneOffTasks.cluster>", tasks: (["migrate-orders", "migrate-invoices", "provision-broker"]
+        | map({key: ., value: {taskDefinition: "<oneOffTasks.tasks.\(.).taskDefinition>",
+                                 networkConfiguration: "<oneOffTasks.tasks.\(.).networkConfiguration>"}}) | from_entries)}')
+    tasks=$(query "$placeholder" pulumi stack output --stack "$stack" oneOffTasks --json)
+    cluster=$(jq -er .cluster <<<"$tasks")
+    for name in migrate-orders migrate-invoices provision-broker; do
+        arn=$(query "<task:$name>" aws ecs run-task --region "$region" --cluster "$cluster" --launch-type FARGATE \
+            --task-definition "$(jq -er --arg n "$name" '.tasks[$n].taskDefinition' <<<"$tasks")" \
+            --network-configuration "$(jq -er --arg n "$name" '.tasks[$n].networkConfiguration' <<<"$tasks")" \
+            --started-by deploy --query 'tasks[0].taskArn' --output text)
+        if [ -z "$arn" ] || [ "$arn" = None ]; then
+            die "the $name task did not start (aws ecs run-task returned no task; its failures say why: capacity, \
+the task definition, the subnets)"
+        fi
+        arns+=("$arn")
+    done
+    run aws ecs wait tasks-stopped --region "$region" --cluster "$cluster" --tasks "${arns[@]}" ||
+        die "the one-off tasks did not stop in time (aws ecs wait gave up); they may still be running: \
+aws ecs describe-tasks --region $region --cluster $cluster --tasks ${arns[*]}"
+    # One line per container: task ARN, container, exit code ("None" when it
+    # never ran), and ECS's reason (e.g. CannotPullContainerError).
+    results=$(query "" aws ecs describe-tasks --region "$region" --cluster "$cluster" --tasks "${arns[@]}" \
+        --query 'tasks[].containers[].[taskArn,name,exitCode,reason]' --output text)
+    $dry_run && return 0
+    while read -r arn container code reason; do
+        [ -n "${arn:-}" ] || continue
+        if [ "$code" != 0 ]; then
+            printf 'deploy: container %s of task %s exited with %s%s\n' "$container" "$arn" "$code" \
+                "$([ "${reason:-None}" = None ] || printf ' (%s)' "$reason")" >&2
+            failed=1
+        else
+            say "$container exited 0"
+        fi
+    done <<<"$results"
+    reported=$(awk 'NF { print $1 }' <<<"$results" | sort -u | wc -l)
+    [ "$reported" -eq "${#arns[@]}" ] || { echo "deploy: aws ecs describe-tasks reported $reported of the ${#arns[@]} tasks" >&2; failed=1; }
+    if [ "$failed" != 0 ]; then
+        local group="/ecs/$prefix/migrate"
+        die "a one-off task failed, so the services were not updated (they run the previous release). \
+Their logs: aws logs tail $group --region $region --since 1h; fix the cause, then run this again"
+    fi
+}
+
+services() {
+    comment "6. the services, on the new task definitions; Pulumi waits until ECS reports them stable"
+    run pulumi up --yes --skip-preview --refresh "${pulumi_args[@]}" ||
+        die "pulumi up failed (above); if ECS rolled a service back, step 7's check says why: \
+aws ecs describe-services --region $region --cluster $cluster --services ${SERVICES[*]} --query 'services[].events[:8].message'"
+}
+
+check_services() {
+    comment "7. each service's deployment is COMPLETED on its new task definition (not rolled back)"
+    local placeholder expected names=() name line service task_definition state want failed=0
+    placeholder=$(jq -cn '{orders: {name: "<ecsServices.orders.name>", taskDefinition: "<ecsServices.orders.taskDefinition>"},
+        "invoices-worker": {name: "<ecsServices.invoices-worker.name>", taskDefinition: "<ecsServices.invoices-worker.taskDefinition>"}}')
+    expected=$(query "$placeholder" pulumi stack output --stack "$stack" ecsServices --json)
+    while read -r name; do names+=("$name"); done < <(jq -r '.[].name' <<<"$expected")
+    run aws ecs wait services-stable --region "$region" --cluster "$cluster" --services "${names[@]}" ||
+        die "the services did not become stable in time: aws ecs describe-services --region $region --cluster $cluster --services ${names[*]}"
+    # shellcheck disable=SC2016 # backquotes are JMESPath literals, not a shell expansion
+    line=$(query "" aws ecs describe-services --region "$region" --cluster "$cluster" --services "${names[@]}" \
+        --query 'services[].[serviceName,taskDefinition,deployments[?status==`PRIMARY`]|[0].rolloutState]' --output text)
+    $dry_run && return 0
+    for name in "${names[@]}"; do
+        want=$(jq -r --arg n "$name" '.[] | select(.name == $n) | .taskDefinition' <<<"$expected")
+        read -r service task_definition state < <(awk -v n="$name" '$1 == n' <<<"$line") || true
+        if [ "${service:-}" != "$name" ]; then
+            echo "deploy: ECS does not report the service $name" >&2
+            failed=1
+        elif [ "$task_definition" != "$want" ] || [ "$state" != COMPLETED ]; then
+            printf 'deploy: service %s was ROLLED BACK or did not finish: it runs %s (rollout %s), not %s. ECS says:\n' \
+                "$name" "$task_definition" "$state" "$want" >&2
+            aws ecs describe-services --region "$region" --cluster "$cluster" --services "$name" \
+                --query 'services[0].events[:8].[createdAt,message]' --output text >&2 || true
+            failed=1
+        else
+            say "$name runs $want"
+        fi
+        service=
+    done
+    [ "$failed" = 0 ] || die "the new release is not running (the services run the previous one). Read the events \
+above and the tasks' logs (/ecs/$prefix/<container>), fix, then run this again; pulumi up --refresh (step 6) \
+moves the services forward again"
+}
+
+case $action in
+    push)
+        images
+        ;;
+    preview)
+        configure
+        preview
+        ;;
+    deploy)
+        configure
+        preview
+        repositories
+        images
+        all_but_services
+        one_off_tasks
+        services
+        check_services
+        say "deployed $tag to $stack"
+        ;;
+esac

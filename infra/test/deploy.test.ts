@@ -1,137 +1,374 @@
 /**
- * deploy.sh without AWS: stub `pulumi` and `aws` executables first on PATH
+ * infra/deploy.sh, the one deploy procedure, without AWS: it runs from a copy
+ * of infra/ (the script itself, Pulumi.yaml, a stack file the test writes),
+ * with stub `pulumi`, `aws`, `docker` and `git` executables first on PATH that
  * record every call (one line each, in order) and answer like the real ones.
- * The migrations run and are waited for before the full `pulumi up`; a
- * migration that exits non-zero stops the deploy before it.
+ *
+ * The dry run prints the procedure in the only order that works (preview,
+ * repositories, images, everything but the services, the one-off tasks,
+ * services, the rollback check), and a real run issues exactly the commands
+ * its dry run prints, so neither can drift back into a broken order.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 
-const SCRIPT = join(__dirname, "..", "deploy.sh");
+const INFRA = join(__dirname, "..");
 const STACK = "production";
-const CLUSTER = "orders-pipeline-production";
-const TASK_DEFINITION = (name: string) => `arn:aws:ecs:eu-west-1:123456789012:task-definition/orders-pipeline-production-${name}:7`;
-const COMMANDS = {
-    orders: `aws ecs run-task --cluster ${CLUSTER} --launch-type FARGATE --task-definition ${TASK_DEFINITION("migrate-orders")} --network-configuration 'awsvpcConfiguration={subnets=[subnet-1,subnet-2],securityGroups=[sg-1],assignPublicIp=DISABLED}' --started-by pulumi-migrate --query 'tasks[0].taskArn' --output text`,
-    invoices: `aws ecs run-task --cluster ${CLUSTER} --launch-type FARGATE --task-definition ${TASK_DEFINITION("migrate-invoices")} --network-configuration 'awsvpcConfiguration={subnets=[subnet-1,subnet-2],securityGroups=[sg-1],assignPublicIp=DISABLED}' --started-by pulumi-migrate --query 'tasks[0].taskArn' --output text`,
+const REGION = "eu-west-1";
+const ACCOUNT = "123456789012";
+const PREFIX = `orders-pipeline-${STACK}`;
+const CLUSTER = PREFIX;
+const TAG = "3f9c2a1e0b7d4c6a8e5f1b2c3d4e5f6a7b8c9d0e";
+const HEAD = "0123456789abcdef0123456789abcdef01234567";
+const ONE_OFF = ["migrate-orders", "migrate-invoices", "provision-broker"] as const;
+const taskDefinition = (family: string, revision = 7) =>
+    `arn:aws:ecs:${REGION}:${ACCOUNT}:task-definition/${PREFIX}-${family}:${revision}`;
+const taskArn = (name: string) => `arn:aws:ecs:${REGION}:${ACCOUNT}:task/${CLUSTER}/${name.replace(/-/g, "")}0123`;
+const NETWORK = "awsvpcConfiguration={subnets=[subnet-1,subnet-2],securityGroups=[sg-1],assignPublicIp=DISABLED}";
+const ONE_OFF_TASKS = {
+    cluster: CLUSTER,
+    tasks: Object.fromEntries(ONE_OFF.map((n) => [n, { taskDefinition: taskDefinition(n), networkConfiguration: NETWORK }])),
 };
-const TASK = (db: string) => `arn:aws:ecs:eu-west-1:123456789012:task/${CLUSTER}/${db}0123456789`;
+const ECS_SERVICES = {
+    orders: { name: "orders", taskDefinition: taskDefinition("orders", 12) },
+    "invoices-worker": { name: "invoices-worker", taskDefinition: taskDefinition("invoices-worker", 9) },
+};
+const STACK_FILE = `config:\n  aws:region: ${REGION}\n  orders-pipeline:certificateArn: arn:aws:acm:${REGION}:${ACCOUNT}:certificate/x\n`;
 
 const dirs: string[] = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
-/**
- * Runs deploy.sh with the stubs; `exitCodes` are the migrate containers'
- * (what describe-tasks reports). Returns the exit status, stderr and the calls.
- */
-function deploy(args: string[], exitCodes: { orders: string; invoices: string } = { orders: "0", invoices: "0" }) {
+interface Options {
+    /** The stack file's text; null: no stack file. */
+    stackFile?: string | null;
+    /** Exit codes (and reasons) of the one-off containers, as describe-tasks reports them. */
+    exits?: Partial<Record<(typeof ONE_OFF)[number], string>>;
+    /** Whether ECR holds the images of the tag already. */
+    pushed?: boolean;
+    /** A repository describe-repositories does not find. */
+    missingRepository?: string;
+    /** The task definition ECS reports the orders service on (a rollback: the previous one). */
+    ordersRunning?: string;
+    gitStatus?: string;
+}
+
+/** Runs deploy.sh with the stubs. Returns the exit status, stdout, stderr and the recorded calls. */
+function deploy(args: string[], o: Options = {}) {
     const dir = mkdtempSync(join(tmpdir(), "deploy-test-"));
     dirs.push(dir);
+    const infra = join(dir, "repo", "infra");
+    const bin = join(dir, "bin");
+    mkdirSync(infra, { recursive: true });
+    mkdirSync(bin);
+    copyFileSync(join(INFRA, "deploy.sh"), join(infra, "deploy.sh"));
+    copyFileSync(join(INFRA, "Pulumi.yaml"), join(infra, "Pulumi.yaml"));
+    const stackFile = o.stackFile === undefined ? STACK_FILE : o.stackFile;
+    if (stackFile !== null) {
+        writeFileSync(join(infra, `Pulumi.${STACK}.yaml`), stackFile);
+    }
+    writeFileSync(join(bin, "one-off.json"), JSON.stringify(ONE_OFF_TASKS));
+    writeFileSync(join(bin, "services.json"), JSON.stringify(ECS_SERVICES));
+    const exits = { "migrate-orders": "0", "migrate-invoices": "0", "provision-broker": "0", ...o.exits };
+    writeFileSync(
+        join(bin, "tasks.txt"),
+        // Tab-separated like --output text: the reason is one field, spaces and all ("None" when there is none).
+        ONE_OFF.map((n) => {
+            const [code, ...reason] = exits[n].split(" ");
+            return [taskArn(n), n, code, reason.join(" ") || "None"].join("\t");
+        }).join("\n") + "\n",
+    );
+    writeFileSync(
+        join(bin, "services.txt"),
+        `orders\t${o.ordersRunning ?? ECS_SERVICES.orders.taskDefinition}\tCOMPLETED\ninvoices-worker\t${ECS_SERVICES["invoices-worker"].taskDefinition}\tCOMPLETED\n`,
+    );
     const calls = join(dir, "calls");
     writeFileSync(calls, "");
-    writeFileSync(join(dir, "commands.json"), JSON.stringify(COMMANDS));
     const stub = (name: string, body: string) => {
-        writeFileSync(join(dir, name), `#!/usr/bin/env bash\nprintf '%s\\n' "${name} $*" >> "$CALLS"\n${body}\n`);
-        chmodSync(join(dir, name), 0o755);
+        writeFileSync(join(bin, name), `#!/usr/bin/env bash\nprintf '%s\\n' "${name} $*" >> "$CALLS"\n${body}\n`);
+        chmodSync(join(bin, name), 0o755);
     };
     stub(
         "pulumi",
         `case "$*" in
-  "stack --show-name") echo ${STACK} ;;
-  *"stack output"*clusterName*) echo ${CLUSTER} ;;
-  *"stack output"*migrationCommands*) cat "$STUBS/commands.json" ;;
+  *"stack output"*oneOffTasks*) cat "$STUBS/one-off.json" ;;
+  *"stack output"*ecsServices*) cat "$STUBS/services.json" ;;
 esac`,
     );
     stub(
         "aws",
-        `case "$*" in
-  *"run-task"*migrate-orders*) echo ${TASK("orders")} ;;
-  *"run-task"*migrate-invoices*) echo ${TASK("invoices")} ;;
-  *"describe-tasks"*) printf '%s\\t%s\\t%s\\n' ${TASK("orders")} orders-migrate "$ORDERS_EXIT" ${TASK("invoices")} invoices-migrate "$INVOICES_EXIT" ;;
+        `args="$*"
+arg() { local found=; for a in "$@"; do [ -n "$found" ] && { echo "$a"; return; }; [ "$a" = "$want" ] && found=1; done; }
+case "$args" in
+  "ecr describe-repositories"*)
+    want=--repository-names; repo=$(arg "$@")
+    if [ "$repo" = "$MISSING_REPOSITORY" ]; then echo "An error occurred (RepositoryNotFoundException): $repo" >&2; exit 254; fi
+    echo "${ACCOUNT}.dkr.ecr.${REGION}.amazonaws.com/$repo" ;;
+  "ecr describe-images"*)
+    [ "$PUSHED" = 1 ] && { echo '{"imageDetails":[{}]}'; exit 0; }
+    echo "An error occurred (ImageNotFoundException) when calling the DescribeImages operation" >&2; exit 254 ;;
+  "ecr get-login-password"*) echo token ;;
+  "ecs run-task"*)
+    want=--task-definition; td=$(arg "$@"); name=\${td##*/${PREFIX}-}; name=\${name%%:*}
+    echo "arn:aws:ecs:${REGION}:${ACCOUNT}:task/${CLUSTER}/\${name//-/}0123" ;;
+  "ecs describe-tasks"*) cat "$STUBS/tasks.txt" ;;
+  "ecs describe-services"*events*) printf '2026-12-03T10:00:00\\t(service orders) deployment failed: tasks failed to start.\\n' ;;
+  "ecs describe-services"*) cat "$STUBS/services.txt" ;;
 esac`,
     );
-    const result = spawnSync("bash", [SCRIPT, ...args], {
+    stub("docker", `[ "$1" = login ] && cat >/dev/null; exit 0`);
+    stub(
+        "git",
+        `case "$*" in
+  *"rev-parse HEAD") echo ${HEAD} ;;
+  *"status --porcelain") printf '%s' "$GIT_STATUS" ;;
+esac`,
+    );
+    const result = spawnSync("bash", [join(infra, "deploy.sh"), ...args], {
         encoding: "utf8",
         env: {
             ...process.env,
-            PATH: `${dir}:${process.env.PATH}`,
+            PATH: `${bin}:${process.env.PATH}`,
             CALLS: calls,
-            STUBS: dir,
-            ORDERS_EXIT: exitCodes.orders,
-            INVOICES_EXIT: exitCodes.invoices,
+            STUBS: bin,
+            PUSHED: o.pushed ? "1" : "0",
+            MISSING_REPOSITORY: o.missingRepository ?? "",
+            GIT_STATUS: o.gitStatus ?? "",
             PULUMI_STACK: "",
+            DOCKER_BUILD_FLAGS: "",
         },
     });
-    const lines = readFileSync(calls, "utf8").split("\n").filter(Boolean);
-    return { status: result.status, stderr: result.stderr, calls: lines };
+    const recorded = readFileSync(calls, "utf8").split("\n").filter(Boolean);
+    return { status: result.status, stdout: result.stdout, stderr: result.stderr, calls: recorded.filter((c) => !c.startsWith("git ")) };
 }
 
+const ARGS = ["--stack", STACK, "--tag", TAG];
 const index = (calls: string[], pattern: RegExp) => calls.findIndex((c) => pattern.test(c));
-const FULL_UP = /^pulumi up --yes --stack production$/;
+const commands = (stdout: string) => stdout.split("\n").filter((l) => l && !l.startsWith("#"));
 
-describe("deploy.sh", () => {
-    it("sets the image tag, updates the one-off task definitions, migrates and waits, then runs the full pulumi up", () => {
-        const { status, stderr, calls } = deploy(["v1.4.0"]);
+/** The procedure's steps, each a pattern its command matches, in the only order that works. */
+const PROCEDURE: [string, RegExp][] = [
+    ["imageTag into a copy of the stack file", new RegExp(`^pulumi config set --stack ${STACK} --config-file \\S+/Pulumi\\.${STACK}\\.yaml imageTag ${TAG}$`)],
+    ["preview (the gate)", /^pulumi preview --stack production --config-file \S+ --diff$/],
+    ["the repositories", /^pulumi up --yes --skip-preview --stack production --config-file \S+ (--target \S+ ?){6}$/],
+    ["orders-api image", /^docker buildx build --platform linux\/amd64 --target orders-api --tag \S+\/orders-pipeline-production\/orders-api:3f9c2a1\S* --push \.\.$/],
+    ["outbox-relay image", /^docker buildx build .* --target outbox-relay /],
+    ["invoices-worker image", /^docker buildx build .* --target invoices-worker /],
+    ["all but the services", /^pulumi up --yes --skip-preview --stack production --config-file \S+ --exclude \S+::orders --exclude \S+::invoices-worker --exclude-dependents$/],
+    ["the one-off tasks' parameters", /^pulumi stack output --stack production oneOffTasks --json$/],
+    ["migrate-orders", /^aws ecs run-task .*--task-definition \S*migrate-orders/],
+    ["migrate-invoices", /^aws ecs run-task .*--task-definition \S*migrate-invoices/],
+    ["provision-broker", /^aws ecs run-task .*--task-definition \S*provision-broker/],
+    ["wait for them", /^aws ecs wait tasks-stopped /],
+    ["their exit codes", /^aws ecs describe-tasks /],
+    ["the services", /^pulumi up --yes --skip-preview --refresh --stack production --config-file \S+$/],
+    ["the services' expected task definitions", /^pulumi stack output --stack production ecsServices --json$/],
+    ["wait until stable", /^aws ecs wait services-stable /],
+    ["rollback check", /^aws ecs describe-services .*rolloutState/],
+];
+
+/** The procedure's steps in order; without the image builds when `built` is false (--no-build). */
+function assertProcedure(lines: string[], built = true) {
+    let at = -1;
+    for (const [step, pattern] of PROCEDURE.filter(([, p]) => built || !p.source.startsWith("^docker"))) {
+        const i = lines.findIndex((l, n) => n > at && pattern.test(l));
+        assert.ok(i > at, `step "${step}" missing or out of order in:\n${lines.join("\n")}`);
+        at = i;
+    }
+}
+
+describe("deploy.sh --dry-run", () => {
+    it("prints the procedure in the only order that works, and runs nothing", () => {
+        const { status, stdout, stderr, calls } = deploy([...ARGS, "--dry-run"]);
         assert.equal(status, 0, stderr);
-        const setTag = index(calls, /^pulumi config set --stack production imageTag v1\.4\.0$/);
-        const targeted = index(calls, /^pulumi up --yes --stack production --target /);
-        const runOrders = index(calls, /^aws ecs run-task .*migrate-orders/);
-        const runInvoices = index(calls, /^aws ecs run-task .*migrate-invoices/);
-        const wait = index(calls, /^aws ecs wait tasks-stopped /);
-        const describeTasks = index(calls, /^aws ecs describe-tasks /);
-        const fullUp = index(calls, FULL_UP);
-        for (const [what, i] of Object.entries({ setTag, targeted, runOrders, runInvoices, wait, describeTasks, fullUp })) {
-            assert.ok(i >= 0, `no ${what} call in:\n${calls.join("\n")}`);
+        assert.deepEqual(calls, [], "a dry run ran commands");
+        const lines = commands(stdout);
+        assertProcedure(lines);
+        // One region, the stack's, for every AWS command; one stack for every Pulumi command.
+        for (const line of lines) {
+            if (line.startsWith("aws ")) {
+                assert.match(line, new RegExp(`--region ${REGION}( |$)`), line);
+            }
+            if (line.startsWith("pulumi ")) {
+                assert.match(line, /--stack production( |$)/, line);
+            }
+            if (/^pulumi (up|preview|config)/.test(line)) {
+                assert.match(line, /--config-file /, line);
+            }
         }
-        assert.ok(setTag < targeted && targeted < runOrders && targeted < runInvoices, calls.join("\n"));
-        assert.ok(Math.max(runOrders, runInvoices) < wait && wait < describeTasks && describeTasks < fullUp, calls.join("\n"));
-        assert.equal(calls.filter((c) => /^pulumi up /.test(c)).length, 2, "one targeted and one full pulumi up");
-
-        // Only the three one-off task definitions are targeted.
-        const targets = [...calls[targeted].matchAll(/--target (\S+)/g)].map((m) => m[1]);
+        // The repositories targeted, and only they; the two services excluded, and what depends on them.
+        const targets = [...lines.find((l) => l.includes("--target"))!.matchAll(/--target (\S+)/g)].map((m) => m[1]);
         assert.deepEqual(
             targets,
-            ["migrate-orders", "migrate-invoices", "provision-broker"].map(
-                (n) => `urn:pulumi:production::orders-pipeline::aws:ecs/taskDefinition:TaskDefinition::${n}`,
-            ),
+            ["orders-api", "outbox-relay", "invoices-worker"].flatMap((b) => [
+                `urn:pulumi:production::orders-pipeline::aws:ecr/repository:Repository::${b}`,
+                `urn:pulumi:production::orders-pipeline::aws:ecr/lifecyclePolicy:LifecyclePolicy::${b}`,
+            ]),
         );
-        // It waits for, and checks, both tasks it started.
-        for (const i of [wait, describeTasks]) {
-            assert.ok(calls[i].includes(`--cluster ${CLUSTER}`), calls[i]);
-            assert.ok(calls[i].includes(`--tasks ${TASK("orders")} ${TASK("invoices")}`), calls[i]);
+        const excluded = [...lines.find((l) => l.includes("--exclude "))!.matchAll(/--exclude (\S+)/g)].map((m) => m[1]);
+        assert.deepEqual(excluded, ["orders", "invoices-worker"].map((s) => `urn:pulumi:production::orders-pipeline::aws:ecs/service:Service::${s}`));
+        // Each step is named.
+        for (let step = 0; step <= 7; step++) {
+            assert.match(stdout, new RegExp(`^# ${step}\\. `, "m"), `step ${step} is not named`);
         }
-        // The run-task command lines are the stack output's, as they are.
-        assert.ok(calls[runOrders].includes("--started-by pulumi-migrate --query tasks[0].taskArn --output text"), calls[runOrders]);
     });
 
-    for (const failing of ["orders", "invoices"] as const) {
-        it(`stops before the full pulumi up when the ${failing} migration exits non-zero, naming the log group`, () => {
-            const codes = { orders: "0", invoices: "0", [failing]: "1" };
-            const { status, stderr, calls } = deploy(["v1.4.0"], codes);
-            assert.notEqual(status, 0);
-            assert.equal(index(calls, FULL_UP), -1, `the services were deployed:\n${calls.join("\n")}`);
+    it("promotes pushed images with --no-build: no docker build, the images only checked", () => {
+        const { status, stdout, stderr } = deploy([...ARGS, "--no-build", "--dry-run"]);
+        assert.equal(status, 0, stderr);
+        const lines = commands(stdout);
+        assert.equal(lines.filter((l) => l.startsWith("docker ")).length, 0, stdout);
+        assert.equal(lines.filter((l) => /^aws ecr describe-images .*--image-ids imageTag=3f9c2a1/.test(l)).length, 3, stdout);
+        assertProcedure(lines, false);
+    });
+
+    it("push: the images only, no Pulumi (CI's images job)", () => {
+        const { status, stdout, stderr } = deploy([...ARGS, "--dry-run", "push"]);
+        assert.equal(status, 0, stderr);
+        const lines = commands(stdout);
+        assert.deepEqual(lines.filter((l) => l.startsWith("pulumi ")), []);
+        assert.equal(lines.filter((l) => l.startsWith("docker buildx build ")).length, 3);
+    });
+
+    it("preview: the configuration and the preview, nothing else", () => {
+        const { status, stdout, stderr } = deploy([...ARGS, "--dry-run", "preview"]);
+        assert.equal(status, 0, stderr);
+        assert.deepEqual(
+            commands(stdout).map((l) => l.split(" ").slice(0, 2).join(" ")),
+            ["pulumi config", "pulumi preview"],
+        );
+    });
+});
+
+describe("deploy.sh", () => {
+    /** A dry-run line and a recorded call are the same command: placeholders stand for any value, the copy's path may differ. */
+    const same = (dry: string, real: string) => {
+        const dryWords = dry.split(" ");
+        const realWords = real.split(" ");
+        return (
+            dryWords.length === realWords.length &&
+            dryWords.every((w, i) => w === realWords[i] || w.includes("<") || (dryWords[i - 1] === "--config-file" && realWords[i - 1] === "--config-file"))
+        );
+    };
+
+    it("runs exactly the commands its dry run prints, in the same order", () => {
+        const dry = deploy([...ARGS, "--dry-run"]);
+        const real = deploy(ARGS);
+        assert.equal(real.status, 0, real.stderr);
+        // The login pipeline is one printed line, two calls.
+        const printed = commands(dry.stdout).flatMap((l) => l.split(" | "));
+        // The dry run prints quoted words ('…'); the stubs record them unquoted.
+        const unquoted = printed.map((l) => l.replace(/'([^']*)'/g, "$1"));
+        assert.equal(unquoted.length, real.calls.length, `printed:\n${unquoted.join("\n")}\n\nran:\n${real.calls.join("\n")}`);
+        unquoted.forEach((line, i) => assert.ok(same(line, real.calls[i]), `printed: ${line}\nran:     ${real.calls[i]}`));
+        assertProcedure(real.calls);
+        // It runs the tasks the stack names, waits for the three it started, and checks all three.
+        for (const name of ONE_OFF) {
+            assert.ok(real.calls.some((c) => c.includes(`--task-definition ${taskDefinition(name)} --network-configuration ${NETWORK}`)), name);
+        }
+        const tasks = ONE_OFF.map(taskArn).join(" ");
+        assert.ok(real.calls.some((c) => c.startsWith(`aws ecs wait tasks-stopped --region ${REGION} --cluster ${CLUSTER} --tasks ${tasks}`)));
+        assert.ok(real.calls.some((c) => c.startsWith(`aws ecs describe-tasks --region ${REGION} --cluster ${CLUSTER} --tasks ${tasks}`)));
+        assert.ok(real.calls.some((c) => c.startsWith(`aws ecs wait services-stable --region ${REGION} --cluster ${CLUSTER} --services orders invoices-worker`)));
+        assert.match(real.stderr, /deployed 3f9c2a1\S* to production/);
+    });
+
+    for (const failing of ONE_OFF) {
+        it(`stops before the services when ${failing} exits non-zero, naming the container, the code and the logs`, () => {
+            const { status, stderr, calls } = deploy(ARGS, { exits: { [failing]: "1" } });
+            assert.equal(status, 1);
+            assert.equal(index(calls, /^pulumi up .*--refresh/), -1, `the services were updated:\n${calls.join("\n")}`);
             assert.ok(index(calls, /^aws ecs wait tasks-stopped /) >= 0);
-            assert.match(stderr, new RegExp(`${failing}-migrate of task \\S+ exited with 1`));
-            assert.match(stderr, /log group \/ecs\/orders-pipeline-production\/migrate/);
+            assert.match(stderr, new RegExp(`container ${failing} of task \\S+ exited with 1`));
+            assert.match(stderr, /aws logs tail \/ecs\/orders-pipeline-production\/migrate --region eu-west-1/);
+            assert.match(stderr, /the services were not updated/);
         });
     }
 
-    it("stops when a migration container never ran (no exit code)", () => {
-        const { status, calls } = deploy(["v1.4.0"], { orders: "None", invoices: "0" });
-        assert.notEqual(status, 0);
-        assert.equal(index(calls, FULL_UP), -1);
+    it("stops when a one-off container never ran, with ECS's reason", () => {
+        const { status, stderr, calls } = deploy(ARGS, { exits: { "migrate-orders": "None CannotPullContainerError: pull image manifest has been retried" } });
+        assert.equal(status, 1);
+        assert.equal(index(calls, /^pulumi up .*--refresh/), -1);
+        assert.match(stderr, /migrate-orders of task \S+ exited with None \(CannotPullContainerError: pull image manifest/);
     });
 
-    it("wants exactly one image tag", () => {
-        for (const args of [[], ["a", "b"], [""]]) {
-            const { status, stderr, calls } = deploy(args);
-            assert.equal(status, 2, `args ${JSON.stringify(args)}`);
-            assert.match(stderr, /usage: .*deploy\.sh <image-tag>/);
+    it("fails loudly when the circuit breaker rolled a service back, with ECS's events", () => {
+        const previous = taskDefinition("orders", 11);
+        const { status, stderr, calls } = deploy(ARGS, { ordersRunning: previous });
+        assert.equal(status, 1);
+        assert.ok(index(calls, /^pulumi up .*--refresh/) >= 0);
+        assert.match(stderr, new RegExp(`service orders was ROLLED BACK .*runs ${previous}`));
+        assert.match(stderr, /deployment failed: tasks failed to start/);
+        assert.match(stderr, /the new release is not running/);
+        assert.doesNotMatch(stderr, /deployed /);
+    });
+
+    it("with --no-build, deploys images already pushed and builds none", () => {
+        const { status, stderr, calls } = deploy([...ARGS, "--no-build"], { pushed: true });
+        assert.equal(status, 0, stderr);
+        assert.deepEqual(calls.filter((c) => c.startsWith("docker ")), []);
+        assertProcedure(calls, false);
+    });
+
+    it("with --no-build, stops before changing anything past the repositories when an image is not in ECR", () => {
+        const { status, stderr, calls } = deploy([...ARGS, "--no-build"]);
+        assert.equal(status, 1);
+        assert.match(stderr, new RegExp(`orders-pipeline-production/orders-api:${TAG} is not in ECR.*CI's images job`, "s"));
+        assert.equal(index(calls, /--exclude-dependents/), -1);
+        assert.equal(index(calls, /^aws ecs run-task/), -1);
+    });
+
+    it("does not rebuild an image ECR holds already (tags are immutable)", () => {
+        const { status, stderr, calls } = deploy(ARGS, { pushed: true });
+        assert.equal(status, 0, stderr);
+        assert.deepEqual(calls.filter((c) => c.startsWith("docker ")), []);
+    });
+
+    it("push fails clearly when the stack has no repositories yet", () => {
+        const { status, stderr, calls } = deploy([...ARGS, "push"], { missingRepository: "orders-pipeline-production/orders-api" });
+        assert.equal(status, 1);
+        assert.match(stderr, /no ECR repository orders-pipeline-production\/orders-api in eu-west-1: the stack's first deploy creates it/);
+        assert.deepEqual(calls.filter((c) => c.startsWith("pulumi ") || c.startsWith("docker ")), []);
+    });
+
+    it("tags the images with the commit checked out, and refuses to build from a tree with uncommitted changes", () => {
+        const clean = deploy(["--stack", STACK, "--dry-run"]);
+        assert.equal(clean.status, 0, clean.stderr);
+        assert.match(clean.stdout, new RegExp(`--tag \\S+/orders-api:${HEAD} --push`));
+        const dirty = deploy(["--stack", STACK], { gitStatus: " M orders-api/src/main.rs\n" });
+        assert.equal(dirty.status, 1);
+        assert.match(dirty.stderr, /uncommitted changes: the images are tagged by commit/);
+        assert.deepEqual(dirty.calls, []);
+    });
+
+    it("refuses a missing stack file, one without aws:region and one with imageTag, before any command", () => {
+        const cases: [string | null, RegExp][] = [
+            [null, /infra\/Pulumi\.production\.yaml is missing.*Pulumi\.example\.yaml.*commit it/s],
+            ["config:\n  orders-pipeline:allowPlainHttp: \"true\"\n", /sets no aws:region/],
+            [`${STACK_FILE}  orders-pipeline:imageTag: latest\n`, /sets imageTag: remove it.*roll the services back/s],
+        ];
+        for (const [stackFile, message] of cases) {
+            const { status, stderr, calls } = deploy(ARGS, { stackFile });
+            assert.equal(status, 1, stderr);
+            assert.match(stderr, message);
             assert.deepEqual(calls, []);
         }
+    });
+
+    it("prints the stack's region (what CI logs in to), and wants a stack named", () => {
+        const region = deploy(["--stack", STACK, "region"]);
+        assert.equal(region.status, 0, region.stderr);
+        assert.equal(region.stdout, `${REGION}\n`);
+        const quoted = deploy(["--stack", STACK, "region"], { stackFile: `config:\n  aws:region: "us-west-2"\n` });
+        assert.equal(quoted.stdout, "us-west-2\n");
+        const unnamed = deploy(["region"]);
+        assert.equal(unnamed.status, 1);
+        assert.match(unnamed.stderr, /name the stack: --stack <name>/);
+        const bad = deploy(["--stack", STACK, "--frobnicate"]);
+        assert.equal(bad.status, 2);
+        assert.match(bad.stderr, /usage: infra\/deploy\.sh/);
     });
 });
