@@ -79,8 +79,8 @@ stack_file="$infra/Pulumi.$stack.yaml"
 its database and broker settings) lives in that file, and CI deploys from the committed one. Copy \
 infra/Pulumi.example.yaml to it, set your values (secrets with pulumi config set --secret), and commit \
 it (infra/README.md: one-time bootstrap)"
-# The values are plain scalars (`aws:region: eu-west-1`, optionally quoted).
-region=$(sed -nE 's/^[[:space:]]+aws:region:[[:space:]]*"?([a-z0-9-]+)"?[[:space:]]*$/\1/p' "$stack_file" | head -n 1)
+# A plain scalar (`aws:region: eu-west-1`, optionally quoted or commented).
+region=$(sed -nE 's/^[[:space:]]+aws:region:[[:space:]]*"?([a-z0-9-]+)"?[[:space:]]*(#.*)?$/\1/p' "$stack_file" | head -n 1)
 [ -n "$region" ] || die "infra/Pulumi.$stack.yaml sets no aws:region: pulumi config set --stack $stack aws:region <region>, \
 then commit the file (the program, this script and CI all read the region there)"
 if [ "$action" = region ]; then
@@ -125,6 +125,9 @@ if ! $dry_run; then
     for tool in "${needed[@]}"; do
         command -v "$tool" >/dev/null || die "$tool is not installed (infra/README.md: prerequisites)"
     done
+    if [[ " ${needed[*]} " == *" pulumi "* ]] && [ ! -d "$infra/node_modules/@pulumi/pulumi" ]; then
+        die "the Pulumi program's dependencies are not installed: (cd infra && npm ci)"
+    fi
 fi
 
 # Pulumi runs in the project's directory; docker builds the repository (..).

@@ -66,6 +66,7 @@ function deploy(args: string[], o: Options = {}) {
     mkdirSync(bin);
     copyFileSync(join(INFRA, "deploy.sh"), join(infra, "deploy.sh"));
     copyFileSync(join(INFRA, "Pulumi.yaml"), join(infra, "Pulumi.yaml"));
+    mkdirSync(join(infra, "node_modules", "@pulumi", "pulumi"), { recursive: true });
     const stackFile = o.stackFile === undefined ? STACK_FILE : o.stackFile;
     if (stackFile !== null) {
         writeFileSync(join(infra, `Pulumi.${STACK}.yaml`), stackFile);
@@ -358,6 +359,14 @@ describe("deploy.sh", () => {
         }
     });
 
+    it("accepts Pulumi.example.yaml as a stack file (the one the bootstrap copies)", () => {
+        const example = readFileSync(join(INFRA, "Pulumi.example.yaml"), "utf8");
+        const { status, stdout, stderr } = deploy([...ARGS, "--dry-run"], { stackFile: example });
+        assert.equal(status, 0, stderr);
+        assertProcedure(commands(stdout));
+        assert.equal(deploy(["--stack", STACK, "region"], { stackFile: example }).stdout, "eu-west-1\n");
+    });
+
     it("prints the stack's region (what CI logs in to), and wants a stack named", () => {
         const region = deploy(["--stack", STACK, "region"]);
         assert.equal(region.status, 0, region.stderr);
@@ -370,5 +379,36 @@ describe("deploy.sh", () => {
         const bad = deploy(["--stack", STACK, "--frobnicate"]);
         assert.equal(bad.status, 2);
         assert.match(bad.stderr, /usage: infra\/deploy\.sh/);
+    });
+});
+
+describe("the one procedure", () => {
+    const read = (path: string) => readFileSync(join(INFRA, "..", path), "utf8");
+
+    it("is what the workflow runs: no other build, push or deploy there", () => {
+        const ci = read(".github/workflows/ci.yml");
+        assert.match(ci, /^\s+run: infra\/deploy\.sh --tag "\$GITHUB_SHA" push$/m);
+        assert.match(ci, /^\s+run: infra\/deploy\.sh --tag "\$GITHUB_SHA" --no-build$/m);
+        assert.match(ci, /region=\$\(infra\/deploy\.sh region\)/);
+        assert.match(ci, /aws-region: \$\{\{ needs\.release-config\.outputs\.region \}\}/);
+        for (const other of [/pulumi (up|preview)/, /\bdocker (buildx )?build\b/, /build-push-action/, /aws ecs /, /AWS_REGION/, /aws-region: (?!\$\{\{ needs\.release-config)/]) {
+            assert.doesNotMatch(ci, other);
+        }
+    });
+
+    it("is what the READMEs tell to run: no shell line of theirs deploys any other way", () => {
+        for (const path of ["README.md", "infra/README.md", "docs/deployment.md"]) {
+            const text = read(path);
+            assert.match(text, /infra\/deploy\.sh --stack production/, `${path} does not show the deploy command`);
+            const blocks = [...text.matchAll(/```(?:sh|bash)\n([\s\S]*?)```/g)].map((m) => m[1]);
+            for (const line of blocks.join("\n").split("\n")) {
+                assert.doesNotMatch(
+                    line.replace(/#.*$/, ""),
+                    // (aws ecs run-task stays: the runbooks run operator commands with it)
+                    /\b(pulumi (up|preview|destroy)|docker (buildx )?build|aws ecs update-service)\b/,
+                    `${path}: ${line}`,
+                );
+            }
+        }
     });
 });
