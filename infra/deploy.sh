@@ -125,8 +125,14 @@ if ! $dry_run; then
     for tool in "${needed[@]}"; do
         command -v "$tool" >/dev/null || die "$tool is not installed (infra/README.md: prerequisites)"
     done
-    if [[ " ${needed[*]} " == *" pulumi "* ]] && [ ! -d "$infra/node_modules/@pulumi/pulumi" ]; then
-        die "the Pulumi program's dependencies are not installed: (cd infra && npm ci)"
+    if [[ " ${needed[*]} " == *" pulumi "* ]]; then
+        [ -d "$infra/node_modules/@pulumi/pulumi" ] || die "the Pulumi program's dependencies are not installed: (cd infra && npm ci)"
+        # Step 4's --exclude came with Pulumi 3.158.
+        version=$(pulumi version)
+        [[ $version =~ ^v?([0-9]+)\.([0-9]+) ]] || die "cannot read the Pulumi CLI's version from: $version"
+        if [ "${BASH_REMATCH[1]}" -lt 3 ] || { [ "${BASH_REMATCH[1]}" -eq 3 ] && [ "${BASH_REMATCH[2]}" -lt 158 ]; }; then
+            die "Pulumi CLI $version is too old: the deploy needs 3.158 or newer (pulumi up --exclude)"
+        fi
     fi
 fi
 

@@ -54,6 +54,7 @@ interface Options {
     /** The task definition ECS reports the orders service on (a rollback: the previous one). */
     ordersRunning?: string;
     gitStatus?: string;
+    pulumiVersion?: string;
 }
 
 /** Runs deploy.sh with the stubs. Returns the exit status, stdout, stderr and the recorded calls. */
@@ -95,6 +96,7 @@ function deploy(args: string[], o: Options = {}) {
     stub(
         "pulumi",
         `case "$*" in
+  version) echo "\${PULUMI_VERSION:-v3.210.0}" ;;
   *"stack output"*oneOffTasks*) cat "$STUBS/one-off.json" ;;
   *"stack output"*ecsServices*) cat "$STUBS/services.json" ;;
 esac`,
@@ -138,6 +140,7 @@ esac`,
             PUSHED: o.pushed ? "1" : "0",
             MISSING_REPOSITORY: o.missingRepository ?? "",
             GIT_STATUS: o.gitStatus ?? "",
+            PULUMI_VERSION: o.pulumiVersion ?? "",
             PULUMI_STACK: "",
             DOCKER_BUILD_FLAGS: "",
         },
@@ -259,6 +262,8 @@ describe("deploy.sh", () => {
         const dry = deploy([...ARGS, "--dry-run"]);
         const real = deploy(ARGS);
         assert.equal(real.status, 0, real.stderr);
+        // The checks' own query (pulumi version) changes nothing and is not printed.
+        real.calls = real.calls.filter((c) => c !== "pulumi version");
         // The login pipeline is one printed line, two calls.
         const printed = commands(dry.stdout).flatMap((l) => l.split(" | "));
         // The dry run prints quoted words ('…'); the stubs record them unquoted.
@@ -357,6 +362,14 @@ describe("deploy.sh", () => {
             assert.match(stderr, message);
             assert.deepEqual(calls, []);
         }
+    });
+
+    it("wants a Pulumi CLI that has --exclude (3.158), before changing anything", () => {
+        const old = deploy(ARGS, { pulumiVersion: "v3.157.1" });
+        assert.equal(old.status, 1);
+        assert.match(old.stderr, /Pulumi CLI v3\.157\.1 is too old: the deploy needs 3\.158 or newer/);
+        assert.deepEqual(old.calls, ["pulumi version"]);
+        assert.equal(deploy(ARGS, { pulumiVersion: "v3.158.0" }).status, 0);
     });
 
     it("accepts Pulumi.example.yaml as a stack file (the one the bootstrap copies)", () => {
