@@ -50,7 +50,14 @@ usage() {
 }
 step="0. checks"
 # A command that fails outside an if or || (pulumi up, …) names the step it stopped.
-trap 'printf "deploy stopped at step %s: %s failed (its output is above)\n" "$step" "${BASH_COMMAND%% *}" >&2' ERR
+running=
+stopped() {
+    # A query's failure is reported once, by the subshell that ran it.
+    # shellcheck disable=SC2016 # a literal $(, not an expansion
+    [[ $BASH_SUBSHELL -gt 0 || $BASH_COMMAND != *'$(query '* ]] || return 0
+    printf 'deploy stopped at step %s: %s failed (its output is above)\n' "$step" "${running:-${BASH_COMMAND%% *}}" >&2
+}
+trap stopped ERR
 
 infra=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$infra")
@@ -160,13 +167,15 @@ comment() {
     step=${1%%.*}
     if $dry_run; then printf '# %s\n' "$*" >&3; else say "$*"; fi
 }
-# Runs a command (a dry run prints it).
-run() { if $dry_run; then show "$@"; else "$@"; fi; }
+# Runs a command (a dry run prints it); `running` names it for the ERR trap.
+run() {
+    if $dry_run; then show "$@"; else running="$1 $2" && "$@" && running=; fi
+}
 # Runs a command for its output; a dry run prints it and answers <placeholder>.
 query() {
     local placeholder=$1
     shift
-    if $dry_run; then show "$@"; printf '%s\n' "$placeholder"; else "$@"; fi
+    if $dry_run; then show "$@"; printf '%s\n' "$placeholder"; else running="$1 $2" && "$@" && running=; fi
 }
 
 # The stack's configuration plus imageTag, in a copy: the committed file is

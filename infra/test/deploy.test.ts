@@ -55,6 +55,8 @@ interface Options {
     ordersRunning?: string;
     gitStatus?: string;
     pulumiVersion?: string;
+    /** The preview fails (a program error). */
+    failPreview?: boolean;
 }
 
 /** Runs deploy.sh with the stubs. Returns the exit status, stdout, stderr and the recorded calls. */
@@ -97,6 +99,7 @@ function deploy(args: string[], o: Options = {}) {
         "pulumi",
         `case "$*" in
   version) echo "\${PULUMI_VERSION:-v3.210.0}" ;;
+  preview*) if [ "$FAIL_PREVIEW" = 1 ]; then echo "error: config imageTag is not set" >&2; exit 255; fi ;;
   *"stack output"*oneOffTasks*) cat "$STUBS/one-off.json" ;;
   *"stack output"*ecsServices*) cat "$STUBS/services.json" ;;
 esac`,
@@ -141,6 +144,7 @@ esac`,
             MISSING_REPOSITORY: o.missingRepository ?? "",
             GIT_STATUS: o.gitStatus ?? "",
             PULUMI_VERSION: o.pulumiVersion ?? "",
+            FAIL_PREVIEW: o.failPreview ? "1" : "0",
             PULUMI_STACK: "",
             DOCKER_BUILD_FLAGS: "",
         },
@@ -280,6 +284,16 @@ describe("deploy.sh", () => {
         assert.ok(real.calls.some((c) => c.startsWith(`aws ecs describe-tasks --region ${REGION} --cluster ${CLUSTER} --tasks ${tasks}`)));
         assert.ok(real.calls.some((c) => c.startsWith(`aws ecs wait services-stable --region ${REGION} --cluster ${CLUSTER} --services orders invoices-worker`)));
         assert.match(real.stderr, /deployed 3f9c2a1\S* to production/);
+    });
+
+    it("stops at the preview gate when the preview fails: nothing is created, built or run", () => {
+        const { status, stderr, calls } = deploy(ARGS, { failPreview: true });
+        assert.notEqual(status, 0);
+        assert.match(stderr, /deploy stopped at step 1: pulumi preview failed/);
+        assert.deepEqual(
+            calls.map((c) => c.split(" ").slice(0, 3).join(" ")),
+            ["pulumi version", "pulumi config set", "pulumi preview --stack"],
+        );
     });
 
     for (const failing of ONE_OFF) {
