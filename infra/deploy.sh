@@ -153,6 +153,8 @@ exec 3>&1
 show() {
     local out='' word
     for word in "$@"; do
+        # The temporary copy of the stack file shows as what it is.
+        [ "$word" = "$config" ] && word="<copy>/Pulumi.$stack.yaml"
         # Placeholders (<…>) stay bare, to be read; anything else a shell
         # would split or expand is single-quoted.
         if [[ $word =~ ^[A-Za-z0-9_./:=,@%+\<\>-]+$ ]]; then

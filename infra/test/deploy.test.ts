@@ -268,6 +268,11 @@ describe("deploy.sh", () => {
         assert.equal(real.status, 0, real.stderr);
         // The checks' own query (pulumi version) changes nothing and is not printed.
         real.calls = real.calls.filter((c) => c !== "pulumi version");
+        // Both sides of the login pipeline start at once: either may log first.
+        const login = real.calls.findIndex((c) => c.startsWith("docker login "));
+        if (login >= 0 && real.calls[login + 1]?.startsWith("aws ecr get-login-password ")) {
+            [real.calls[login], real.calls[login + 1]] = [real.calls[login + 1], real.calls[login]];
+        }
         // The login pipeline is one printed line, two calls.
         const printed = commands(dry.stdout).flatMap((l) => l.split(" | "));
         // The dry run prints quoted words ('…'); the stubs record them unquoted.
