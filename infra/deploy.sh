@@ -366,6 +366,6 @@ case $action in
         one_off_tasks
         services
         check_services
-        say "deployed $tag to $stack"
+        if $dry_run; then say "dry run: the commands above, none run"; else say "deployed $tag to $stack"; fi
         ;;
 esac
