@@ -25,9 +25,12 @@
 #      parallel: each must exit 0, or the deploy stops here and the services
 #      keep running the previous release;
 #   6. the whole stack (pulumi up --refresh): the services move to the new
-#      task definitions, and Pulumi waits until ECS reports them stable;
+#      task definitions, and Pulumi waits until ECS reports them stable (a
+#      rollback by the deployment circuit breaker fails it);
 #   7. each service's deployment must be COMPLETED on its new task definition:
-#      a rollback by the deployment circuit breaker fails the deploy, loudly.
+#      a rollback Pulumi reported as a success fails the deploy here, loudly;
+#   8. the images deployed get a second tag, deployed-<UTC time>, which the
+#      repositories' lifecycle policy keeps (the last 10) whatever CI pushes.
 # push: 0 and 3 (CI's images job; the repositories must exist). preview: 0
 # and 1. region: prints the stack's aws:region (the one region everything uses).
 #
@@ -37,9 +40,12 @@
 # to a tag left in the file. Needs: pulumi (logged in), aws (credentials for the
 # stack's account), docker with buildx (when building), jq, git.
 # DOCKER_BUILD_FLAGS: extra flags for docker buildx build (e.g. a cache).
+# DEPLOY_TASK_TIMEOUT: minutes step 5 waits for the one-off tasks (default 30).
 set -Eeuo pipefail
 
 BINARIES=(orders-api outbox-relay invoices-worker)
+# A second tag on what was deployed (infra/src/services.ts: DEPLOYED_TAG_PREFIX).
+DEPLOYED_TAG="deployed-$(date -u +%Y%m%dT%H%M%SZ)"
 SERVICES=(orders invoices-worker)
 
 die() { printf 'deploy stopped: %s\n' "$*" >&2; exit 1; }
@@ -248,7 +254,9 @@ pushes every commit of main (tag a commit whose main run has pushed its images),
             logged_in=true
         fi
         # shellcheck disable=SC2086 # DOCKER_BUILD_FLAGS is a list of flags
-        run docker buildx build --platform linux/amd64 --target "$binary" --tag "$uri:$tag" --push ${DOCKER_BUILD_FLAGS:-} ..
+        # One image manifest per tag (no attestation index): what ECR's scan on
+        # push scans, and what step 8 can tag again.
+        run docker buildx build --platform linux/amd64 --provenance=false --target "$binary" --tag "$uri:$tag" --push ${DOCKER_BUILD_FLAGS:-} ..
     done
 }
 
@@ -280,9 +288,13 @@ the task definition, the subnets)"
         fi
         arns+=("$arn")
     done
-    run aws ecs wait tasks-stopped --region "$region" --cluster "$cluster" --tasks "${arns[@]}" ||
-        die "the one-off tasks did not stop in time (aws ecs wait gave up); they may still be running: \
-aws ecs describe-tasks --region $region --cluster $cluster --tasks ${arns[*]}"
+    # The waiter gives up after 10 minutes; a long migration gets DEPLOY_TASK_TIMEOUT.
+    local deadline=$((SECONDS + ${DEPLOY_TASK_TIMEOUT:-30} * 60))
+    until run aws ecs wait tasks-stopped --region "$region" --cluster "$cluster" --tasks "${arns[@]}"; do
+        [ "$SECONDS" -lt "$deadline" ] || die "the one-off tasks did not stop within ${DEPLOY_TASK_TIMEOUT:-30} minutes \
+(DEPLOY_TASK_TIMEOUT); they may still be running: aws ecs describe-tasks --region $region --cluster $cluster --tasks ${arns[*]}"
+        say "the one-off tasks are still running: waiting on"
+    done
     # One line per container: task ARN, container, exit code ("None" when it
     # never ran), and ECS's reason (e.g. CannotPullContainerError).
     results=$(query "" aws ecs describe-tasks --region "$region" --cluster "$cluster" --tasks "${arns[@]}" \
@@ -305,6 +317,23 @@ aws ecs describe-tasks --region $region --cluster $cluster --tasks ${arns[*]}"
         die "a one-off task failed, so the services were not updated (they run the previous release). \
 Their logs: aws logs tail $group --region $region --since 1h; fix the cause, then run this again"
     fi
+}
+
+keep_deployed() {
+    comment "8. tag the deployed images $DEPLOYED_TAG (the lifecycle policy keeps the last 10 so tagged)"
+    local binary repository image media_type manifest
+    for binary in "${BINARIES[@]}"; do
+        repository="$prefix/$binary"
+        image=$(query '["<mediaType>", "<manifest>"]' aws ecr batch-get-image --region "$region" --repository-name "$repository" \
+            --image-ids "imageTag=$tag" --accepted-media-types \
+            application/vnd.docker.distribution.manifest.v2+json application/vnd.oci.image.manifest.v1+json \
+            --query 'images[0].[imageManifestMediaType,imageManifest]' --output json)
+        if ! media_type=$(jq -er '.[0]' <<<"$image") || ! manifest=$(jq -er '.[1]' <<<"$image"); then
+            die "ECR returned no manifest for $repository:$tag, so it is not tagged $DEPLOYED_TAG (the deploy itself is done)"
+        fi
+        run aws ecr put-image --region "$region" --repository-name "$repository" --image-tag "$DEPLOYED_TAG" \
+            --image-manifest "$manifest" --image-manifest-media-type "$media_type" --query 'image.imageId.imageTag' --output text
+    done
 }
 
 services() {
@@ -366,6 +395,7 @@ case $action in
         one_off_tasks
         services
         check_services
+        keep_deployed
         if $dry_run; then say "dry run: the commands above, none run"; else say "deployed $tag to $stack"; fi
         ;;
 esac

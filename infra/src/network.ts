@@ -18,8 +18,13 @@ export interface Network {
  * the first AZ) keeps the bill small, and outbound traffic of both private
  * subnets depends on that AZ.
  */
-export function createNetwork(prefix: string, tags: Record<string, string>, natPerAz: boolean): Network {
-    const azs = aws.getAvailabilityZonesOutput({ state: "available" });
+export function createNetwork(
+    prefix: string,
+    tags: Record<string, string>,
+    natPerAz: boolean,
+    provider: aws.Provider,
+): Network {
+    const azs = aws.getAvailabilityZonesOutput({ state: "available" }, { provider });
     const az = (i: number) =>
         azs.names.apply((names) => {
             if (names.length < AZ_COUNT) {

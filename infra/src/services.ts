@@ -54,6 +54,10 @@ export interface Services {
     };
 }
 
+/** infra/deploy.sh's tag on every image it deployed (deployed-<UTC time>), and how many the repositories keep. */
+export const DEPLOYED_TAG_PREFIX = "deployed-";
+export const DEPLOYED_IMAGES_KEPT = 10;
+
 /** The one-off tasks, by the names infra/deploy.sh knows them by. */
 export type OneOffName = "migrate-orders" | "migrate-invoices" | "provision-broker";
 
@@ -123,13 +127,28 @@ export function createServices(
             policy: JSON.stringify({
                 rules: [
                     {
+                        // infra/deploy.sh tags each image it deployed deployed-<time>:
+                        // the running release and the ones before it stay, however
+                        // many commits CI pushes meanwhile (a rule cannot expire
+                        // an image a rule of higher priority matched).
                         rulePriority: 1,
+                        description: `keep the last ${DEPLOYED_IMAGES_KEPT} deployed images`,
+                        selection: {
+                            tagStatus: "tagged",
+                            tagPrefixList: [DEPLOYED_TAG_PREFIX],
+                            countType: "imageCountMoreThan",
+                            countNumber: DEPLOYED_IMAGES_KEPT,
+                        },
+                        action: { type: "expire" },
+                    },
+                    {
+                        rulePriority: 2,
                         description: "expire untagged images after 7 days",
                         selection: { tagStatus: "untagged", countType: "sinceImagePushed", countUnit: "days", countNumber: 7 },
                         action: { type: "expire" },
                     },
                     {
-                        rulePriority: 2,
+                        rulePriority: 3,
                         description: "keep the last 50 images",
                         selection: { tagStatus: "any", countType: "imageCountMoreThan", countNumber: 50 },
                         action: { type: "expire" },
@@ -371,8 +390,14 @@ export function createServices(
                 tags,
                 ...extra,
             },
-            // Auto scaling owns desiredCount once the service exists.
-            { dependsOn: [...secretVersions, ...dependsOn], ignoreChanges: ["desiredCount"] },
+            // Auto scaling owns desiredCount once the service exists. The wait
+            // for steady state may include a rollback and the load balancer's
+            // deregistration delay: more than the provider's 20 minutes.
+            {
+                dependsOn: [...secretVersions, ...dependsOn],
+                ignoreChanges: ["desiredCount"],
+                customTimeouts: { create: "40m", update: "40m" },
+            },
         );
 
     const ordersService = service(

@@ -1,4 +1,6 @@
+import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
+import * as random from "@pulumi/random";
 
 import { Alarms, createAlarms } from "./alarms";
 import { invoicesQueue } from "./app";
@@ -23,9 +25,10 @@ export interface Stack {
 /** The whole system; index.ts exports its outputs, the tests inspect the rest. */
 export function createStack(): Stack {
     const settings = loadSettings();
+    const providers = useExplicitProviders(settings.region);
     const tags = { project: pulumi.getProject(), stack: pulumi.getStack(), "managed-by": "pulumi" };
 
-    const network = createNetwork(settings.prefix, tags, settings.natGatewayPerAz);
+    const network = createNetwork(settings.prefix, tags, settings.natGatewayPerAz, providers.aws);
     const securityGroups = createSecurityGroups({
         vpcId: network.vpc.id,
         prefix: settings.prefix,
@@ -93,4 +96,28 @@ export function createStack(): Stack {
         },
     };
     return { settings, network, securityGroups, data, edge, services, alarms, outputs };
+}
+
+/**
+ * One named provider per package, for every resource of the stack (a stack
+ * transformation sets it). Default providers are named by their version
+ * (`default_7_48_0`): after a provider upgrade, every resource a targeted or
+ * excluding update leaves out still points at the old one, and Pulumi stops
+ * ("provider … has not been registered yet", pulumi/pulumi#15732), which is
+ * how infra/deploy.sh's steps 2 and 4 run. A named provider keeps its URN and
+ * id across versions.
+ */
+function useExplicitProviders(region: string): { aws: aws.Provider; random: random.Provider } {
+    const providers = {
+        aws: new aws.Provider("aws", { region: region as aws.Region }),
+        random: new random.Provider("random"),
+    };
+    pulumi.runtime.registerStackTransformation(({ type, props, opts }) => {
+        const pkg = type.split(":")[0];
+        if ((pkg === "aws" || pkg === "random") && !(opts as pulumi.CustomResourceOptions).provider) {
+            return { props, opts: pulumi.mergeOptions(opts, { provider: providers[pkg] }) };
+        }
+        return undefined;
+    });
+    return providers;
 }

@@ -16,6 +16,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 
+import { DEPLOYED_TAG_PREFIX } from "../src/services";
+
 const INFRA = join(__dirname, "..");
 const STACK = "production";
 const REGION = "eu-west-1";
@@ -57,6 +59,9 @@ interface Options {
     pulumiVersion?: string;
     /** The preview fails (a program error). */
     failPreview?: boolean;
+    /** How many times `aws ecs wait tasks-stopped` gives up before the tasks stop; DEPLOY_TASK_TIMEOUT. */
+    waitGiveUps?: number;
+    taskTimeout?: string;
 }
 
 /** Runs deploy.sh with the stubs. Returns the exit status, stdout, stderr and the recorded calls. */
@@ -121,6 +126,12 @@ case "$args" in
     want=--task-definition; td=$(arg "$@"); name=\${td##*/${PREFIX}-}; name=\${name%%:*}
     echo "arn:aws:ecs:${REGION}:${ACCOUNT}:task/${CLUSTER}/\${name//-/}0123" ;;
   "ecs describe-tasks"*) cat "$STUBS/tasks.txt" ;;
+  "ecs wait tasks-stopped"*)
+    # The waiter gives up (exit 255) WAIT_GIVE_UPS times before the tasks stop.
+    n=$(cat "$STUBS/waits" 2>/dev/null || echo 0); echo $((n + 1)) > "$STUBS/waits"
+    if [ "$n" -lt "\${WAIT_GIVE_UPS:-0}" ]; then echo "Waiter TasksStopped failed: Max attempts exceeded" >&2; exit 255; fi ;;
+  "ecr batch-get-image"*) echo '["application/vnd.docker.distribution.manifest.v2+json", "{\\"schemaVersion\\":2}"]' ;;
+  "ecr put-image"*) want=--image-tag; arg "$@" ;;
   "ecs describe-services"*events*) printf '2026-12-03T10:00:00\\t(service orders) deployment failed: tasks failed to start.\\n' ;;
   "ecs describe-services"*) cat "$STUBS/services.txt" ;;
 esac`,
@@ -145,6 +156,8 @@ esac`,
             GIT_STATUS: o.gitStatus ?? "",
             PULUMI_VERSION: o.pulumiVersion ?? "",
             FAIL_PREVIEW: o.failPreview ? "1" : "0",
+            WAIT_GIVE_UPS: String(o.waitGiveUps ?? 0),
+            DEPLOY_TASK_TIMEOUT: o.taskTimeout ?? "",
             PULUMI_STACK: "",
             DOCKER_BUILD_FLAGS: "",
         },
@@ -162,7 +175,7 @@ const PROCEDURE: [string, RegExp][] = [
     ["imageTag into a copy of the stack file", new RegExp(`^pulumi config set --stack ${STACK} --config-file \\S+/Pulumi\\.${STACK}\\.yaml imageTag ${TAG}$`)],
     ["preview (the gate)", /^pulumi preview --stack production --config-file \S+ --diff$/],
     ["the repositories", /^pulumi up --yes --skip-preview --stack production --config-file \S+ (--target \S+ ?){6}$/],
-    ["orders-api image", /^docker buildx build --platform linux\/amd64 --target orders-api --tag \S+\/orders-pipeline-production\/orders-api:3f9c2a1\S* --push \.\.$/],
+    ["orders-api image", /^docker buildx build --platform linux\/amd64 --provenance=false --target orders-api --tag \S+\/orders-pipeline-production\/orders-api:3f9c2a1\S* --push \.\.$/],
     ["outbox-relay image", /^docker buildx build .* --target outbox-relay /],
     ["invoices-worker image", /^docker buildx build .* --target invoices-worker /],
     ["all but the services", /^pulumi up --yes --skip-preview --stack production --config-file \S+ --exclude \S+::orders --exclude \S+::invoices-worker --exclude-dependents$/],
@@ -176,6 +189,9 @@ const PROCEDURE: [string, RegExp][] = [
     ["the services' expected task definitions", /^pulumi stack output --stack production ecsServices --json$/],
     ["wait until stable", /^aws ecs wait services-stable /],
     ["rollback check", /^aws ecs describe-services .*rolloutState/],
+    ["orders-api kept", /^aws ecr put-image --region eu-west-1 --repository-name orders-pipeline-production\/orders-api --image-tag deployed-\d{8}T\d{6}Z /],
+    ["outbox-relay kept", /^aws ecr put-image .*--repository-name orders-pipeline-production\/outbox-relay --image-tag deployed-/],
+    ["invoices-worker kept", /^aws ecr put-image .*--repository-name orders-pipeline-production\/invoices-worker --image-tag deployed-/],
 ];
 
 /** The procedure's steps in order; without the image builds when `built` is false (--no-build). */
@@ -219,7 +235,7 @@ describe("deploy.sh --dry-run", () => {
         const excluded = [...lines.find((l) => l.includes("--exclude "))!.matchAll(/--exclude (\S+)/g)].map((m) => m[1]);
         assert.deepEqual(excluded, ["orders", "invoices-worker"].map((s) => `urn:pulumi:production::orders-pipeline::aws:ecs/service:Service::${s}`));
         // Each step is named.
-        for (let step = 0; step <= 7; step++) {
+        for (let step = 0; step <= 8; step++) {
             assert.match(stdout, new RegExp(`^# ${step}\\. `, "m"), `step ${step} is not named`);
         }
     });
@@ -254,8 +270,10 @@ describe("deploy.sh --dry-run", () => {
 describe("deploy.sh", () => {
     /** A dry-run line and a recorded call are the same command: placeholders stand for any value, the copy's path may differ. */
     const same = (dry: string, real: string) => {
-        const dryWords = dry.split(" ");
-        const realWords = real.split(" ");
+        // The deployed-<time> tag is the time of each run.
+        const time = (line: string) => line.replace(/deployed-\d{8}T\d{6}Z/g, "deployed-<time>");
+        const dryWords = time(dry).split(" ");
+        const realWords = time(real).split(" ");
         return (
             dryWords.length === realWords.length &&
             dryWords.every((w, i) => w === realWords[i] || w.includes("<") || (dryWords[i - 1] === "--config-file" && realWords[i - 1] === "--config-file"))
@@ -389,6 +407,33 @@ describe("deploy.sh", () => {
         assert.match(old.stderr, /Pulumi CLI v3\.157\.1 is too old: the deploy needs 3\.158 or newer/);
         assert.deepEqual(old.calls, ["pulumi version"]);
         assert.equal(deploy(ARGS, { pulumiVersion: "v3.158.0" }).status, 0);
+    });
+
+    it("waits for long one-off tasks past the waiter's 10 minutes, up to DEPLOY_TASK_TIMEOUT", () => {
+        const patient = deploy(ARGS, { waitGiveUps: 2 });
+        assert.equal(patient.status, 0, patient.stderr);
+        assert.equal(patient.calls.filter((c) => c.startsWith("aws ecs wait tasks-stopped ")).length, 3);
+        assert.match(patient.stderr, /the one-off tasks are still running: waiting on/);
+        const impatient = deploy(ARGS, { waitGiveUps: 1, taskTimeout: "0" });
+        assert.equal(impatient.status, 1);
+        assert.match(impatient.stderr, /did not stop within 0 minutes \(DEPLOY_TASK_TIMEOUT\); they may still be running/);
+        assert.equal(index(impatient.calls, /^pulumi up .*--refresh/), -1);
+    });
+
+    it("tags what it deployed with the prefix the lifecycle policy keeps, with the image's own manifest", () => {
+        const { status, stderr, calls } = deploy(ARGS);
+        assert.equal(status, 0, stderr);
+        const puts = calls.filter((c) => c.startsWith("aws ecr put-image "));
+        assert.equal(puts.length, 3);
+        for (const put of puts) {
+            assert.match(put, new RegExp(`--image-tag ${DEPLOYED_TAG_PREFIX}\\d{8}T\\d{6}Z `));
+            assert.match(put, /--image-manifest \{"schemaVersion":2\} --image-manifest-media-type application\/vnd\.docker\.distribution\.manifest\.v2\+json /);
+        }
+        assert.ok(calls.some((c) => c.startsWith(`aws ecr batch-get-image --region ${REGION} --repository-name ${PREFIX}/orders-api --image-ids imageTag=${TAG} `)));
+        // Not before the services run the release.
+        assert.ok(index(calls, /^aws ecr put-image /) > index(calls, /^aws ecs describe-services /));
+        const rolledBack = deploy(ARGS, { ordersRunning: taskDefinition("orders", 11) });
+        assert.equal(index(rolledBack.calls, /^aws ecr put-image /), -1, "a rolled-back release was tagged deployed");
     });
 
     it("accepts Pulumi.example.yaml as a stack file (the one the bootstrap copies)", () => {

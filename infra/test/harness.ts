@@ -25,6 +25,8 @@ export interface Recorded {
     id: string;
     inputs: any;
     state: any;
+    /** The provider reference (`<urn>::<id>`) the resource is registered with. */
+    provider?: string;
 }
 
 const SECRET_KEY = "4dabf18193072939515e22adb298388d";
@@ -110,7 +112,7 @@ export function setup(config: Record<string, string>, secretKeys: string[] = [],
                     arn: arnFor(args.type, args.name, inputs),
                     ...computed(args.type, args.name, inputs),
                 };
-                resources.push({ type: args.type, name: args.name, id, inputs, state: unwrap(state) });
+                resources.push({ type: args.type, name: args.name, id, inputs, state: unwrap(state), provider: args.provider });
                 return { id, state };
             },
             call(args: pulumi.runtime.MockCallArgs): Record<string, any> {

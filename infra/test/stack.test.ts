@@ -13,6 +13,7 @@ import * as pulumi from "@pulumi/pulumi";
 
 import { RDS_CA_BUNDLE } from "../src/app";
 import { allSecrets } from "../src/data";
+import { DEPLOYED_TAG_PREFIX } from "../src/services";
 import { createStack, Stack } from "../src/stack";
 import { AUTH_CONFIG, containersOf, envOf, exposedRoutes, ofType, one, options, REGION, resources, run, secretsOf, secretValue, setup, T, value } from "./harness";
 
@@ -424,6 +425,8 @@ describe("services", () => {
         for (const svc of ofType(T.service)) {
             assert.equal(svc.inputs.waitForSteadyState, true, svc.name);
             assert.deepEqual(svc.inputs.deploymentCircuitBreaker, { enable: true, rollback: true }, svc.name);
+            // Longer than the provider's 20 minutes: a rollback and the target group's deregistration delay.
+            assert.deepEqual(options.get(`${T.service}::${svc.name}`)?.customTimeouts, { create: "40m", update: "40m" });
         }
     });
 });
@@ -702,6 +705,23 @@ describe("images and logs", () => {
         }
     });
 
+    it("keep the images deploy.sh tagged deployed-… before counting the rest, so the running release is never expired", () => {
+        const policies = ofType("aws:ecr/lifecyclePolicy:LifecyclePolicy");
+        assert.equal(policies.length, 3);
+        for (const p of policies) {
+            const rules = JSON.parse(p.inputs.policy).rules as { rulePriority: number; selection: any }[];
+            const byPriority = [...rules].sort((a, b) => a.rulePriority - b.rulePriority);
+            assert.deepEqual(byPriority[0].selection, {
+                tagStatus: "tagged",
+                tagPrefixList: [DEPLOYED_TAG_PREFIX],
+                countType: "imageCountMoreThan",
+                countNumber: 10,
+            });
+            // ECR wants the rule on any image last.
+            assert.equal(byPriority.at(-1)!.selection.tagStatus, "any");
+        }
+    });
+
     it("ships the RDS CA bundle at the path the database URLs name", () => {
         const dockerfile = readFileSync(join(__dirname, "../../Dockerfile"), "utf8");
         const add = dockerfile.split("\n").find((line) => /^ADD .*rds.*\.pem/.test(line));
@@ -791,6 +811,20 @@ describe("one-off tasks", () => {
             // The hand-run command line is made of the same values.
             assert.ok(command.includes(`--task-definition ${task.taskDefinition} `), command);
             assert.ok(command.includes(`--network-configuration '${task.networkConfiguration}'`), command);
+        }
+    });
+});
+
+describe("providers", () => {
+    it("register every resource with a named provider (stable across versions), the AWS one in the stack's region", () => {
+        const aws = one("pulumi:providers:aws", "aws");
+        assert.equal(aws.inputs.region, REGION);
+        one("pulumi:providers:random", "random");
+        const managed = resources.filter((r) => /^(aws|random):/.test(r.type));
+        assert.ok(managed.length > 50);
+        for (const r of managed) {
+            const pkg = r.type.split(":")[0];
+            assert.match(r.provider ?? "", new RegExp(`[:$]pulumi:providers:${pkg}::${pkg}::${pkg}_id$`), `${r.type} ${r.name}`);
         }
     });
 });
