@@ -183,7 +183,8 @@ run() {
 query() {
     local placeholder=$1
     shift
-    if $dry_run; then show "$@"; printf '%s\n' "$placeholder"; else running="$1 $2" && "$@" && running=; fi
+    run "$@" || return
+    if $dry_run; then printf '%s\n' "$placeholder"; fi
 }
 
 # The stack's configuration plus imageTag, in a copy: the committed file is

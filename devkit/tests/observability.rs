@@ -108,10 +108,15 @@ async fn collector() -> (String, Arc<Mutex<Vec<Received>>>) {
     let app = Router::new()
         .route("/v1/traces", post(receive))
         .with_state(spans.clone());
+    (serve_on_loopback(app).await, spans)
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; its base URL.
+async fn serve_on_loopback(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, spans)
+    url
 }
 
 struct Pipeline {
@@ -722,10 +727,7 @@ async fn metrics_collector() -> (String, Arc<Mutex<Vec<Push>>>) {
     let app = Router::new()
         .route("/v1/metrics", post(receive))
         .with_state(pushes.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, pushes)
+    (serve_on_loopback(app).await, pushes)
 }
 
 #[tokio::test]
