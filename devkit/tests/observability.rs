@@ -769,70 +769,74 @@ async fn every_process_pushes_the_series_of_its_metrics_endpoint_over_otlp() {
         r#"invoices_queue_messages{{queue={:?}}}"#,
         topology.dead_letter_queue
     );
-    let latest = |service: &'static str| {
+    let wait = Duration::from_secs(30);
+    // A push is a snapshot taken while requests and refreshes go on, so an early
+    // one may hold some of the counts and not yet others: wait for the push that
+    // holds them all, and fail naming the series if none ever does.
+    let pushed_with = |service: &'static str, expected: Vec<(String, f64)>| {
         let pushes = pushes.clone();
-        move || {
-            let pushes = pushes.lock().unwrap();
-            std::future::ready(pushes.iter().rev().find(|p| p.service == service).cloned())
+        let what = format!("a push from {service} with {expected:?}");
+        async move {
+            eventually(wait, &what, || {
+                let pushes = pushes.lock().unwrap();
+                let push = pushes.iter().rev().find(|p| p.service == service).cloned();
+                std::future::ready(push.filter(|push| {
+                    expected
+                        .iter()
+                        .all(|(key, value)| push.series.get(key) == Some(value))
+                }))
+            })
+            .await
         }
     };
-    let value = |push: &Push, key: &str| push.series.get(key).copied();
+    let series = |pairs: &[(&str, f64)]| -> Vec<(String, f64)> {
+        pairs.iter().map(|(k, v)| (series_key_of(k), *v)).collect()
+    };
     // What the issue names arrives: HTTP rate and latency, the outbox backlog and
     // its oldest event's age, the DLQ depth, the order-to-invoice time.
-    let wait = Duration::from_secs(30);
-    let api = eventually(wait, "the API's pushed request counts", || async {
-        let push = latest("orders-api")().await?;
-        let created = value(
-            &push,
-            r#"http_server_requests_total{method="POST",route="/orders",status="201"}"#,
-        );
-        (created == Some(3.0)).then_some(push)
-    })
+    let api = pushed_with(
+        "orders-api",
+        series(&[
+            (
+                r#"http_server_requests_total{method="POST",route="/orders",status="201"}"#,
+                3.0,
+            ),
+            (
+                r#"http_server_requests_total{method="POST",route="/orders",status="422"}"#,
+                1.0,
+            ),
+            (
+                r#"http_server_request_duration_seconds_count{method="POST",route="/orders"}"#,
+                4.0,
+            ),
+            (
+                r#"http_server_request_duration_seconds_bucket{le="+Inf",method="POST",route="/orders"}"#,
+                4.0,
+            ),
+            ("orders_created_total", 3.0),
+        ]),
+    )
     .await;
-    assert_eq!(
-        value(
-            &api,
-            r#"http_server_requests_total{method="POST",route="/orders",status="422"}"#
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &api,
-            r#"http_server_request_duration_seconds_count{method="POST",route="/orders"}"#
-        ),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(
-            &api,
-            r#"http_server_request_duration_seconds_bucket{le="+Inf",method="POST",route="/orders"}"#
-        ),
-        Some(4.0)
-    );
-    assert_eq!(value(&api, "orders_created_total{}"), Some(3.0));
     assert_eq!(api.authorization, "Basic bWV0cmljczprZXk=");
-    let relay = eventually(wait, "the relay's pushed counts", || async {
-        let push = latest("outbox-relay")().await?;
-        (value(&push, "outbox_published_total{}") == Some(3.0)).then_some(push)
-    })
+    let relay = pushed_with(
+        "outbox-relay",
+        series(&[
+            ("outbox_published_total", 3.0),
+            ("outbox_backlog", 0.0),
+            ("outbox_oldest_unpublished_age_seconds", 0.0),
+            ("outbox_notification_session", 1.0),
+        ]),
+    )
     .await;
-    assert_eq!(value(&relay, "outbox_backlog{}"), Some(0.0));
-    assert_eq!(
-        value(&relay, "outbox_oldest_unpublished_age_seconds{}"),
-        Some(0.0)
-    );
-    assert_eq!(value(&relay, "outbox_notification_session{}"), Some(1.0));
-    let worker = eventually(wait, "the worker's pushed DLQ depth", || async {
-        let push = latest("invoices-worker")().await?;
-        (value(&push, &series_key_of(&dlq)) == Some(1.0)).then_some(push)
-    })
+    let worker = pushed_with(
+        "invoices-worker",
+        series(&[
+            (&dlq, 1.0),
+            ("invoices_order_to_invoice_seconds_count", 3.0),
+            ("invoices_invoiced_total", 3.0),
+        ]),
+    )
     .await;
-    assert_eq!(
-        value(&worker, "invoices_order_to_invoice_seconds_count{}"),
-        Some(3.0)
-    );
-    assert_eq!(value(&worker, "invoices_invoiced_total{}"), Some(3.0));
     // One instance id per process.
     let instances: BTreeSet<&str> = [&api, &relay, &worker]
         .iter()
