@@ -170,8 +170,20 @@ async fn orders_posted_over_http_get_exactly_one_invoice_each() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
-    let metrics = worker.scrape().await;
-    assert!(metrics.contains("invoices_invoiced_total 41"), "{metrics}");
+    // The worker counts an invoice when its COMMIT returns, a moment after the
+    // row is visible.
+    eventually(
+        Duration::from_secs(10),
+        "the worker's count of 41",
+        || async {
+            worker
+                .scrape()
+                .await
+                .contains("invoices_invoiced_total 41\n")
+                .then_some(())
+        },
+    )
+    .await;
 
     // SIGTERM: each drains and exits 0.
     for service in [&api, &relay, &worker] {

@@ -476,10 +476,14 @@ async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
     pipeline.wait_for_invoices(5).await;
 
     let scrape = Service::scrape;
-    // The relay counts a batch after marking it; the worker after acking.
+    // The relay counts a batch after marking it; the worker after acking. A
+    // scrape reads the backlog before it encodes the counters, so a mark that
+    // commits in between shows 5 published next to a backlog of 1: wait for both.
     let relay = eventually(Duration::from_secs(10), "the relay's counts", || async {
         let s = scrape(&pipeline.relay).await;
-        (sample(&s, "outbox_published_total") == Some(5.0)).then_some(s)
+        (sample(&s, "outbox_published_total") == Some(5.0)
+            && sample(&s, "outbox_backlog") == Some(0.0))
+        .then_some(s)
     })
     .await;
     let api = scrape(&pipeline.api).await;
