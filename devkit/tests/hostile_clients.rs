@@ -135,21 +135,30 @@ async fn slow_and_idle_connections_are_closed_on_time_while_a_normal_client_is_s
     // Operators see it: each close counted by its reason, and only the
     // observer's connection left open.
     let mut observer = RawConnection::open(api.addr).await.unwrap();
-    let metrics = scrape(&mut observer).await;
     #[allow(clippy::cast_precision_loss)]
     let attackers = ATTACKERS as f64;
-    for reason in ["header_timeout", "idle_timeout"] {
-        let series = format!(r#"http_server_connections_closed_total{{reason="{reason}"}}"#);
-        assert_eq!(sample(&metrics, &series), Some(attackers), "{metrics}");
-    }
-    // (The normal client's last connections may take a moment to be seen closed.)
+    let closed = |metrics: &str, reason: &str| {
+        sample(
+            metrics,
+            &format!(r#"http_server_connections_closed_total{{reason="{reason}"}}"#),
+        )
+    };
+    // A close is counted just after the socket is dropped, so a client can see
+    // it before the count; and the normal client's last connections may take a
+    // moment to be seen closed.
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         let metrics = scrape(&mut observer).await;
-        if open_connections(&metrics) == Some(1.0) {
+        if closed(&metrics, "header_timeout") == Some(attackers)
+            && closed(&metrics, "idle_timeout") == Some(attackers)
+            && open_connections(&metrics) == Some(1.0)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "want {attackers} closes for each timeout and 1 open connection:\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -213,6 +222,40 @@ async fn the_server_holds_no_more_connections_than_its_cap() {
         freed.elapsed() < Duration::from_millis(100),
         "answered {:?} after a slot freed",
         freed.elapsed()
+    );
+    assert_eq!(open_connections(&scrape(&mut observer).await), Some(cap));
+
+    // A burst past the cap: the backlog holds every handshake. Past a full
+    // backlog the kernel drops SYNs, and a client waits 1 s for its
+    // retransmission (the standard library's backlog of 128 did that to the
+    // normal client of the test above, in a burst of 800).
+    const BURST: usize = 1000;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("net.core.somaxconn")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        somaxconn > BURST,
+        "the kernel caps every listen backlog at net.core.somaxconn = {somaxconn}: \
+         raise it above {BURST} (sysctl -w net.core.somaxconn=4096)"
+    );
+    let started = Instant::now();
+    let burst = futures::future::join_all((0..BURST).map(|_| async {
+        let connected = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(api.addr),
+        )
+        .await;
+        (connected, started.elapsed())
+    }))
+    .await;
+    let held = burst.iter().filter(|(c, _)| matches!(c, Ok(Ok(_)))).count();
+    let slowest = burst.iter().map(|(_, at)| *at).max().unwrap();
+    assert_eq!(held, BURST, "connections past the cap were not held");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the last of {BURST} handshakes took {slowest:?}: SYNs were dropped"
     );
     assert_eq!(open_connections(&scrape(&mut observer).await), Some(cap));
 }

@@ -24,7 +24,7 @@ use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
@@ -39,12 +39,46 @@ use crate::metrics::CommonMetrics;
 /// The I/O error when the address cannot be bound (e.g. the port is taken).
 pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    let listener = TcpListener::bind((host, port))
+    let addrs = tokio::net::lookup_host((host, port))
         .await
-        .with_context(|| format!("cannot listen on {host}:{port}"))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(addr = %addr, "listening");
-    Ok(listener)
+        .with_context(|| format!("cannot resolve {host}:{port}"))?;
+    let mut failed = None;
+    for addr in addrs {
+        match listen_on(addr) {
+            Ok(listener) => {
+                let addr: SocketAddr = listener.local_addr()?;
+                tracing::info!(addr = %addr, "listening");
+                return Ok(listener);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(match failed {
+        Some(e) => anyhow::Error::new(e).context(format!("cannot listen on {host}:{port}")),
+        None => anyhow::anyhow!("cannot listen on {host}:{port}: it resolves to no address"),
+    })
+}
+
+/// The listen backlog: connections whose handshake the kernel completes and
+/// holds until the server accepts them (at [`Limits::max_connections`], or in a
+/// burst faster than the accept loop). The kernel caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4). The standard
+/// library's 128 overflows in a burst of connections (a flood, a load balancer
+/// opening its pool): the kernel then drops the SYNs past it, and each of those
+/// clients, a normal one as much as an attacker, waits a 1 s retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (`SO_REUSEADDR` set, as the
+/// standard library's on Unix).
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// How the server bounds its clients' connections (`HTTP_*` variables, see
