@@ -370,3 +370,17 @@ fn the_images_are_built_without_fault_injection() {
         }
     }
 }
+
+/// The Pulumi program raises `net.core.somaxconn` in the tasks to the backlog
+/// the binaries ask for: lower, the kernel would cap the backlog below it.
+#[test]
+fn the_tasks_somaxconn_is_the_binaries_listen_backlog() {
+    let app = read("infra/src/app.ts");
+    let declared = regex::Regex::new(r"export const LISTEN_BACKLOG = (\d+);")
+        .unwrap()
+        .captures(&app)
+        .expect("infra/src/app.ts declares LISTEN_BACKLOG")[1]
+        .parse::<u32>()
+        .unwrap();
+    assert_eq!(declared, plumbing::http::LISTEN_BACKLOG);
+}

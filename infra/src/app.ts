@@ -17,6 +17,15 @@ export const PORTS: Record<Binary, number> = {
     [RELAY]: 3335,
 };
 
+/**
+ * The listen backlog the binaries ask for (`plumbing::http::LISTEN_BACKLOG`):
+ * connections whose handshake the kernel holds until the server accepts them.
+ * The kernel caps it at `net.core.somaxconn`, set to the same value in every
+ * HTTP-serving container: a backlog past its end drops handshakes, and each such
+ * client waits a 1 s retransmission.
+ */
+export const LISTEN_BACKLOG = 4096;
+
 /** What the ALB probes (orders-api answers 200 "OK"). */
 export const HEALTH_PATH = "/health";
 export const POSTGRES_PORT = 5432;

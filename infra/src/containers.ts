@@ -1,6 +1,6 @@
 import * as pulumi from "@pulumi/pulumi";
 
-import { Binary, healthcheckCommand, PORTS } from "./app";
+import { Binary, healthcheckCommand, LISTEN_BACKLOG, PORTS } from "./app";
 
 /** The subset of an ECS container definition this program writes. */
 export interface ContainerDefinition {
@@ -14,6 +14,7 @@ export interface ContainerDefinition {
     healthCheck?: { command: string[]; interval: number; timeout: number; retries: number; startPeriod: number };
     dependsOn?: { containerName: string; condition: "START" | "HEALTHY" | "COMPLETE" | "SUCCESS" }[];
     stopTimeout?: number;
+    systemControls?: { namespace: string; value: string }[];
     logConfiguration: { logDriver: "awslogs"; options: Record<string, pulumi.Input<string>> };
 }
 
@@ -73,6 +74,11 @@ export function container(o: ContainerOptions): ContainerDefinition {
                       startPeriod: 30,
                   },
               }
+            : {}),
+        // In an awsvpc task a net.* sysctl applies to the whole task, and the
+        // last container started sets it: every serving container sets the same.
+        ...(o.service
+            ? { systemControls: [{ namespace: "net.core.somaxconn", value: String(LISTEN_BACKLOG) }] }
             : {}),
         ...(o.dependsOn ? { dependsOn: o.dependsOn } : {}),
         ...(o.stopTimeout !== undefined ? { stopTimeout: o.stopTimeout } : {}),

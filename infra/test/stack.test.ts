@@ -11,7 +11,7 @@ import { join } from "node:path";
 
 import * as pulumi from "@pulumi/pulumi";
 
-import { RDS_CA_BUNDLE } from "../src/app";
+import { LISTEN_BACKLOG, RDS_CA_BUNDLE } from "../src/app";
 import { allSecrets } from "../src/data";
 import { DEPLOYED_TAG_PREFIX } from "../src/services";
 import { createStack, Stack } from "../src/stack";
@@ -124,6 +124,18 @@ describe("orders task (orders-api + outbox-relay sidecar)", () => {
         for (const c of containersOf(ORDERS)) {
             assert.deepEqual(c.healthCheck?.command, ["CMD", `/usr/local/bin/${c.name}`, "healthcheck"], c.name);
             assert.ok(c.healthCheck.startPeriod > 0);
+        }
+    });
+
+    it("raises net.core.somaxconn to the binaries' listen backlog in every serving container", () => {
+        for (const family of [ORDERS, WORKER]) {
+            for (const c of containersOf(family)) {
+                assert.deepEqual(
+                    c.systemControls,
+                    [{ namespace: "net.core.somaxconn", value: String(LISTEN_BACKLOG) }],
+                    `${family}/${c.name}`,
+                );
+            }
         }
     });
 
