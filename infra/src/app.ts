@@ -18,11 +18,9 @@ export const PORTS: Record<Binary, number> = {
 };
 
 /**
- * The listen backlog the binaries ask for (`plumbing::http::LISTEN_BACKLOG`):
- * connections whose handshake the kernel holds until the server accepts them.
+ * The listen backlog the binaries ask for (`plumbing::http::LISTEN_BACKLOG`).
  * The kernel caps it at `net.core.somaxconn`, set to the same value in every
- * HTTP-serving container: a backlog past its end drops handshakes, and each such
- * client waits a 1 s retransmission.
+ * HTTP-serving container.
  */
 export const LISTEN_BACKLOG = 4096;
 

@@ -94,6 +94,20 @@ describe("network", () => {
     });
 });
 
+describe("serving containers", () => {
+    it("raises net.core.somaxconn to the binaries' listen backlog in every serving container", () => {
+        for (const family of [ORDERS, WORKER]) {
+            for (const c of containersOf(family)) {
+                assert.deepEqual(
+                    c.systemControls,
+                    [{ namespace: "net.core.somaxconn", value: String(LISTEN_BACKLOG) }],
+                    `${family}/${c.name}`,
+                );
+            }
+        }
+    });
+});
+
 describe("orders task (orders-api + outbox-relay sidecar)", () => {
     it("has exactly the two containers orders-api and outbox-relay, both essential", () => {
         const containers = containersOf(ORDERS);
@@ -124,18 +138,6 @@ describe("orders task (orders-api + outbox-relay sidecar)", () => {
         for (const c of containersOf(ORDERS)) {
             assert.deepEqual(c.healthCheck?.command, ["CMD", `/usr/local/bin/${c.name}`, "healthcheck"], c.name);
             assert.ok(c.healthCheck.startPeriod > 0);
-        }
-    });
-
-    it("raises net.core.somaxconn to the binaries' listen backlog in every serving container", () => {
-        for (const family of [ORDERS, WORKER]) {
-            for (const c of containersOf(family)) {
-                assert.deepEqual(
-                    c.systemControls,
-                    [{ namespace: "net.core.somaxconn", value: String(LISTEN_BACKLOG) }],
-                    `${family}/${c.name}`,
-                );
-            }
         }
     });
 

@@ -36,7 +36,8 @@ use crate::metrics::CommonMetrics;
 /// `listening` with an `addr` field, which test harnesses read.
 ///
 /// # Errors
-/// The I/O error when the address cannot be bound (e.g. the port is taken).
+/// When `host` cannot be resolved, or none of its addresses can be bound (e.g.
+/// the port is taken): the last address's I/O error.
 pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
     let addrs = tokio::net::lookup_host((host, port))
