@@ -19,7 +19,12 @@ pub mod raw_http;
 pub mod tls_postgres;
 pub mod worker;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// An HTTP client for tests. (reqwest is built with rustls but no bundled crypto
 /// provider, for the services' OTLP exporter: this installs ring first, as the
@@ -39,6 +44,19 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The workspace's root: the checkout the tests hold the code's files against.
+#[must_use]
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The text of `path` (from the workspace's root); panics naming it when it
+/// cannot be read.
+#[must_use]
+pub fn read_workspace_file(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// A short random suffix for database and namespace names.

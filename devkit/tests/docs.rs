@@ -10,6 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use devkit::{read_workspace_file, workspace_root};
+
 /// The page that documents every variable.
 const PAGE: &str = "docs/configuration.md";
 
@@ -47,10 +49,6 @@ const LIBRARY: [(&str, &str); 15] = [
     // `read_in` recognises; listed so that the page may document it in any case.
     ("RUST_LOG", "tracing-subscriber"),
 ];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -103,7 +101,7 @@ fn read_in(source: &str) -> BTreeSet<String> {
 
 /// The variables read by the sources at `path` (relative to the workspace).
 fn read_by(path: &str) -> BTreeSet<String> {
-    rust_files(&root().join(path))
+    rust_files(&workspace_root().join(path))
         .iter()
         .flat_map(|file| read_in(&read(file)))
         .collect()
@@ -179,7 +177,7 @@ fn the_scanner_finds_each_way_of_reading_a_variable() {
 #[test]
 fn every_variable_the_binaries_read_is_documented_and_every_documented_one_is_read() {
     // Arrange: what the page documents, and what each part of the code reads.
-    let page = documented(&read(&root().join(PAGE)));
+    let page = documented(&read_workspace_file(PAGE));
     let shared = page
         .get(SHARED)
         .unwrap_or_else(|| panic!("{PAGE} has no section \"## {SHARED}\""));
@@ -228,9 +226,9 @@ fn every_variable_the_binaries_read_is_documented_and_every_documented_one_is_re
 
 #[test]
 fn the_readmes_configuration_table_names_only_documented_variables() {
-    let page = documented(&read(&root().join(PAGE)));
+    let page = documented(&read_workspace_file(PAGE));
     let all: BTreeSet<&String> = page.values().flatten().collect();
-    let readme = documented(&read(&root().join("README.md")));
+    let readme = documented(&read_workspace_file("README.md"));
     let table = readme
         .get("Configuration")
         .expect("README.md has a \"## Configuration\" section");

@@ -376,15 +376,10 @@ fn metric_names(promql: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The workspace's root.
-fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Asserts that the file at `path` (from the root) names at least `at_least`
 /// metrics, all of them in `known` (what the processes export or write).
 fn assert_names_only(path: &str, at_least: usize, known: &BTreeSet<String>) {
-    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    let text = devkit::read_workspace_file(path);
     let used = metric_names(&text);
     assert!(used.len() >= at_least, "{path} names the metrics: {used:?}");
     let unknown: Vec<_> = used.difference(known).collect();
@@ -569,7 +564,7 @@ async fn every_process_serves_metrics_that_the_alerts_and_dashboards_use() {
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" gauge"))
         .map(str::to_owned)
         .collect();
-    check_dashboards(&root(), &exported, &gauges);
+    check_dashboards(&devkit::workspace_root(), &exported, &gauges);
     pipeline.stop().await;
 }
 
