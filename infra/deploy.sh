@@ -47,6 +47,8 @@ BINARIES=(orders-api outbox-relay invoices-worker)
 # A second tag on what was deployed (infra/src/services.ts: DEPLOYED_TAG_PREFIX).
 DEPLOYED_TAG="deployed-$(date -u +%Y%m%dT%H%M%SZ)"
 SERVICES=(orders invoices-worker)
+# The stack output oneOffTasks' tasks (infra/src/services.ts: OneOffName).
+ONE_OFF_TASKS=(migrate-orders migrate-invoices provision-broker)
 
 die() { printf 'deploy stopped: %s\n' "$*" >&2; exit 1; }
 say() { printf '==> %s\n' "$*" >&2; }
@@ -273,12 +275,13 @@ all_but_services() {
 one_off_tasks() {
     comment "5. migrate both databases and provision the broker users, in parallel; each must exit 0"
     local placeholder tasks name arns=() arn results failed=0 code container reason reported
-    placeholder=$(jq -cn '{cluster: "<oneOffTasks.cluster>", tasks: (["migrate-orders", "migrate-invoices", "provision-broker"]
+    placeholder=$(jq -cn '{cluster: "<oneOffTasks.cluster>", tasks: ($ARGS.positional
         | map({key: ., value: {taskDefinition: "<oneOffTasks.tasks.\(.).taskDefinition>",
-                                 networkConfiguration: "<oneOffTasks.tasks.\(.).networkConfiguration>"}}) | from_entries)}')
+                                 networkConfiguration: "<oneOffTasks.tasks.\(.).networkConfiguration>"}}) | from_entries)}' \
+        --args "${ONE_OFF_TASKS[@]}")
     tasks=$(query "$placeholder" pulumi stack output --stack "$stack" oneOffTasks --json)
     cluster=$(jq -er .cluster <<<"$tasks")
-    for name in migrate-orders migrate-invoices provision-broker; do
+    for name in "${ONE_OFF_TASKS[@]}"; do
         arn=$(query "<task:$name>" aws ecs run-task --region "$region" --cluster "$cluster" --launch-type FARGATE \
             --task-definition "$(jq -er --arg n "$name" '.tasks[$n].taskDefinition' <<<"$tasks")" \
             --network-configuration "$(jq -er --arg n "$name" '.tasks[$n].networkConfiguration' <<<"$tasks")" \
@@ -347,8 +350,8 @@ aws ecs describe-services --region $region --cluster $cluster --services ${SERVI
 check_services() {
     comment "7. each service's deployment is COMPLETED on its new task definition (not rolled back)"
     local placeholder expected names=() name line service task_definition state want failed=0
-    placeholder=$(jq -cn '{orders: {name: "<ecsServices.orders.name>", taskDefinition: "<ecsServices.orders.taskDefinition>"},
-        "invoices-worker": {name: "<ecsServices.invoices-worker.name>", taskDefinition: "<ecsServices.invoices-worker.taskDefinition>"}}')
+    placeholder=$(jq -cn '$ARGS.positional | map({key: ., value: {name: "<ecsServices.\(.).name>",
+        taskDefinition: "<ecsServices.\(.).taskDefinition>"}}) | from_entries' --args "${SERVICES[@]}")
     expected=$(query "$placeholder" pulumi stack output --stack "$stack" ecsServices --json)
     while read -r name; do names+=("$name"); done < <(jq -r '.[].name' <<<"$expected")
     run aws ecs wait services-stable --region "$region" --cluster "$cluster" --services "${names[@]}" ||
